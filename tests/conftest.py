@@ -1,0 +1,47 @@
+"""Fixtures shared by the whole suite: real sockets and the real daemon."""
+
+import shutil
+import tempfile
+
+import pytest
+import zmq
+
+from tests import support
+
+
+@pytest.fixture
+def short_dir():
+    """A fresh directory with a short path (unix socket paths are short)."""
+    path = tempfile.mkdtemp(prefix='zr', dir='/tmp')
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def ctx():
+    """A ZeroMQ context whose sockets are all closed, linger 0, at the end."""
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+@pytest.fixture
+def daemons():
+    """Start receiver processes; every one is stopped at the end."""
+    started = []
+
+    def start(directory, options=None, **kwargs):
+        daemon = support.Daemon(directory, options, **kwargs)
+        started.append(daemon)
+        daemon.start()
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.kill()
+
+
+@pytest.fixture
+def receiver(daemons, short_dir):
+    """One running receiver on loopback, with its IPC directory."""
+    return daemons(short_dir)

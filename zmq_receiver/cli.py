@@ -1,0 +1,176 @@
+"""``oslo-messaging-zmq-receiver``: parse, check, bind, forward, exit.
+
+The startup order, and why:
+
+1. parse the command line and config files (oslo.config), and read every
+   value once, so that a bad value fails now with its name, not later;
+2. set up logging (oslo.log), so that everything after is logged where the
+   operator asked;
+3. make the IPC directory ready and take its lock, before any socket, so
+   that a second receiver stops before it can steal the first one's files;
+4. bind the TCP port;
+5. run the loop until a signal stops it.
+
+Every failure before the loop is one line on stderr (and in the log) and an
+exit status from :mod:`zmq_receiver.errors`; never a traceback for an
+operator's mistake.
+"""
+
+import grp
+import logging
+import os
+import pwd
+import resource
+import sys
+
+from oslo_config import cfg
+from oslo_log import log as oslo_log
+
+from zmq_receiver import __version__
+from zmq_receiver import errors
+from zmq_receiver import opts
+from zmq_receiver import outlets
+from zmq_receiver import receiver
+from zmq_receiver import rundir
+
+LOG = logging.getLogger(__name__)
+PROG = 'oslo-messaging-zmq-receiver'
+
+
+def load_config(argv):
+    """Parse *argv* (without the program name) into a new ConfigOpts."""
+    conf = cfg.ConfigOpts()
+    opts.register_opts(conf)
+    oslo_log.register_options(conf)
+    try:
+        # No implicit config file: the operator names the service's own.
+        conf(argv, project=PROG, prog=PROG, version=__version__,
+             default_config_files=[])
+    except cfg.ConfigFilesNotFoundError as exc:
+        raise errors.ConfigError(
+            'Config file not found or unreadable: %s; check the '
+            '--config-file path and its permissions'
+            % ', '.join(exc.config_files))
+    except cfg.ConfigFileParseError as exc:
+        raise errors.ConfigError('Config file %s cannot be parsed: %s'
+                                 % (exc.config_file, exc.msg))
+    except cfg.Error as exc:
+        raise errors.ConfigError(str(exc))
+    return conf
+
+
+def limits_from(conf):
+    """The outlet limits from *conf* (mutable ones may change on reload)."""
+    group = conf[opts.GROUP]
+    gid = -1
+    if group.socket_group:
+        try:
+            gid = grp.getgrnam(group.socket_group).gr_gid
+        except KeyError:
+            raise errors.ConfigError(
+                '[%s] socket_group = %s: no such group on this host; '
+                'create it or fix the name' % (opts.GROUP,
+                                               group.socket_group))
+    return outlets.Limits(
+        backlog=conf.rpc_zmq_topic_backlog,
+        backlog_bytes=group.max_backlog_bytes,
+        max_topics=group.max_topics,
+        idle_timeout=group.idle_timeout,
+        join_window=group.join_window,
+        socket_mode=opts.socket_mode(conf),
+        socket_gid=gid)
+
+
+def settings_from(conf):
+    """Read and check every value the receiver uses, once."""
+    try:
+        group = conf[opts.GROUP]
+        return receiver.Settings(
+            bind_address=conf.rpc_zmq_bind_address,
+            port=conf.rpc_zmq_port,
+            ipc_dir=os.path.abspath(conf.rpc_zmq_ipc_dir),
+            limits=limits_from(conf),
+            max_message_size=group.max_message_size,
+            io_threads=conf.rpc_zmq_contexts,
+            shutdown_timeout=group.shutdown_timeout,
+            log_interval=group.log_interval)
+    except (cfg.Error, ValueError) as exc:
+        raise errors.ConfigError(str(exc))
+
+
+def raise_descriptor_limit(wanted):
+    """Raise the soft RLIMIT_NOFILE towards *wanted* (up to the hard one)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return soft
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < wanted:
+        LOG.warning('The descriptor limit is %d, but [zmq_receiver] '
+                    'max_topics wants up to %d: topics beyond what fits '
+                    'will be refused; raise LimitNOFILE= (ulimit -n)',
+                    target, wanted)
+    return target
+
+
+def _user_name():
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return 'uid %d' % os.geteuid()
+
+
+def run(argv):
+    """Everything :func:`main` does, raising ReceiverError on failure."""
+    conf = load_config(argv)
+    settings = settings_from(conf)
+    try:
+        oslo_log.setup(conf, PROG, __version__)
+    except OSError as exc:
+        raise errors.PermissionProblem(
+            'Cannot open the log file: %s: %s; create its directory and '
+            'make it writable for the receiver\'s user'
+            % (exc.filename, exc.strerror))
+    settings.ipc_dir = rundir.prepare(settings.ipc_dir)
+    lock = rundir.InstanceLock(settings.ipc_dir)
+    lock.acquire()
+    try:
+        limits = settings.limits
+        raise_descriptor_limit(4 * limits.max_topics + 64)
+
+        def reload():
+            conf.mutate_config_files()
+            return settings_from(conf).limits
+
+        recv = receiver.Receiver(settings, reload=reload)
+        endpoint = recv.bind()
+        LOG.info(
+            '%s %s listening on %s, forwarding to %s as %s; limits: '
+            '%d messages per topic, %d bytes in all backlogs, %d topics, '
+            'idle outlets closed after %.0f s, join window %.1f s, '
+            'messages up to %d bytes', PROG, __version__, endpoint,
+            settings.ipc_dir, _user_name(), limits.backlog,
+            limits.backlog_bytes, limits.max_topics, limits.idle_timeout,
+            limits.join_window, settings.max_message_size)
+        recv.run()
+    finally:
+        lock.release()
+    return errors.EXIT_OK
+
+
+def main(argv=None):
+    """Console entry point; returns the exit status."""
+    if argv is None:
+        argv = sys.argv[1:]
+    try:
+        return run(argv)
+    except errors.ReceiverError as exc:
+        if logging.getLogger().handlers:
+            LOG.error('%s', exc)
+        # The log may be a file or stdout; the operator reads stderr.
+        print('%s: error: %s' % (PROG, exc), file=sys.stderr)
+        return exc.exit_code
+    except Exception:
+        LOG.exception('Internal error; please report it with this log')
+        return errors.EXIT_INTERNAL

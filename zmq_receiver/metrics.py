@@ -1,0 +1,67 @@
+"""The receiver's counters, kept in one place.
+
+Every message read from the network ends in exactly one of: forwarded,
+rejected (refused before reaching an outlet), dropped (an outlet could not
+keep or deliver it), or still queued in a backlog. :meth:`Counters.snapshot`
+reports all of them, with the live figures of each outlet, for the logs now
+and for the metrics endpoint and admin tool later.
+"""
+
+import collections
+
+# Reasons an outlet drops a message it accepted. Counter labels: stable.
+BACKLOG_FULL = 'backlog_full'
+BACKLOG_BYTES_FULL = 'backlog_bytes_full'
+NO_SUBSCRIBER = 'no_subscriber'
+SHUTDOWN = 'shutdown'
+
+# Reasons, beside routing's, a message is refused before an outlet.
+OVERSIZED = 'oversized_message'
+TOO_MANY_TOPICS = 'too_many_topics'
+OUT_OF_DESCRIPTORS = 'out_of_descriptors'
+IPC_PERMISSION = 'ipc_permission_denied'
+IPC_DIR_MISSING = 'ipc_dir_missing'
+OUTLET_ERROR = 'outlet_error'
+
+DROP_REASONS = (BACKLOG_FULL, BACKLOG_BYTES_FULL, NO_SUBSCRIBER, SHUTDOWN)
+
+
+class Counters:
+    """Totals since start. Plain attributes: the loop increments them."""
+
+    def __init__(self):
+        self.received = 0
+        self.forwarded = 0
+        self.rejected = collections.Counter()
+        self.dropped = collections.Counter()
+        self.outlets_created = 0
+        self.outlets_reaped = 0
+
+    def snapshot(self, outlets=()):
+        """A plain dict of every total and of each outlet in *outlets*."""
+        per_topic = {o.key: o.stats() for o in outlets}
+        return {
+            'received': self.received,
+            'forwarded': self.forwarded,
+            'rejected': dict(self.rejected),
+            'dropped': dict(self.dropped),
+            'queued': sum(t['backlog'] for t in per_topic.values()),
+            'queued_bytes': sum(t['backlog_bytes']
+                                for t in per_topic.values()),
+            'outlets': len(per_topic),
+            'outlets_created': self.outlets_created,
+            'outlets_reaped': self.outlets_reaped,
+            'topics': per_topic,
+        }
+
+
+def format_snapshot(snap):
+    """One log line for a :meth:`Counters.snapshot`."""
+    def reasons(counts):
+        return ','.join('%s=%d' % kv for kv in sorted(counts.items())) or '0'
+    return ('received=%d forwarded=%d rejected[%s] dropped[%s] queued=%d '
+            '(%d bytes) outlets=%d (created %d, reaped %d)' % (
+                snap['received'], snap['forwarded'],
+                reasons(snap['rejected']), reasons(snap['dropped']),
+                snap['queued'], snap['queued_bytes'], snap['outlets'],
+                snap['outlets_created'], snap['outlets_reaped']))

@@ -1,0 +1,177 @@
+"""Every option the receiver reads, declared in one place.
+
+Nothing is registered at import: :func:`register_opts` does it on the
+:class:`~oslo_config.cfg.ConfigOpts` it is given, and :func:`list_opts` feeds
+``oslo-config-generator`` (namespace ``zmq_receiver``).
+
+The legacy options live in ``[DEFAULT]`` under the names the oslo.messaging
+ZeroMQ driver gave them, so the receiver reads an unmodified service config
+file (``nova.conf``, ``neutron.conf``) exactly as the service does.
+"""
+
+import socket
+
+from oslo_config import cfg
+
+GROUP = 'zmq_receiver'
+
+#: Replaces the legacy unbounded default of ``rpc_zmq_topic_backlog``.
+DEFAULT_TOPIC_BACKLOG = 1000
+
+legacy_opts = [
+    cfg.StrOpt(
+        'rpc_zmq_bind_address',
+        default='*',
+        help='Address the receiver binds its TCP port on.\n\n'
+             'Possible values:\n\n'
+             '* ``*`` for every address of the host\n'
+             '* an IPv4 literal (``192.0.2.10``) or an IPv6 literal '
+             '(``2001:db8::10``, with or without brackets)\n'
+             '* an interface name (``eth0``)\n\n'
+             'Related options:\n\n'
+             '* ``rpc_zmq_port``'),
+    cfg.PortOpt(
+        'rpc_zmq_port',
+        default=9501,
+        help='TCP port the receiver binds. Every host of one project must '
+             'use the same port, because senders use their own value for '
+             'every destination.\n\n'
+             'Related options:\n\n'
+             '* ``rpc_zmq_bind_address``'),
+    cfg.StrOpt(
+        'rpc_zmq_ipc_dir',
+        default='/var/run/openstack',
+        help='Directory holding the per-topic IPC sockets '
+             '(``zmq_topic_<topic>``) that local services connect to. '
+             'A relative path is taken from the working directory.\n\n'
+             'Related options:\n\n'
+             '* ``[zmq_receiver] socket_mode``, ``socket_group``'),
+    cfg.StrOpt(
+        'rpc_zmq_host',
+        default=None,
+        sample_default='localhost',
+        help='Name of this host as the other hosts know it: the ``host`` '
+             'part of directed topics and of ``zmq_replies.<host>``. '
+             'Defaults to the host name.'),
+    cfg.IntOpt(
+        'rpc_zmq_contexts',
+        default=1,
+        min=1,
+        max=64,
+        help='Number of libzmq I/O threads of the receiver\'s context.'),
+    cfg.IntOpt(
+        'rpc_zmq_topic_backlog',
+        default=DEFAULT_TOPIC_BACKLOG,
+        min=1,
+        mutable=True,
+        help='Messages each topic holds for its consumers when they are '
+             'absent or slower than the senders. When a topic\'s backlog '
+             'is full, the newest message is dropped and counted. The '
+             'legacy driver left this unbounded; the receiver bounds it.\n\n'
+             'Related options:\n\n'
+             '* ``[zmq_receiver] max_backlog_bytes``'),
+]
+
+receiver_opts = [
+    cfg.IntOpt(
+        'max_backlog_bytes',
+        default=256 * 1024 * 1024,
+        min=0,
+        mutable=True,
+        help='Bytes all topics\' backlogs may hold together. A message that '
+             'would exceed it is dropped and counted. 0 disables the cap.\n\n'
+             'Related options:\n\n'
+             '* ``[DEFAULT] rpc_zmq_topic_backlog``'),
+    cfg.IntOpt(
+        'max_topics',
+        default=512,
+        min=1,
+        max=65536,
+        help='Number of topic outlets (IPC sockets) that may exist at once. '
+             'A message for a new topic beyond it is rejected and counted, '
+             'so that no peer can exhaust the host\'s files or '
+             'descriptors.\n\n'
+             'Related options:\n\n'
+             '* ``idle_timeout``'),
+    cfg.FloatOpt(
+        'idle_timeout',
+        default=300.0,
+        min=0.1,
+        mutable=True,
+        help='Seconds after which an outlet with no consumer and an empty '
+             'backlog is closed and its socket file removed.'),
+    cfg.FloatOpt(
+        'join_window',
+        default=5.0,
+        min=0.0,
+        mutable=True,
+        help='Seconds a fanout or reply message waits for a subscriber '
+             'when it arrives before any has subscribed to it; it is '
+             'delivered as soon as one joins, or dropped and counted when '
+             'the window ends. 0 delivers immediately with plain PUB '
+             'semantics (the message is lost when nobody listens).'),
+    cfg.IntOpt(
+        'max_message_size',
+        default=64 * 1024 * 1024,
+        min=1,
+        help='Largest message accepted, in bytes. A single larger frame '
+             'makes libzmq disconnect the peer; a larger multipart message '
+             'is rejected and counted.'),
+    cfg.StrOpt(
+        'socket_mode',
+        default='0660',
+        regex=r'^0?[0-7]{3}$',
+        help='Permission bits of the IPC socket files, in octal. Connecting '
+             'needs write permission, so services of the group can connect '
+             'when group write is set.\n\n'
+             'Possible values:\n\n'
+             '* ``0660`` (a directory per project owned by its user, or a '
+             'shared setgid group directory)\n'
+             '* ``0600`` (only the receiver\'s own user)\n\n'
+             'Related options:\n\n'
+             '* ``socket_group``'),
+    cfg.StrOpt(
+        'socket_group',
+        default=None,
+        help='Group given to the IPC socket files. Unset: the directory\'s '
+             'group when the directory is setgid (the shared-group model), '
+             'otherwise the receiver\'s own group.'),
+    cfg.FloatOpt(
+        'shutdown_timeout',
+        default=10.0,
+        min=0.0,
+        help='Seconds a graceful stop (SIGTERM, SIGINT) spends delivering '
+             'backlogs before it gives up and counts what is left as '
+             'dropped.'),
+    cfg.FloatOpt(
+        'log_interval',
+        default=10.0,
+        min=0.1,
+        help='Seconds between two warnings of the same kind about bad '
+             'input; the ones in between are counted and reported with the '
+             'next.'),
+]
+
+
+def register_opts(conf):
+    """Register the receiver's options on *conf*."""
+    conf.register_opts(legacy_opts)
+    conf.register_opts(receiver_opts, group=GROUP)
+
+
+def list_opts():
+    """Options by group, for ``oslo-config-generator``."""
+    return [
+        (None, legacy_opts),
+        (GROUP, receiver_opts),
+    ]
+
+
+def rpc_zmq_host(conf):
+    """The configured ``rpc_zmq_host``, or the host name when unset."""
+    return conf.rpc_zmq_host or socket.gethostname()
+
+
+def socket_mode(conf):
+    """``[zmq_receiver] socket_mode`` as an integer."""
+    return int(conf[GROUP].socket_mode, 8)

@@ -1,0 +1,479 @@
+"""Outlets: one IPC socket per topic key, its bounded backlog and counters.
+
+An outlet sends straight to its socket while its backlog is empty and the
+socket takes the message; otherwise the message joins the backlog (FIFO, so
+per-key order holds) and the outlet asks the loop for ``POLLOUT`` until the
+backlog is empty again. No call here blocks.
+
+PUB outlets (fanout, replies) bind an XPUB socket so that they learn every
+subscription. A message that no current subscription matches would be lost
+by plain PUB; instead it waits, up to the join window, for a subscriber that
+matches it, without holding up the messages that do have one.
+
+Consumers of PUSH outlets are counted from the socket's monitor (accepted
+and disconnected connections); an outlet with no consumer, no queued
+message and no traffic for the idle timeout is closed and its file removed.
+"""
+
+import collections
+import errno
+import logging
+import os
+import time
+
+import zmq
+from zmq.utils import monitor as zmq_monitor
+
+from zmq_receiver import metrics
+from zmq_receiver import routing
+
+LOG = logging.getLogger(__name__)
+
+_MONITOR_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+
+_ERRNO_REASONS = {
+    errno.EMFILE: metrics.OUT_OF_DESCRIPTORS,
+    errno.ENFILE: metrics.OUT_OF_DESCRIPTORS,
+    errno.EACCES: metrics.IPC_PERMISSION,
+    errno.EPERM: metrics.IPC_PERMISSION,
+    errno.ENOENT: metrics.IPC_DIR_MISSING,
+}
+
+
+class Limits:
+    """The bounds outlets keep to; the mutable ones change on reload."""
+
+    def __init__(self, backlog, backlog_bytes, max_topics, idle_timeout,
+                 join_window, socket_mode=0o660, socket_gid=-1):
+        self.backlog = backlog
+        #: 0 means no cap.
+        self.backlog_bytes = backlog_bytes
+        self.max_topics = max_topics
+        self.idle_timeout = idle_timeout
+        self.join_window = join_window
+        self.socket_mode = socket_mode
+        #: -1 leaves the group the file gets from the directory.
+        self.socket_gid = socket_gid
+
+
+class Outlet:
+    """One topic key's socket, backlog and counters."""
+
+    __slots__ = ('key', 'kind', 'path', 'socket', 'monitor', 'backlog',
+                 'waiting', 'backlog_bytes', 'subscriptions', 'peers',
+                 'forwarded', 'dropped', 'last_active', 'polling_out')
+
+    def __init__(self, key, kind, path, socket, monitor, now):
+        self.key = key
+        self.kind = kind
+        self.path = path
+        self.socket = socket
+        self.monitor = monitor
+        #: (frames, size) the socket did not take yet, oldest first.
+        self.backlog = collections.deque()
+        #: PUB only: (deadline, frames, size) no subscription matches yet.
+        self.waiting = collections.deque()
+        self.backlog_bytes = 0
+        #: PUB only: subscribed prefix -> number of subscribers.
+        self.subscriptions = collections.Counter()
+        #: PUSH only: connected consumers, from the monitor.
+        self.peers = 0
+        self.forwarded = 0
+        self.dropped = collections.Counter()
+        self.last_active = now
+        self.polling_out = False
+
+    @property
+    def consumers(self):
+        """Connected consumers (PUSH) or live subscriptions (PUB)."""
+        if self.kind is routing.Kind.PUSH:
+            return self.peers
+        return sum(self.subscriptions.values())
+
+    @property
+    def queued(self):
+        """Messages held: backlog plus those waiting for a subscriber."""
+        return len(self.backlog) + len(self.waiting)
+
+    def subscribed(self, msg_id):
+        """Whether some subscription matches frame 0 *msg_id* (PUB only)."""
+        subs = self.subscriptions
+        if not subs:
+            return False
+        if b'' in subs or msg_id in subs:
+            return True
+        return any(msg_id.startswith(prefix) for prefix in subs)
+
+    def stats(self):
+        """This outlet's live figures as a plain dict."""
+        return {
+            'kind': self.kind.value,
+            'consumers': self.consumers,
+            'backlog': self.queued,
+            'backlog_bytes': self.backlog_bytes,
+            'forwarded': self.forwarded,
+            'dropped': dict(self.dropped),
+        }
+
+
+class Outlets:
+    """Every outlet of the receiver, created on demand and reaped when idle.
+
+    *loop* is the receiver loop: it owns the poller, and outlets register
+    their sockets with it through ``register``, ``modify`` and
+    ``unregister``.
+    """
+
+    def __init__(self, ctx, loop, ipc_dir, limits, counters, warn,
+                 clock=time.monotonic):
+        self.ctx = ctx
+        self.loop = loop
+        self.ipc_dir = ipc_dir
+        self.limits = limits
+        self.counters = counters
+        self.warn = warn
+        self.clock = clock
+        self.by_key = {}
+        #: Bytes held by every backlog together.
+        self.buffered_bytes = 0
+        #: PUB outlets holding messages that wait for a subscriber.
+        self._waiting = set()
+
+    def __iter__(self):
+        return iter(list(self.by_key.values()))
+
+    def __len__(self):
+        return len(self.by_key)
+
+    @property
+    def queued(self):
+        """Messages held by all outlets together."""
+        return sum(o.queued for o in self.by_key.values())
+
+    # -- creating and closing ----------------------------------------------
+
+    def get(self, route):
+        """The outlet for *route*, created if needed.
+
+        Returns None when it cannot be created; the message is then counted
+        as rejected with the reason, and the reason is logged.
+        """
+        outlet = self.by_key.get(route.key)
+        if outlet is not None:
+            return outlet
+        if len(self.by_key) >= self.limits.max_topics:
+            self._refuse(metrics.TOO_MANY_TOPICS, route.key,
+                         'already %d outlets (the limit): raise '
+                         '[zmq_receiver] max_topics if this host really '
+                         'serves that many topics' % len(self.by_key))
+            return None
+        try:
+            outlet = self._open(route)
+        except zmq.ZMQError as exc:
+            reason = _ERRNO_REASONS.get(exc.errno, metrics.OUTLET_ERROR)
+            self._refuse(reason, route.key, '%s; %s' % (
+                exc.strerror, _fix_for(reason, self.ipc_dir)))
+            return None
+        self.by_key[route.key] = outlet
+        self.counters.outlets_created += 1
+        LOG.info('Opened %s outlet %s', outlet.kind.value.upper(),
+                 outlet.path)
+        return outlet
+
+    def _refuse(self, reason, key, detail):
+        self.counters.rejected[reason] += 1
+        self.warn.warning(
+            'refuse-' + reason,
+            'Cannot open outlet %s for topic %s (%s): %s; message rejected',
+            routing.socket_path(self.ipc_dir, key), key, reason, detail)
+
+    def _open(self, route):
+        path = routing.socket_path(self.ipc_dir, route.key)
+        if route.kind is routing.Kind.PUSH:
+            sock = self.ctx.socket(zmq.PUSH)
+        else:
+            sock = self.ctx.socket(zmq.XPUB)
+            # Every (un)subscription, duplicates included, so that each
+            # subscriber is counted and a leaving one is noticed.
+            sock.setsockopt(zmq.XPUB_VERBOSER, 1)
+            # A full subscriber makes send() say EAGAIN, so the message is
+            # kept in the backlog instead of being dropped silently.
+            sock.setsockopt(zmq.XPUB_NODROP, 1)
+        monitor = None
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            # libzmq creates the file with the process umask; narrow it for
+            # the bind so that the file never exists with wider permissions.
+            old_umask = os.umask(0o777 & ~self.limits.socket_mode)
+            try:
+                # libzmq replaces a stale file left by an earlier run.
+                sock.bind('ipc://' + path)
+            finally:
+                os.umask(old_umask)
+            os.chmod(path, self.limits.socket_mode)
+            if self.limits.socket_gid != -1:
+                os.chown(path, -1, self.limits.socket_gid)
+            if route.kind is routing.Kind.PUSH:
+                monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
+        except OSError as exc:
+            if monitor is not None:
+                monitor.close(linger=0)
+            sock.close(linger=0)
+            if isinstance(exc, zmq.ZMQError):
+                raise
+            raise zmq.ZMQError(exc.errno, exc.strerror) from exc
+        outlet = Outlet(route.key, route.kind, path, sock, monitor,
+                        self.clock())
+        if route.kind is routing.Kind.PUB:
+            self.loop.register(sock, zmq.POLLIN,
+                               lambda events: self._on_pub_events(outlet,
+                                                                  events))
+        else:
+            self.loop.register(sock, 0,
+                               lambda events: self._flush(outlet))
+            self.loop.register(monitor, zmq.POLLIN,
+                               lambda events: self._on_monitor(outlet))
+        return outlet
+
+    def close(self, outlet, reason=metrics.SHUTDOWN, linger=0):
+        """Close *outlet*, counting what it still held as dropped."""
+        if outlet.queued:
+            LOG.warning('Outlet %s closed with %d undelivered messages '
+                        '(%s)', outlet.path, outlet.queued, reason)
+            self._drop(outlet, reason, outlet.queued)
+        self.buffered_bytes -= outlet.backlog_bytes
+        outlet.backlog.clear()
+        outlet.waiting.clear()
+        outlet.backlog_bytes = 0
+        self._waiting.discard(outlet)
+        self.by_key.pop(outlet.key, None)
+        self.loop.unregister(outlet.socket)
+        if outlet.monitor is not None:
+            self.loop.unregister(outlet.monitor)
+            outlet.socket.disable_monitor()
+            outlet.monitor.close(linger=0)
+        # libzmq leaves the file behind. Removing it before the close, not
+        # after, can never remove the file of a newer outlet of the same key.
+        remove_socket_file(outlet.path)
+        outlet.socket.close(linger=linger)
+
+    def close_all(self, linger=0):
+        """Close every outlet (at exit)."""
+        for outlet in self:
+            self.close(outlet, linger=linger)
+
+    # -- the message path --------------------------------------------------
+
+    def deliver(self, outlet, frames, size):
+        """Send *frames* through *outlet* now, or keep them in order."""
+        outlet.last_active = self.clock()
+        if outlet.kind is routing.Kind.PUB and not outlet.subscribed(
+                frames[0]):
+            if self.limits.join_window <= 0:
+                self._drop(outlet, metrics.NO_SUBSCRIBER)
+                return
+            if self._admit(outlet, size):
+                outlet.waiting.append(
+                    (outlet.last_active + self.limits.join_window, frames,
+                     size))
+                self._waiting.add(outlet)
+            return
+        if not outlet.backlog:
+            try:
+                outlet.socket.send_multipart(frames, zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+            else:
+                outlet.forwarded += 1
+                self.counters.forwarded += 1
+                return
+        if self._admit(outlet, size):
+            self._enqueue(outlet, frames, size)
+
+    def _admit(self, outlet, size):
+        """Whether the backlogs have room for one more message of *size*."""
+        if outlet.queued >= self.limits.backlog:
+            self._drop(outlet, metrics.BACKLOG_FULL)
+            self.warn.warning(
+                'backlog-full',
+                'Backlog of outlet %s is full (%d messages): dropped the '
+                'newest message; check that its consumer runs and keeps '
+                'up, or raise rpc_zmq_topic_backlog', outlet.path,
+                self.limits.backlog)
+            return False
+        cap = self.limits.backlog_bytes
+        if cap and self.buffered_bytes + size > cap:
+            self._drop(outlet, metrics.BACKLOG_BYTES_FULL)
+            self.warn.warning(
+                'backlog-bytes-full',
+                'All backlogs together hold %d bytes (limit %d): dropped '
+                'a %d-byte message for %s; check the consumers that do not '
+                'keep up, or raise [zmq_receiver] max_backlog_bytes',
+                self.buffered_bytes, cap, size, outlet.path)
+            return False
+        outlet.backlog_bytes += size
+        self.buffered_bytes += size
+        return True
+
+    def _enqueue(self, outlet, frames, size):
+        outlet.backlog.append((frames, size))
+        if not outlet.polling_out:
+            outlet.polling_out = True
+            self.loop.modify(outlet.socket, self._events(outlet))
+
+    def _events(self, outlet):
+        events = zmq.POLLOUT if outlet.polling_out else 0
+        if outlet.kind is routing.Kind.PUB:
+            events |= zmq.POLLIN
+        return events
+
+    def _drop(self, outlet, reason, count=1):
+        outlet.dropped[reason] += count
+        self.counters.dropped[reason] += count
+
+    def _flush(self, outlet):
+        """Send from the backlog until it is empty or the socket is full."""
+        backlog = outlet.backlog
+        send = outlet.socket.send_multipart
+        while backlog:
+            frames, size = backlog[0]
+            try:
+                send(frames, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            backlog.popleft()
+            outlet.backlog_bytes -= size
+            self.buffered_bytes -= size
+            outlet.forwarded += 1
+            self.counters.forwarded += 1
+        if outlet.polling_out:
+            outlet.polling_out = False
+            self.loop.modify(outlet.socket, self._events(outlet))
+
+    # -- consumers -------------------------------------------------------------
+
+    def _on_pub_events(self, outlet, events):
+        if events & zmq.POLLIN:
+            self._read_subscriptions(outlet)
+        if events & zmq.POLLOUT:
+            self._flush(outlet)
+
+    def _read_subscriptions(self, outlet):
+        joined = False
+        while True:
+            try:
+                msg = outlet.socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if not msg:
+                continue
+            prefix = msg[1:]
+            if msg[0] == 1:
+                outlet.subscriptions[prefix] += 1
+                joined = True
+            elif msg[0] == 0 and outlet.subscriptions[prefix] > 0:
+                outlet.subscriptions[prefix] -= 1
+                if not outlet.subscriptions[prefix]:
+                    del outlet.subscriptions[prefix]
+        outlet.last_active = self.clock()
+        if joined and outlet.waiting:
+            self._release_waiting(outlet)
+
+    def _release_waiting(self, outlet):
+        """Move the waiting messages a subscription now matches, in order."""
+        still = collections.deque()
+        for entry in outlet.waiting:
+            frames = entry[1]
+            if outlet.subscribed(frames[0]):
+                # Already admitted: its bytes stay counted while it moves.
+                outlet.backlog.append((frames, entry[2]))
+            else:
+                still.append(entry)
+        outlet.waiting = still
+        if not still:
+            self._waiting.discard(outlet)
+        if outlet.backlog:
+            self._flush(outlet)
+            if outlet.backlog and not outlet.polling_out:
+                outlet.polling_out = True
+                self.loop.modify(outlet.socket, self._events(outlet))
+
+    def _on_monitor(self, outlet):
+        while True:
+            try:
+                event = zmq_monitor.recv_monitor_message(outlet.monitor,
+                                                         zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if event['event'] == zmq.EVENT_ACCEPTED:
+                outlet.peers += 1
+            elif event['event'] == zmq.EVENT_DISCONNECTED:
+                outlet.peers = max(0, outlet.peers - 1)
+            outlet.last_active = self.clock()
+
+    # -- time ------------------------------------------------------------------
+
+    @property
+    def has_waiting(self):
+        """Whether some message waits for a subscriber (needs a fast tick)."""
+        return bool(self._waiting)
+
+    def tick(self):
+        """Expire join windows and reap idle outlets."""
+        now = self.clock()
+        for outlet in list(self._waiting):
+            waiting = outlet.waiting
+            expired = 0
+            while waiting and waiting[0][0] <= now:
+                size = waiting.popleft()[2]
+                outlet.backlog_bytes -= size
+                self.buffered_bytes -= size
+                expired += 1
+            if expired:
+                self._drop(outlet, metrics.NO_SUBSCRIBER, expired)
+                self.warn.warning(
+                    'no-subscriber',
+                    'No subscriber joined outlet %s within the join window '
+                    '(%.1f s): dropped %d messages; check that the service '
+                    'listening on it runs', outlet.path,
+                    self.limits.join_window, expired)
+            if not waiting:
+                self._waiting.discard(outlet)
+        idle = self.limits.idle_timeout
+        reaped = [o for o in self.by_key.values()
+                  if not o.queued and not o.consumers
+                  and now - o.last_active >= idle]
+        for outlet in reaped:
+            LOG.info('Closing outlet %s: no consumer and no traffic for '
+                     '%.0f s', outlet.path, now - outlet.last_active)
+            self.close(outlet)
+            self.counters.outlets_reaped += 1
+        return bool(reaped)
+
+    def pending(self):
+        """Whether any backlog or join window still holds a message."""
+        return any(o.queued for o in self.by_key.values())
+
+
+def remove_socket_file(path):
+    """Remove the socket file *path*; a failure is logged, not raised."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        LOG.warning('Cannot remove socket file %s: %s', path, exc.strerror)
+
+
+def _fix_for(reason, ipc_dir):
+    if reason == metrics.OUT_OF_DESCRIPTORS:
+        return ('the process is out of file descriptors: raise its limit '
+                '(LimitNOFILE= in the unit, ulimit -n) or lower '
+                '[zmq_receiver] max_topics')
+    if reason == metrics.IPC_PERMISSION:
+        return ('the receiver (uid %d) may not create sockets in %s: make '
+                'the directory writable for it' % (os.geteuid(), ipc_dir))
+    if reason == metrics.IPC_DIR_MISSING:
+        return ('the IPC directory %s is gone: recreate it (or restart '
+                'the receiver, which creates it)' % ipc_dir)
+    return 'see the error above'

@@ -1,0 +1,389 @@
+"""The receiver's loop: one thread, one poller, every socket.
+
+The inbound PULL socket is read in batches; each message is routed by its
+topic frame (:mod:`zmq_receiver.routing`) and handed to its outlet
+(:mod:`zmq_receiver.outlets`), which sends it on or keeps it. Signals arrive
+as readable bytes (:mod:`zmq_receiver.signals`) and are handled as methods
+between two messages. Nothing in the loop blocks.
+"""
+
+import errno
+import ipaddress
+import json
+import logging
+import os
+import signal
+import time
+
+import zmq
+
+from zmq_receiver import errors
+from zmq_receiver import metrics
+from zmq_receiver import outlets as outlets_mod
+from zmq_receiver import ratelimit
+from zmq_receiver import routing
+from zmq_receiver import signals
+
+LOG = logging.getLogger(__name__)
+
+#: Messages read from the inbound socket before the loop looks at its other
+#: sockets again, so that a busy sender cannot starve outlet flushing.
+INBOUND_BATCH = 256
+#: Seconds between housekeeping passes (reaping, suppressed warnings).
+TICK = 1.0
+#: Seconds between passes while a message waits for a subscriber, which
+#: bounds how late a join window can end.
+FAST_TICK = 0.05
+#: Topics whose routing is remembered; past it the memo is cleared, so
+#: that a flood of distinct topics costs no memory.
+ROUTE_MEMO = 4096
+#: The control socket's file; not a ``zmq_topic_`` name, so no topic hits it.
+CONTROL_NAME = '.zmq-receiver-control'
+
+
+def tcp_endpoint(address, port):
+    """The ZeroMQ endpoint and IPv6 flag for ``rpc_zmq_bind_address``.
+
+    ``*`` binds every IPv4 and IPv6 address; an IPv6 literal is bracketed;
+    an IPv4 literal or interface name is used as it is, with IPv6 off so
+    that libzmq picks an interface's IPv4 address.
+    """
+    address = address.strip()
+    if address == '*':
+        return 'tcp://*:%d' % port, True
+    bare = address[1:-1] if address.startswith('[') else address
+    try:
+        ip = ipaddress.ip_address(bare)
+    except ValueError:
+        return 'tcp://%s:%d' % (address, port), False
+    if ip.version == 6:
+        return 'tcp://[%s]:%d' % (bare, port), True
+    return 'tcp://%s:%d' % (bare, port), False
+
+
+def control_path(ipc_dir):
+    """Path of the receiver's control socket in *ipc_dir*."""
+    return os.path.join(ipc_dir, CONTROL_NAME)
+
+
+class Settings:
+    """What the receiver loop needs, read and checked once from config."""
+
+    def __init__(self, bind_address, port, ipc_dir, limits,
+                 max_message_size, io_threads=1, shutdown_timeout=10.0,
+                 log_interval=10.0):
+        self.bind_address = bind_address
+        self.port = port
+        self.ipc_dir = ipc_dir
+        self.limits = limits
+        self.max_message_size = max_message_size
+        self.io_threads = io_threads
+        self.shutdown_timeout = shutdown_timeout
+        self.log_interval = log_interval
+
+
+class Receiver:
+    """Bind, then forward until told to stop.
+
+    Use :meth:`bind` (may raise :class:`errors.ReceiverError`), then
+    :meth:`run`, which returns once a graceful stop has finished.
+    """
+
+    def __init__(self, settings, reload=None, clock=time.monotonic):
+        self.settings = settings
+        self.clock = clock
+        #: Called on SIGHUP; returns new :class:`outlets.Limits` or None.
+        self._reload = reload
+        self.counters = metrics.Counters()
+        self.warn = ratelimit.RateLimitedLog(LOG, settings.log_interval,
+                                             clock)
+        self.ctx = None
+        self.inbound = None
+        self.control = None
+        self.endpoint = None
+        self.poller = zmq.Poller()
+        self._handlers = {}
+        self._events = {}
+        self.outlets = None
+        self._routes = {}
+        self._max_key_len = routing.max_key_length(settings.ipc_dir)
+        self._wakeup = signals.SignalWakeup(
+            (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1))
+        self._stopping = False
+        self._stop_now = False
+        self._deadline = None
+
+    # -- the loop's socket registry, used by the outlets -------------------
+
+    def register(self, sock, events, handler):
+        """Call ``handler(events)`` when *sock* has any of *events*."""
+        self._handlers[sock] = handler
+        self.modify(sock, events)
+
+    def modify(self, sock, events):
+        """Poll *sock* for *events* (0: keep it, but do not poll it)."""
+        if events:
+            self.poller.register(sock, events)
+        elif self._events.get(sock):
+            self.poller.unregister(sock)
+        self._events[sock] = events
+
+    def unregister(self, sock):
+        """Forget *sock*."""
+        if self._events.pop(sock, 0):
+            self.poller.unregister(sock)
+        self._handlers.pop(sock, None)
+
+    # -- start -------------------------------------------------------------
+
+    def bind(self):
+        """Create the context and bind the TCP port."""
+        s = self.settings
+        self.ctx = zmq.Context(s.io_threads)
+        # Each outlet holds a socket and, for PUSH, a monitor socket.
+        self.ctx.set(zmq.MAX_SOCKETS, 3 * s.limits.max_topics + 64)
+        self.outlets = outlets_mod.Outlets(
+            self.ctx, self, s.ipc_dir, s.limits, self.counters, self.warn,
+            self.clock)
+        endpoint, ipv6 = tcp_endpoint(s.bind_address, s.port)
+        sock = self.ctx.socket(zmq.PULL)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IPV6, int(ipv6))
+        # libzmq disconnects a peer that sends a larger frame.
+        sock.setsockopt(zmq.MAXMSGSIZE, s.max_message_size)
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            self.ctx.term()
+            self.ctx = None
+            if exc.errno == errno.EADDRINUSE:
+                raise errors.AddressInUse(
+                    'TCP address %s is already in use by another process: '
+                    'stop it (ss -ltnp \'sport = :%d\' names it) or set '
+                    'rpc_zmq_port to a free port' % (endpoint, s.port))
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                raise errors.PermissionProblem(
+                    'Cannot bind %s: %s; a port below 1024 needs root or '
+                    'CAP_NET_BIND_SERVICE' % (endpoint, exc.strerror))
+            raise errors.ConfigError(
+                'Cannot bind %s (rpc_zmq_bind_address=%s, rpc_zmq_port=%d): '
+                '%s; set rpc_zmq_bind_address to *, an address of this host '
+                'or one of its interface names' % (
+                    endpoint, s.bind_address, s.port, exc.strerror))
+        self.inbound = sock
+        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.register(sock, zmq.POLLIN, self._on_inbound)
+        self._bind_control()
+        return self.endpoint
+
+    def _bind_control(self):
+        """Answer ``stats`` requests on a socket beside the outlets."""
+        path = control_path(self.settings.ipc_dir)
+        sock = self.ctx.socket(zmq.REP)
+        sock.setsockopt(zmq.LINGER, 0)
+        old_umask = os.umask(0o777 & ~self.settings.limits.socket_mode)
+        try:
+            sock.bind('ipc://' + path)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            LOG.warning('No control socket %s (%s): stats are not available '
+                        'from the admin tool', path, exc.strerror)
+            return
+        finally:
+            os.umask(old_umask)
+        self.control = sock
+        self.register(sock, zmq.POLLIN, self._on_control)
+
+    def _on_control(self, events):
+        while True:
+            try:
+                request = self.control.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if request == b'stats':
+                reply = json.dumps(self.snapshot()).encode()
+            else:
+                reply = json.dumps({'error': 'unknown request %r; try '
+                                             'stats' % request[:64]}).encode()
+            try:
+                self.control.send(reply, zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+
+    # -- run ---------------------------------------------------------------
+
+    def run(self):
+        """Forward until a graceful stop completes."""
+        self._wakeup.install()
+        self.poller.register(self._wakeup.fileno(), zmq.POLLIN)
+        try:
+            self._loop()
+        finally:
+            self.poller.unregister(self._wakeup.fileno())
+            self._wakeup.restore()
+            self._close()
+
+    def _loop(self):
+        next_tick = self.clock() + TICK
+        poll = self.poller.poll
+        handlers = self._handlers
+        wakeup_fd = self._wakeup.fileno()
+        while not self._stop_now:
+            if self._stopping and not self.outlets.pending():
+                return
+            timeout = max(0.0, next_tick - self.clock())
+            if self._deadline is not None:
+                timeout = min(timeout, max(0.0, self._deadline -
+                                           self.clock()))
+            for sock, events in poll(timeout * 1000):
+                if sock == wakeup_fd:
+                    self._on_signals()
+                    continue
+                handler = handlers.get(sock)
+                if handler is not None:
+                    handler(events)
+            now = self.clock()
+            if self._deadline is not None and now >= self._deadline:
+                return
+            if now >= next_tick:
+                if self.outlets.tick():
+                    self._routes.clear()
+                self.warn.flush()
+                next_tick = now + (FAST_TICK if self.outlets.has_waiting
+                                   else TICK)
+
+    def _on_inbound(self, events):
+        recv = self.inbound.recv_multipart
+        for _ in range(INBOUND_BATCH):
+            try:
+                frames = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.dispatch(frames)
+
+    def dispatch(self, frames):
+        """Route one received message and hand it to its outlet."""
+        counters = self.counters
+        counters.received += 1
+        if len(frames) < 2:
+            self._reject(routing.SHORT_MESSAGE, None,
+                         '%d frame(s), fewer than the 2 of the legacy '
+                         'protocol' % len(frames))
+            return
+        size = sum(map(len, frames))
+        if size > self.settings.max_message_size:
+            self._reject(metrics.OVERSIZED, frames[1],
+                         '%d bytes, more than [zmq_receiver] '
+                         'max_message_size (%d)' % (
+                             size, self.settings.max_message_size))
+            return
+        topic = frames[1]
+        outlet = self._routes.get(topic)
+        if outlet is None:
+            route = routing.route(topic, self._max_key_len)
+            if not isinstance(route, routing.Route):
+                self._reject(route, topic, 'the topic cannot name a socket '
+                             'file')
+                return
+            outlet = self.outlets.get(route)
+            if outlet is None:
+                return
+            if len(self._routes) >= ROUTE_MEMO:
+                self._routes.clear()
+            self._routes[topic] = outlet
+        self.outlets.deliver(outlet, frames, size)
+
+    def _reject(self, reason, topic, why):
+        self.counters.rejected[reason] += 1
+        self.warn.warning('reject-' + reason,
+                          'Rejected a message from the network (%s): %s%s; '
+                          'its sender does not speak the legacy protocol '
+                          'or is hostile', reason, why,
+                          '' if topic is None else ', topic %r' % topic[:128])
+
+    # -- signals -----------------------------------------------------------
+
+    def _on_signals(self):
+        for signum in self._wakeup.read():
+            getattr(self, 'handle_' + signum.name[3:].lower())()
+
+    def handle_term(self):
+        """Stop gracefully; a second request stops at once."""
+        if self._stopping:
+            LOG.warning('Second stop request: stopping without delivering '
+                        'the remaining backlog')
+            self._stop_now = True
+            return
+        self.stop()
+
+    handle_int = handle_term
+
+    def handle_hup(self):
+        """Re-read the mutable options, keeping sockets and backlogs."""
+        if self._reload is None:
+            return
+        try:
+            limits = self._reload()
+        except errors.ReceiverError as exc:
+            LOG.error('Reload failed, keeping the running settings: %s', exc)
+            return
+        if limits is not None:
+            self.settings.limits = limits
+            self.outlets.limits = limits
+        LOG.info('Reloaded configuration')
+
+    def handle_usr1(self):
+        """Log the counters."""
+        LOG.info('Counters: %s', metrics.format_snapshot(self.snapshot()))
+
+    def stop(self):
+        """Begin a graceful stop: take no more input, drain the backlogs."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._deadline = self.clock() + self.settings.shutdown_timeout
+        # Unbinding closes the listener and the connections it accepted, so
+        # senders keep what they have not sent yet instead of losing it here.
+        if self.inbound is not None:
+            try:
+                self.inbound.unbind(self.endpoint)
+            except zmq.ZMQError:
+                pass
+            self._on_inbound_all()
+            self.unregister(self.inbound)
+        LOG.info('Stopping: delivering %d queued messages (at most %.1f s)',
+                 self.outlets.queued, self.settings.shutdown_timeout)
+
+    def _on_inbound_all(self):
+        """Take in everything libzmq already received before closing."""
+        while True:
+            try:
+                frames = self.inbound.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.dispatch(frames)
+
+    def snapshot(self):
+        """The counters and per-outlet figures as a plain dict."""
+        return self.counters.snapshot(self.outlets or ())
+
+    def _close(self):
+        if self.outlets is not None:
+            remaining = (max(0.0, self._deadline - self.clock())
+                         if self._deadline is not None else 0.0)
+            # Messages already handed to libzmq for a connected consumer
+            # get what is left of the shutdown time to leave.
+            self.outlets.close_all(linger=int(remaining * 1000))
+        if self.inbound is not None:
+            self.inbound.close(linger=0)
+            self.inbound = None
+        if self.control is not None:
+            outlets_mod.remove_socket_file(
+                control_path(self.settings.ipc_dir))
+            self.control.close(linger=0)
+            self.control = None
+        if self.ctx is not None:
+            self.ctx.term()
+            self.ctx = None
+        LOG.info('Stopped. %s', metrics.format_snapshot(self.snapshot()))
