@@ -16,10 +16,8 @@ exit status from :mod:`zmq_receiver.errors`; never a traceback for an
 operator's mistake.
 """
 
-import grp
 import logging
 import os
-import pwd
 import resource
 import sys
 
@@ -27,9 +25,12 @@ from oslo_config import cfg
 from oslo_log import log as oslo_log
 
 from zmq_receiver import __version__
+from zmq_receiver import daemonize
 from zmq_receiver import errors
+from zmq_receiver import notify
 from zmq_receiver import opts
 from zmq_receiver import outlets
+from zmq_receiver import privileges
 from zmq_receiver import receiver
 from zmq_receiver import rundir
 
@@ -41,6 +42,7 @@ def load_config(argv):
     """Parse *argv* (without the program name) into a new ConfigOpts."""
     conf = cfg.ConfigOpts()
     opts.register_opts(conf)
+    opts.register_cli_opts(conf)
     oslo_log.register_options(conf)
     try:
         # No implicit config file: the operator names the service's own.
@@ -64,13 +66,7 @@ def limits_from(conf):
     group = conf[opts.GROUP]
     gid = -1
     if group.socket_group:
-        try:
-            gid = grp.getgrnam(group.socket_group).gr_gid
-        except KeyError:
-            raise errors.ConfigError(
-                '[%s] socket_group = %s: no such group on this host; '
-                'create it or fix the name' % (opts.GROUP,
-                                               group.socket_group))
+        gid = privileges.group_id(group.socket_group, 'socket_group')
     return outlets.Limits(
         backlog=conf.rpc_zmq_topic_backlog,
         backlog_bytes=group.max_backlog_bytes,
@@ -114,17 +110,25 @@ def raise_descriptor_limit(wanted):
     return target
 
 
-def _user_name():
-    try:
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:
-        return 'uid %d' % os.geteuid()
+def _chown_log_files(ident):
+    """Give the open log files to *ident*, who must reopen them later."""
+    for handler in logging.getLogger().handlers:
+        path = getattr(handler, 'baseFilename', None)
+        if path:
+            os.chown(path, ident.uid, ident.gid)
 
 
 def run(argv):
     """Everything :func:`main` does, raising ReceiverError on failure."""
     conf = load_config(argv)
     settings = settings_from(conf)
+    group = conf[opts.GROUP]
+    ident = privileges.resolve(group.user, group.group)
+    if conf.daemon and notify.under_systemd():
+        raise errors.ConfigError(
+            '--daemon under systemd (NOTIFY_SOCKET is set): systemd '
+            'supervises the process itself; remove --daemon from the unit')
+    notifier = notify.Notifier()
     try:
         oslo_log.setup(conf, PROG, __version__)
     except OSError as exc:
@@ -132,10 +136,23 @@ def run(argv):
             'Cannot open the log file: %s: %s; create its directory and '
             'make it writable for the receiver\'s user'
             % (exc.filename, exc.strerror))
-    settings.ipc_dir = rundir.prepare(settings.ipc_dir)
+    if os.geteuid() == 0 and ident.uid == 0:
+        LOG.warning('RUNNING AS ROOT: set [zmq_receiver] user (for example '
+                    'to the service\'s own user) so that a flaw in the '
+                    'receiver cannot give the network root on this host')
+    settings.ipc_dir = rundir.prepare(
+        settings.ipc_dir, ident, mode=opts.ipc_dir_mode(conf),
+        gid=settings.limits.socket_gid,
+        allow_world_writable=group.allow_world_writable)
     lock = rundir.InstanceLock(settings.ipc_dir)
     lock.acquire()
     try:
+        if conf.daemon:
+            daemonize.detach(
+                group.pid_file or os.path.join(settings.ipc_dir,
+                                               '.zmq-receiver.pid'),
+                [lock.fileno()])
+            lock.update_pid()
         limits = settings.limits
         raise_descriptor_limit(4 * limits.max_topics + 64)
 
@@ -143,14 +160,18 @@ def run(argv):
             conf.mutate_config_files()
             return settings_from(conf).limits
 
-        recv = receiver.Receiver(settings, reload=reload)
+        recv = receiver.Receiver(settings, reload=reload, notifier=notifier)
+        # Bind first: a port below 1024 needs root.
         endpoint = recv.bind()
+        if os.geteuid() == 0 and ident.uid != 0:
+            _chown_log_files(ident)
+        privileges.drop(ident)
         LOG.info(
-            '%s %s listening on %s, forwarding to %s as %s; limits: '
+            '%s %s listening on %s, forwarding to %s as %r; limits: '
             '%d messages per topic, %d bytes in all backlogs, %d topics, '
             'idle outlets closed after %.0f s, join window %.1f s, '
             'messages up to %d bytes', PROG, __version__, endpoint,
-            settings.ipc_dir, _user_name(), limits.backlog,
+            settings.ipc_dir, privileges.current(), limits.backlog,
             limits.backlog_bytes, limits.max_topics, limits.idle_timeout,
             limits.join_window, settings.max_message_size)
         recv.run()

@@ -136,6 +136,37 @@ receiver_opts = [
         help='Group given to the IPC socket files. Unset: the directory\'s '
              'group when the directory is setgid (the shared-group model), '
              'otherwise the receiver\'s own group.'),
+    cfg.StrOpt(
+        'user',
+        default=None,
+        help='User (name or uid) the receiver runs as. Started as root, it '
+             'binds its port and prepares the IPC directory, then drops '
+             'to this user for good. Unset: it keeps the user it was '
+             'started as (a loud warning when that is root).\n\n'
+             'Related options:\n\n'
+             '* ``group``'),
+    cfg.StrOpt(
+        'group',
+        default=None,
+        help='Group (name or gid) the receiver runs as. Unset: the '
+             'primary group of ``user``.'),
+    cfg.StrOpt(
+        'ipc_dir_mode',
+        default='0755',
+        regex=r'^0?[0-7]{3,4}$',
+        help='Permission bits, in octal, given to the IPC directory when '
+             'the receiver creates it. Use ``2775`` with ``socket_group`` '
+             'for the shared-group model.'),
+    cfg.BoolOpt(
+        'allow_world_writable',
+        default=False,
+        help='Start even when the IPC directory is world-writable, where '
+             'any local user could replace the sockets.'),
+    cfg.StrOpt(
+        'pid_file',
+        default=None,
+        help='File the receiver writes its pid to when started with '
+             '``--daemon``. Unset: ``<rpc_zmq_ipc_dir>/.zmq-receiver.pid``.'),
     cfg.FloatOpt(
         'shutdown_timeout',
         default=10.0,
@@ -153,16 +184,30 @@ receiver_opts = [
 ]
 
 
+cli_opts = [
+    cfg.BoolOpt(
+        'daemon',
+        default=False,
+        help='Detach and run in the background (classic init scripts). Not '
+             'for systemd or containers, which want the foreground.'),
+]
+
+
 def register_opts(conf):
-    """Register the receiver's options on *conf*."""
+    """Register the options read from config files on *conf*."""
     conf.register_opts(legacy_opts)
     conf.register_opts(receiver_opts, group=GROUP)
+
+
+def register_cli_opts(conf):
+    """Register the receiver's own command-line options on *conf*."""
+    conf.register_cli_opts(cli_opts)
 
 
 def list_opts():
     """Options by group, for ``oslo-config-generator``."""
     return [
-        (None, legacy_opts),
+        (None, legacy_opts + cli_opts),
         (GROUP, receiver_opts),
     ]
 
@@ -175,3 +220,8 @@ def rpc_zmq_host(conf):
 def socket_mode(conf):
     """``[zmq_receiver] socket_mode`` as an integer."""
     return int(conf[GROUP].socket_mode, 8)
+
+
+def ipc_dir_mode(conf):
+    """``[zmq_receiver] ipc_dir_mode`` as an integer."""
+    return int(conf[GROUP].ipc_dir_mode, 8)

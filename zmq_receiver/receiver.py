@@ -19,6 +19,7 @@ import zmq
 
 from zmq_receiver import errors
 from zmq_receiver import metrics
+from zmq_receiver import notify
 from zmq_receiver import outlets as outlets_mod
 from zmq_receiver import ratelimit
 from zmq_receiver import routing
@@ -89,9 +90,11 @@ class Receiver:
     :meth:`run`, which returns once a graceful stop has finished.
     """
 
-    def __init__(self, settings, reload=None, clock=time.monotonic):
+    def __init__(self, settings, reload=None, notifier=None,
+                 clock=time.monotonic):
         self.settings = settings
         self.clock = clock
+        self.notifier = notifier or notify.Notifier()
         #: Called on SIGHUP; returns new :class:`outlets.Limits` or None.
         self._reload = reload
         self.counters = metrics.Counters()
@@ -174,7 +177,6 @@ class Receiver:
         self.inbound = sock
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.register(sock, zmq.POLLIN, self._on_inbound)
-        self._bind_control()
         return self.endpoint
 
     def _bind_control(self):
@@ -214,9 +216,15 @@ class Receiver:
     # -- run ---------------------------------------------------------------
 
     def run(self):
-        """Forward until a graceful stop completes."""
+        """Forward until a graceful stop completes.
+
+        Call it after privileges are dropped: the control socket it opens
+        belongs to the user it runs as.
+        """
         self._wakeup.install()
         self.poller.register(self._wakeup.fileno(), zmq.POLLIN)
+        self._bind_control()
+        self.notifier.ready(self.status_line())
         try:
             self._loop()
         finally:
@@ -229,10 +237,19 @@ class Receiver:
         poll = self.poller.poll
         handlers = self._handlers
         wakeup_fd = self._wakeup.fileno()
+        watchdog = self.notifier.watchdog_interval
+        next_ping = self.clock()
         while not self._stop_now:
             if self._stopping and not self.outlets.pending():
                 return
+            if watchdog is not None and self.clock() >= next_ping:
+                # From the loop itself: a stuck loop stops the pings and
+                # systemd restarts the receiver.
+                self.notifier.watchdog()
+                next_ping = self.clock() + watchdog
             timeout = max(0.0, next_tick - self.clock())
+            if watchdog is not None:
+                timeout = min(timeout, max(0.0, next_ping - self.clock()))
             if self._deadline is not None:
                 timeout = min(timeout, max(0.0, self._deadline -
                                            self.clock()))
@@ -250,6 +267,7 @@ class Receiver:
                 if self.outlets.tick():
                     self._routes.clear()
                 self.warn.flush()
+                self.notifier.status(self.status_line())
                 next_tick = now + (FAST_TICK if self.outlets.has_waiting
                                    else TICK)
 
@@ -323,15 +341,17 @@ class Receiver:
         """Re-read the mutable options, keeping sockets and backlogs."""
         if self._reload is None:
             return
+        self.notifier.reloading()
         try:
             limits = self._reload()
         except errors.ReceiverError as exc:
             LOG.error('Reload failed, keeping the running settings: %s', exc)
-            return
-        if limits is not None:
-            self.settings.limits = limits
-            self.outlets.limits = limits
-        LOG.info('Reloaded configuration')
+        else:
+            if limits is not None:
+                self.settings.limits = limits
+                self.outlets.limits = limits
+            LOG.info('Reloaded configuration')
+        self.notifier.ready(self.status_line())
 
     def handle_usr1(self):
         """Log the counters."""
@@ -342,6 +362,7 @@ class Receiver:
         if self._stopping:
             return
         self._stopping = True
+        self.notifier.stopping()
         self._deadline = self.clock() + self.settings.shutdown_timeout
         # Unbinding closes the listener and the connections it accepted, so
         # senders keep what they have not sent yet instead of losing it here.
@@ -363,6 +384,16 @@ class Receiver:
             except zmq.Again:
                 return
             self.dispatch(frames)
+
+    def status_line(self):
+        """A one-line summary for systemd's STATUS=."""
+        c = self.counters
+        return ('%s on %s: received %d, forwarded %d, rejected %d, dropped '
+                '%d, queued %d, outlets %d' % (
+                    'Stopping' if self._stopping else 'Forwarding',
+                    self.endpoint, c.received, c.forwarded,
+                    sum(c.rejected.values()), sum(c.dropped.values()),
+                    self.outlets.queued, len(self.outlets)))
 
     def snapshot(self):
         """The counters and per-outlet figures as a plain dict."""

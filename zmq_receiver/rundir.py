@@ -8,6 +8,7 @@ lock file makes the second one stop at once and name the first.
 import errno
 import fcntl
 import os
+import pwd
 import stat
 
 from zmq_receiver import errors
@@ -15,24 +16,19 @@ from zmq_receiver import errors
 LOCK_NAME = '.zmq-receiver.lock'
 
 
-def prepare(path, mode=0o755):
-    """Create *path* if missing and check that this process can use it.
+def prepare(path, ident, mode=0o755, gid=-1, allow_world_writable=False):
+    """Create *path* if missing and check that *ident* can use it.
 
-    Returns the absolute path. Raises :class:`errors.PermissionProblem`
-    with the fix when the directory is unusable.
+    *ident* (a :class:`privileges.Identity`) is who the receiver will run
+    as. A directory made here, as root, is given to *ident* with group *gid*
+    (-1: *ident*'s group) and *mode*. Returns the absolute path. Raises
+    :class:`errors.PermissionProblem` with the fix when it is unusable.
     """
     path = os.path.abspath(path)
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        try:
-            os.makedirs(path, mode)
-        except OSError as exc:
-            raise errors.PermissionProblem(
-                'IPC directory %s does not exist and cannot be created: '
-                '%s; create it (mkdir -p %s) and give it to the user the '
-                'receiver runs as' % (path, exc.strerror, path))
-        st = os.lstat(path)
+        st = _create(path, ident, mode, gid)
     if stat.S_ISLNK(st.st_mode):
         raise errors.PermissionProblem(
             'IPC directory %s is a symbolic link, which another user could '
@@ -42,13 +38,55 @@ def prepare(path, mode=0o755):
         raise errors.PermissionProblem(
             'IPC directory %s is not a directory: remove it, or set '
             'rpc_zmq_ipc_dir to a directory' % path)
-    if not os.access(path, os.W_OK | os.X_OK):
+    if st.st_mode & stat.S_IWOTH and not allow_world_writable:
         raise errors.PermissionProblem(
-            'IPC directory %s is owned by uid %d with mode %o, but the '
-            'receiver runs as uid %d and cannot create sockets in it: '
-            'chown %d %s' % (path, st.st_uid, stat.S_IMODE(st.st_mode),
-                             os.geteuid(), os.geteuid(), path))
+            'IPC directory %s is world-writable (mode %04o): any local user '
+            'could replace its sockets: chmod o-w %s (or set [zmq_receiver] '
+            'allow_world_writable = true if you really mean it)' % (
+                path, stat.S_IMODE(st.st_mode), path))
+    if not _writable(st, ident):
+        raise errors.PermissionProblem(
+            'IPC directory %s is owned by %s with mode %04o, but the '
+            'receiver runs as %s and cannot create sockets in it: chown %s '
+            '%s' % (path, _owner(st.st_uid), stat.S_IMODE(st.st_mode),
+                    ident.label, ident.label, path))
     return path
+
+
+def _create(path, ident, mode, gid):
+    try:
+        os.makedirs(path, exist_ok=True)
+        # makedirs applies the umask; the configured mode is meant as is.
+        os.chmod(path, mode)
+        if os.geteuid() == 0:
+            os.chown(path, ident.uid, ident.gid if gid == -1 else gid)
+    except OSError as exc:
+        raise errors.PermissionProblem(
+            'IPC directory %s does not exist and cannot be created: %s; '
+            'create it (install -d -o %s %s) or start the receiver as root'
+            % (path, exc.strerror, ident.label, path))
+    return os.lstat(path)
+
+
+def _writable(st, ident):
+    """Whether *ident* may create files in a directory with stat *st*."""
+    if ident.uid == 0:
+        return True
+    wx = stat.S_IWUSR | stat.S_IXUSR
+    if st.st_uid == ident.uid:
+        return st.st_mode & wx == wx
+    wx >>= 3
+    if st.st_gid in ident.groups():
+        return st.st_mode & wx == wx
+    wx >>= 3
+    return st.st_mode & wx == wx
+
+
+def _owner(uid):
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return 'uid %d' % uid
 
 
 class InstanceLock:
@@ -101,6 +139,10 @@ class InstanceLock:
                 'rpc_zmq_ipc_dir' % (holder or 'unknown',
                                      os.path.dirname(self.path)))
         return fd
+
+    def fileno(self):
+        """The lock's descriptor (to keep it open across daemonizing)."""
+        return self._fd
 
     def update_pid(self):
         """Record the current pid (after daemonizing changed it)."""
