@@ -14,6 +14,7 @@ Subcommands:
 
 import json
 import sys
+import time
 
 from oslo_config import cfg
 import zmq
@@ -35,6 +36,8 @@ def _add_parsers(subparsers):
     stats.add_argument('--json', action='store_true',
                        help='machine-readable output')
     stats.add_argument('--timeout', type=float, default=3.0)
+    stats.add_argument('--watch', type=float, metavar='SECONDS',
+                       help='refresh every SECONDS until interrupted')
 
 
 def ask(ipc_dir, request, timeout):
@@ -96,12 +99,21 @@ def main(argv=None):
         print('%s: error: %s' % (PROG, exc), file=sys.stderr)
         return errors.EXIT_CONFIG
     command = conf.command
+    watch = getattr(command, 'watch', None)
     try:
-        answer = ask(ipc_dir, b'stats', command.timeout)
+        while True:
+            answer = ask(ipc_dir, b'stats', command.timeout)
+            if command.name == 'stats':
+                if watch:
+                    # Clear the terminal, like watch(1).
+                    sys.stdout.write('\x1b[H\x1b[2J')
+                print(json.dumps(answer, indent=2, sort_keys=True)
+                      if command.json else format_table(answer), flush=True)
+            if not watch:
+                return 0
+            time.sleep(watch)
     except errors.ReceiverError as exc:
         print('%s: %s' % (PROG, exc), file=sys.stderr)
         return 1
-    if command.name == 'stats':
-        print(json.dumps(answer, indent=2, sort_keys=True)
-              if command.json else format_table(answer))
-    return 0
+    except KeyboardInterrupt:
+        return 0

@@ -27,6 +27,7 @@ from oslo_log import log as oslo_log
 from zmq_receiver import __version__
 from zmq_receiver import daemonize
 from zmq_receiver import errors
+from zmq_receiver import exporter as exporter_mod
 from zmq_receiver import notify
 from zmq_receiver import opts
 from zmq_receiver import outlets
@@ -160,9 +161,22 @@ def run(argv):
             conf.mutate_config_files()
             return settings_from(conf).limits
 
-        recv = receiver.Receiver(settings, reload=reload, notifier=notifier)
+        exporter = None
+        state = None
+        if group.metrics_port is not None:
+            state = exporter_mod.LoopState()
+            exporter = exporter_mod.Exporter(
+                group.metrics_address, group.metrics_port, state,
+                group.metrics_top_topics)
+        recv = receiver.Receiver(settings, reload=reload, notifier=notifier,
+                                 state=state)
         # Bind first: a port below 1024 needs root.
         endpoint = recv.bind()
+        if exporter is not None:
+            url = exporter.bind()
+            exporter.start()
+            LOG.info('Metrics on %s/metrics, health on %s/healthz and '
+                     '%s/readyz', url, url, url)
         if os.geteuid() == 0 and ident.uid != 0:
             _chown_log_files(ident)
         privileges.drop(ident)
@@ -174,7 +188,11 @@ def run(argv):
             settings.ipc_dir, privileges.current(), limits.backlog,
             limits.backlog_bytes, limits.max_topics, limits.idle_timeout,
             limits.join_window, settings.max_message_size)
-        recv.run()
+        try:
+            recv.run()
+        finally:
+            if exporter is not None:
+                exporter.stop()
     finally:
         lock.release()
     return errors.EXIT_OK

@@ -174,6 +174,28 @@ receiver_opts = [
         help='Seconds a graceful stop (SIGTERM, SIGINT) spends delivering '
              'backlogs before it gives up and counts what is left as '
              'dropped.'),
+    cfg.PortOpt(
+        'metrics_port',
+        default=None,
+        help='TCP port of the HTTP endpoint serving Prometheus metrics '
+             '(``/metrics``), ``/healthz`` (fails when the forwarding loop '
+             'is stuck) and ``/readyz``. Unset: no endpoint. 0: a free '
+             'port, logged at startup.\n\n'
+             'Related options:\n\n'
+             '* ``metrics_address``, ``metrics_top_topics``'),
+    cfg.StrOpt(
+        'metrics_address',
+        default='127.0.0.1',
+        help='Address the metrics endpoint binds. The default keeps it on '
+             'the loopback interface.'),
+    cfg.IntOpt(
+        'metrics_top_topics',
+        default=20,
+        min=1,
+        max=1000,
+        help='Topics reported by name in the per-topic metrics: the '
+             'busiest ones; the others are summed under ``other``, so a '
+             'flood of topics cannot flood the metrics.'),
     cfg.FloatOpt(
         'log_interval',
         default=10.0,

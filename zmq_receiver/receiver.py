@@ -90,11 +90,13 @@ class Receiver:
     :meth:`run`, which returns once a graceful stop has finished.
     """
 
-    def __init__(self, settings, reload=None, notifier=None,
+    def __init__(self, settings, reload=None, notifier=None, state=None,
                  clock=time.monotonic):
         self.settings = settings
         self.clock = clock
         self.notifier = notifier or notify.Notifier()
+        #: What the metrics endpoint reads; None without one.
+        self.state = state
         #: Called on SIGHUP; returns new :class:`outlets.Limits` or None.
         self._reload = reload
         self.counters = metrics.Counters()
@@ -114,6 +116,9 @@ class Receiver:
             (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1))
         self._stopping = False
         self._stop_now = False
+        #: Per-message detail costs time; only at debug level (re-read on
+        #: reload, where the level may change).
+        self.debug = LOG.isEnabledFor(logging.DEBUG)
         self._deadline = None
 
     # -- the loop's socket registry, used by the outlets -------------------
@@ -225,6 +230,7 @@ class Receiver:
         self.poller.register(self._wakeup.fileno(), zmq.POLLIN)
         self._bind_control()
         self.notifier.ready(self.status_line())
+        self._publish(ready=True)
         try:
             self._loop()
         finally:
@@ -239,6 +245,7 @@ class Receiver:
         wakeup_fd = self._wakeup.fileno()
         watchdog = self.notifier.watchdog_interval
         next_ping = self.clock()
+        state = self.state
         while not self._stop_now:
             if self._stopping and not self.outlets.pending():
                 return
@@ -253,7 +260,9 @@ class Receiver:
             if self._deadline is not None:
                 timeout = min(timeout, max(0.0, self._deadline -
                                            self.clock()))
-            for sock, events in poll(timeout * 1000):
+            ready = poll(timeout * 1000)
+            turn = self.clock()
+            for sock, events in ready:
                 if sock == wakeup_fd:
                     self._on_signals()
                     continue
@@ -261,6 +270,13 @@ class Receiver:
                 if handler is not None:
                     handler(events)
             now = self.clock()
+            if state is not None:
+                state.last_turn = now
+                state.iterations += 1
+                busy = now - turn
+                state.busy_seconds += busy
+                if busy > state.max_iteration:
+                    state.max_iteration = busy
             if self._deadline is not None and now >= self._deadline:
                 return
             if now >= next_tick:
@@ -268,6 +284,7 @@ class Receiver:
                     self._routes.clear()
                 self.warn.flush()
                 self.notifier.status(self.status_line())
+                self._publish()
                 next_tick = now + (FAST_TICK if self.outlets.has_waiting
                                    else TICK)
 
@@ -297,6 +314,9 @@ class Receiver:
                              size, self.settings.max_message_size))
             return
         topic = frames[1]
+        if self.debug:
+            LOG.debug('Received %d frames, %d bytes, topic %r', len(frames),
+                      size, topic[:128])
         outlet = self._routes.get(topic)
         if outlet is None:
             route = routing.route(topic, self._max_key_len)
@@ -351,6 +371,7 @@ class Receiver:
                 self.settings.limits = limits
                 self.outlets.limits = limits
             LOG.info('Reloaded configuration')
+        self.debug = LOG.isEnabledFor(logging.DEBUG)
         self.notifier.ready(self.status_line())
 
     def handle_usr1(self):
@@ -363,6 +384,7 @@ class Receiver:
             return
         self._stopping = True
         self.notifier.stopping()
+        self._publish(ready=False)
         self._deadline = self.clock() + self.settings.shutdown_timeout
         # Unbinding closes the listener and the connections it accepted, so
         # senders keep what they have not sent yet instead of losing it here.
@@ -384,6 +406,17 @@ class Receiver:
             except zmq.Again:
                 return
             self.dispatch(frames)
+
+    def _publish(self, ready=None):
+        """Hand the metrics endpoint a fresh snapshot (once per tick)."""
+        state = self.state
+        if state is None:
+            return
+        state.snapshot = self.snapshot()
+        state.last_max_iteration = state.max_iteration
+        state.max_iteration = 0.0
+        if ready is not None:
+            state.ready = ready
 
     def status_line(self):
         """A one-line summary for systemd's STATUS=."""
