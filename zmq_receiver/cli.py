@@ -33,6 +33,7 @@ from zmq_receiver import opts
 from zmq_receiver import outlets
 from zmq_receiver import privileges
 from zmq_receiver import receiver
+from zmq_receiver import routing
 from zmq_receiver import rundir
 
 LOG = logging.getLogger(__name__)
@@ -148,6 +149,11 @@ def run(argv):
     lock = rundir.InstanceLock(settings.ipc_dir)
     lock.acquire()
     try:
+        stale = rundir.remove_stale_sockets(
+            settings.ipc_dir, (routing.SOCKET_PREFIX, receiver.CONTROL_NAME))
+        if stale:
+            LOG.warning('Removed %d socket files left in %s by a receiver '
+                        'that did not stop in order', stale, settings.ipc_dir)
         if conf.daemon:
             daemonize.detach(
                 group.pid_file or os.path.join(settings.ipc_dir,

@@ -89,6 +89,25 @@ def _owner(uid):
         return 'uid %d' % uid
 
 
+def remove_stale_sockets(path, prefixes):
+    """Remove the socket files in *path* whose names start with *prefixes*.
+
+    Call it only while holding the instance lock: then every such file was
+    left by an earlier receiver that did not stop in order.
+    """
+    removed = 0
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if (entry.name.startswith(prefixes) and
+                    stat.S_ISSOCK(entry.stat(follow_symlinks=False).st_mode)):
+                try:
+                    os.unlink(entry.path)
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+    return removed
+
+
 class InstanceLock:
     """An exclusive ``flock`` on a file in the IPC directory.
 
