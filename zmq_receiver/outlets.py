@@ -26,6 +26,7 @@ from zmq.utils import monitor as zmq_monitor
 
 from zmq_receiver import metrics
 from zmq_receiver import routing
+from zmq_receiver.wire import send_message
 
 LOG = logging.getLogger(__name__)
 
@@ -280,7 +281,7 @@ class Outlets:
             return
         if not outlet.backlog:
             try:
-                outlet.socket.send_multipart(frames, zmq.NOBLOCK)
+                send_message(outlet.socket, frames)
             except zmq.Again:
                 pass
             else:
@@ -334,11 +335,11 @@ class Outlets:
     def _flush(self, outlet):
         """Send from the backlog until it is empty or the socket is full."""
         backlog = outlet.backlog
-        send = outlet.socket.send_multipart
+        sock = outlet.socket
         while backlog:
             frames, size = backlog[0]
             try:
-                send(frames, zmq.NOBLOCK)
+                send_message(sock, frames)
             except zmq.Again:
                 return
             backlog.popleft()

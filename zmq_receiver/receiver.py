@@ -24,6 +24,7 @@ from zmq_receiver import outlets as outlets_mod
 from zmq_receiver import ratelimit
 from zmq_receiver import routing
 from zmq_receiver import signals
+from zmq_receiver.wire import recv_message
 
 LOG = logging.getLogger(__name__)
 
@@ -289,13 +290,14 @@ class Receiver:
                                    else TICK)
 
     def _on_inbound(self, events):
-        recv = self.inbound.recv_multipart
+        sock = self.inbound
+        dispatch = self.dispatch
         for _ in range(INBOUND_BATCH):
             try:
-                frames = recv(zmq.NOBLOCK)
+                frames = recv_message(sock)
             except zmq.Again:
                 return
-            self.dispatch(frames)
+            dispatch(frames)
 
     def dispatch(self, frames):
         """Route one received message and hand it to its outlet."""
@@ -402,7 +404,7 @@ class Receiver:
         """Take in everything libzmq already received before closing."""
         while True:
             try:
-                frames = self.inbound.recv_multipart(zmq.NOBLOCK)
+                frames = recv_message(self.inbound)
             except zmq.Again:
                 return
             self.dispatch(frames)
