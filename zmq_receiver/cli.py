@@ -16,8 +16,11 @@ exit status from :mod:`zmq_receiver.errors`; never a traceback for an
 operator's mistake.
 """
 
+import contextlib
+import io
 import logging
 import os
+import re
 import resource
 import sys
 
@@ -39,17 +42,37 @@ from zmq_receiver import rundir
 LOG = logging.getLogger(__name__)
 PROG = 'oslo-messaging-zmq-receiver'
 
+#: Whether oslo.log is set up: before, errors go to stderr only.
+_logging_ready = False
+
 
 def load_config(argv):
-    """Parse *argv* (without the program name) into a new ConfigOpts."""
+    """Parse *argv* (without the program name) into a new ConfigOpts.
+
+    Every value the receiver declares is read and checked here, so that a
+    wrong one stops the start with its name, its file and the reason.
+    """
     conf = cfg.ConfigOpts()
     opts.register_opts(conf)
     opts.register_cli_opts(conf)
     oslo_log.register_options(conf)
+    captured = io.StringIO()
     try:
-        # No implicit config file: the operator names the service's own.
-        conf(argv, project=PROG, prog=PROG, version=__version__,
-             default_config_files=[])
+        # oslo.config reports a bad value of a command-line option found
+        # in a config file (debug = maybe) on stderr, worded as if it came
+        # from the command line, and exits 1: catch it and say it plainly.
+        with contextlib.redirect_stderr(captured):
+            # No implicit config file: the operator names the service's own.
+            conf(argv, project=PROG, prog=PROG, version=__version__,
+                 default_config_files=[])
+    except SystemExit as exc:
+        said = captured.getvalue().strip()
+        if exc.code == 1 and said:
+            raise errors.ConfigError(
+                'Invalid value in the config files: %s; fix it in the '
+                'file' % said.replace('argument --', 'option '))
+        sys.stderr.write(captured.getvalue())
+        raise
     except cfg.ConfigFilesNotFoundError as exc:
         raise errors.ConfigError(
             'Config file not found or unreadable: %s; check the '
@@ -60,7 +83,28 @@ def load_config(argv):
                                  % (exc.config_file, exc.msg))
     except cfg.Error as exc:
         raise errors.ConfigError(str(exc))
+    sys.stderr.write(captured.getvalue())
+    check_values(conf)
     return conf
+
+
+def check_values(conf):
+    """Read every option the receiver declares; raise ConfigError on one
+    that does not convert, naming the option and where it was set."""
+    for group, group_opts in opts.list_opts():
+        for opt in group_opts:
+            try:
+                getattr(conf[group] if group else conf, opt.dest)
+            except (cfg.ConfigFileValueError, ValueError) as exc:
+                # oslo.config words it "Value for option X from
+                # LocationInfo(..., detail='<file>') is not valid: <why>".
+                text = str(exc)
+                reason = text.rsplit(' is not valid: ', 1)[-1]
+                found = re.search(r"detail='([^']*)'", text)
+                where = found.group(1) if found else 'the configuration'
+                raise errors.ConfigError(
+                    '[%s] %s in %s: %s' % (group or 'DEFAULT', opt.dest,
+                                           where, reason))
 
 
 def limits_from(conf):
@@ -131,8 +175,10 @@ def run(argv):
             '--daemon under systemd (NOTIFY_SOCKET is set): systemd '
             'supervises the process itself; remove --daemon from the unit')
     notifier = notify.Notifier()
+    global _logging_ready
     try:
         oslo_log.setup(conf, PROG, __version__)
+        _logging_ready = True
     except OSError as exc:
         raise errors.PermissionProblem(
             'Cannot open the log file: %s: %s; create its directory and '
@@ -211,11 +257,14 @@ def main(argv=None):
     try:
         return run(argv)
     except errors.ReceiverError as exc:
-        if logging.getLogger().handlers:
-            LOG.error('%s', exc)
-        # The log may be a file or stdout; the operator reads stderr.
-        print('%s: error: %s' % (PROG, exc), file=sys.stderr)
-        return exc.exit_code
+        error = exc
     except Exception:
         LOG.exception('Internal error; please report it with this log')
         return errors.EXIT_INTERNAL
+    # Outside the except block: oslo.log would append the exception being
+    # handled to an error line, repeating the message.
+    if _logging_ready:
+        LOG.error('%s', error)
+    # The log may be a file or stdout; the operator reads stderr.
+    print('%s: error: %s' % (PROG, error), file=sys.stderr)
+    return error.exit_code
