@@ -14,6 +14,8 @@ import socket
 from oslo_config import cfg
 
 GROUP = 'zmq_receiver'
+RING_GROUP = 'matchmaker_ring'
+REDIS_GROUP = 'matchmaker_redis'
 
 #: Replaces the legacy unbounded default of ``rpc_zmq_topic_backlog``.
 DEFAULT_TOPIC_BACKLOG = 1000
@@ -70,6 +72,104 @@ legacy_opts = [
              'legacy driver left this unbounded; the receiver bounds it.\n\n'
              'Related options:\n\n'
              '* ``[zmq_receiver] max_backlog_bytes``'),
+]
+
+# The legacy driver's matchmaker options, under its names and groups, with
+# types no stricter than its own: a service's config file must load here.
+matchmaker_opts = [
+    cfg.StrOpt(
+        'rpc_zmq_matchmaker',
+        default='local',
+        help='Matchmaker that tells senders which hosts serve a topic, as '
+             'the services\' legacy driver reads it; the admin tool '
+             '(``oslo-messaging-zmq-admin``) reads and maintains the same '
+             'one.\n\n'
+             'Possible values:\n\n'
+             '* ``local``: every topic is served on this host\n'
+             '* ``ring``: a static JSON file, ``[matchmaker_ring] '
+             'ringfile``\n'
+             '* ``redis``: registrations in Redis, ``[matchmaker_redis]``\n'
+             '* a legacy class path, such as '
+             '``oslo.messaging._drivers.matchmaker_ring.MatchMakerRing``: '
+             'deprecated, read as the name of its class\n\n'
+             'Related options:\n\n'
+             '* ``matchmaker_heartbeat_freq``, ``matchmaker_heartbeat_ttl``'),
+    cfg.IntOpt(
+        'matchmaker_heartbeat_freq',
+        default=300,
+        help='Seconds between two refreshes of a Redis registration\'s '
+             'TTL. Keep it well below ``matchmaker_heartbeat_ttl``, or '
+             'live services drop out of the registry between two '
+             'refreshes.\n\n'
+             'Related options:\n\n'
+             '* ``matchmaker_heartbeat_ttl``'),
+    cfg.IntOpt(
+        'matchmaker_heartbeat_ttl',
+        default=600,
+        help='Seconds a Redis registration lives without a refresh. A '
+             'service that stops refreshing it is taken out of the '
+             'registry by the first lookup after it expired.\n\n'
+             'Related options:\n\n'
+             '* ``matchmaker_heartbeat_freq``'),
+]
+
+ring_opts = [
+    cfg.StrOpt(
+        'ringfile',
+        default='/etc/oslo/matchmaker_ring.json',
+        deprecated_name='matchmaker_ringfile',
+        deprecated_group='DEFAULT',
+        help='Ring file of the ``ring`` matchmaker: a JSON object from each '
+             'bare topic to the list of hosts serving it, such as '
+             '``{"scheduler": ["host1", "host2"]}``. Double quotes, no '
+             'trailing comma. Host names must resolve on every node.\n\n'
+             'Related options:\n\n'
+             '* ``[DEFAULT] rpc_zmq_matchmaker``'),
+]
+
+redis_opts = [
+    cfg.StrOpt(
+        'host',
+        default='127.0.0.1',
+        help='Host name or address of the Redis server of the ``redis`` '
+             'matchmaker, when no Sentinel is used.\n\n'
+             'Related options:\n\n'
+             '* ``port``, ``password``, ``sentinel_hosts``'),
+    cfg.PortOpt(
+        'port',
+        default=6379,
+        help='TCP port of the Redis server.\n\n'
+             'Related options:\n\n'
+             '* ``host``'),
+    cfg.StrOpt(
+        'password',
+        default=None,
+        secret=True,
+        help='Password of the Redis server (its ``requirepass``). Unset or '
+             'empty: no password.'),
+    cfg.ListOpt(
+        'sentinel_hosts',
+        default=[],
+        help='Redis Sentinels that name the current master, as '
+             '``host:port`` items (port 26379 when left out), so that the '
+             'registry survives the loss of its master. Unset: the server '
+             'at ``host`` and ``port``.\n\n'
+             'Related options:\n\n'
+             '* ``sentinel_group_name``'),
+    cfg.StrOpt(
+        'sentinel_group_name',
+        default='oslo-messaging-zeromq',
+        help='Name of the master the Sentinels monitor (``sentinel monitor '
+             '<name> ...``).\n\n'
+             'Related options:\n\n'
+             '* ``sentinel_hosts``'),
+    cfg.IntOpt(
+        'socket_timeout',
+        default=10000,
+        help='Milliseconds (as in oslo.messaging\'s option of this name) a '
+             'connection to Redis or a Sentinel, or an answer, may take '
+             'before it counts as failed and is retried with exponential '
+             'backoff.'),
 ]
 
 receiver_opts = [
@@ -218,7 +318,10 @@ cli_opts = [
 def register_opts(conf):
     """Register the options read from config files on *conf*."""
     conf.register_opts(legacy_opts)
+    conf.register_opts(matchmaker_opts)
     conf.register_opts(receiver_opts, group=GROUP)
+    conf.register_opts(ring_opts, group=RING_GROUP)
+    conf.register_opts(redis_opts, group=REDIS_GROUP)
 
 
 def register_cli_opts(conf):
@@ -229,8 +332,10 @@ def register_cli_opts(conf):
 def list_opts():
     """Options by group, for ``oslo-config-generator``."""
     return [
-        (None, legacy_opts + cli_opts),
+        (None, legacy_opts + matchmaker_opts + cli_opts),
         (GROUP, receiver_opts),
+        (RING_GROUP, ring_opts),
+        (REDIS_GROUP, redis_opts),
     ]
 
 

@@ -104,7 +104,8 @@ def test_list_opts_covers_every_registered_option():
 
 def test_list_opts_groups():
     groups = dict(opts.list_opts())
-    assert set(groups) == {None, opts.GROUP}
+    assert set(groups) == {None, opts.GROUP, opts.RING_GROUP,
+                           opts.REDIS_GROUP}
     # The legacy names stay in [DEFAULT], where services' config files
     # have them.
     legacy = {opt.name for opt in groups[None]}
