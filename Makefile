@@ -1,8 +1,10 @@
 # Thin aliases for ./dev, which does the work (and needs no make).
-.PHONY: run test sample-config
+.PHONY: run test bench sample-config
 run:
 	./dev run
 test:
 	./dev test
+bench:
+	./dev bench
 sample-config:
 	./dev sample-config

@@ -1,0 +1,228 @@
+"""One measurement each: a throughput run, a latency run, the endpoints alone.
+
+Every run starts its own processes in its own temporary directory and ends
+them all, so runs can be interleaved in any order. A run's steps:
+
+1. start the forwarder, if any: nothing for (a), ``zbench proxy`` for (b),
+   ``python -m zmq_receiver`` for (c) (its "listening on" line is the event
+   that it is ready);
+2. start the consumers, then the generator, which sends warm-up messages
+   to every topic until told "go"; each consumer says "ready" once a
+   warm-up arrived from each of its topics (so every connection, and
+   every subscription, is in place);
+3. "go": the generator stamps t0 and sends the measured messages; each
+   consumer says "done" with its count and the time of its last message.
+
+A consumer that falls silent for ``IDLE_MS`` after its first message, or
+that has not finished by the deadline, reports what it got: the run is then
+marked incomplete and gives no rate.
+"""
+
+import shutil
+import tempfile
+import time
+
+from bench.procs import BenchError, Proc, Receiver, parse_kv, peak_rss_kib
+from bench.procs import thread_cpu
+
+#: The topic of the single-topic cases; an ordinary (PUSH) outlet.
+TOPIC = 'compute.bench'
+#: The fanout case's topic; the receiver publishes it on key fanout~compute.
+FANOUT_TOPIC = 'fanout~compute.bench'
+FANOUT_KEY = 'fanout~compute'
+#: Topics of the many-topics case and the consumer processes sharing them.
+MANY_TOPICS = ['compute.b%03d' % i for i in range(100)]
+CONSUMERS = 4
+#: A consumer silent this long after its first message has lost some.
+IDLE_MS = 3000
+#: Seconds for processes to start, connect and warm up.
+SETUP_TIMEOUT = 30.0
+
+#: case -> (group, label). Group a/b/c as in the issue.
+CASES = {
+    'direct': ('a', 'direct PUSH->PULL, tcp'),
+    'proxy': ('b', 'zmq_proxy tcp->ipc PUSH'),
+    'recv1': ('c', 'receiver, 1 topic'),
+    'recv100': ('c', 'receiver, 100 topics/4 procs'),
+    'fanout': ('c', 'receiver, fanout, 4 SUB'),
+}
+#: Cases that also get a latency run (one message at a time).
+LATENCY_CASES = ('direct', 'proxy', 'recv1')
+
+
+def message_bytes(topic, size):
+    """Bytes of one legacy message: all four frames."""
+    return len(b'0') + len(topic) + len(b'cast') + size
+
+
+class Run:
+    """The processes and temporary directory of one run."""
+
+    def __init__(self, endpoints, tmp_root):
+        self.endpoints = endpoints
+        # Short, under /tmp: a unix socket path holds at most 107 bytes.
+        self.dir = tempfile.mkdtemp(prefix='zb-', dir=tmp_root)
+        self.procs = []
+        self.receiver = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        # Reverse order: consumers and generator go before the forwarder.
+        for proc in reversed(self.procs):
+            proc.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def start(self, name, role, *args):
+        proc = Proc(name, self.endpoints.argv(role, *args))
+        self.procs.append(proc)
+        return proc
+
+    def start_receiver(self, deadline):
+        receiver = Receiver(self.dir, deadline)
+        self.procs.append(receiver)
+        self.receiver = receiver
+        return receiver
+
+
+def _topology(run, case, n, size, deadline):
+    """Start forwarder and consumers: (endpoint, topics, [(sink, expect)],
+    processes to watch)."""
+    sink_args = ['-s', size, '-i', IDLE_MS]
+
+    def sink(name, count, endpoints, *extra):
+        args = ['-n', count] + sink_args + list(extra) + list(endpoints)
+        return run.start(name, 'sink', *args), count
+
+    if case == 'direct':
+        s = sink('consumer', n, ['tcp://127.0.0.1:*'], '-b')
+        endpoint = s[0].expect(r'^endpoint=(\S+)', deadline).group(1)
+        return endpoint, [TOPIC], [s], []
+    if case == 'proxy':
+        backend = 'ipc://%s/proxy' % run.dir
+        proxy = run.start('proxy', 'proxy', 'tcp://127.0.0.1:*', backend)
+        endpoint = proxy.expect(r'^endpoint=(\S+)', deadline).group(1)
+        return endpoint, [TOPIC], [sink('consumer', n, [backend])], [proxy]
+    receiver = run.start_receiver(deadline)
+    if case == 'recv1':
+        sinks = [sink('consumer', n, [receiver.outlet(TOPIC)])]
+        return receiver.endpoint, [TOPIC], sinks, [receiver]
+    if case == 'recv100':
+        sinks = []
+        for c in range(CONSUMERS):
+            # The generator sends message i to topic i % 100.
+            mine = range(c, len(MANY_TOPICS), CONSUMERS)
+            expect = sum(len(range(t, n, len(MANY_TOPICS))) for t in mine)
+            sinks.append(sink('consumer%d' % c, expect,
+                              [receiver.outlet(MANY_TOPICS[t])
+                               for t in mine]))
+        return receiver.endpoint, MANY_TOPICS, sinks, [receiver]
+    if case == 'fanout':
+        sinks = [sink('subscriber%d' % c, n, [receiver.outlet(FANOUT_KEY)],
+                      '-S') for c in range(CONSUMERS)]
+        return receiver.endpoint, [FANOUT_TOPIC], sinks, [receiver]
+    raise ValueError('unknown case %r' % case)
+
+
+def _collect(sinks, deadline, watch):
+    """Each consumer's "done" line; past *deadline*, what it got so far."""
+    results = []
+    for proc, expect in sinks:
+        try:
+            line = proc.expect(r'^done ', deadline, watch).string
+        except BenchError:
+            # Lost messages (or a dead forwarder): ask what did arrive.
+            proc.send('report')
+            line = proc.expect(r'^done ', time.monotonic() + 5.0).string
+        result = parse_kv(line)
+        result['expect'] = expect
+        results.append(result)
+    return results
+
+
+def throughput(endpoints, tmp_root, case, size, n, timeout, rate=0):
+    """One run of *case*: *n* messages of *size* bytes as fast as they go
+    (or, with *rate*, latency probes at that rate). A result dict."""
+    with Run(endpoints, tmp_root) as run:
+        deadline = time.monotonic() + SETUP_TIMEOUT
+        endpoint, topics, sinks, watch = _topology(run, case, n, size,
+                                                   deadline)
+        gen_args = ['-s', size, '-n', n] + (['-r', rate] if rate else [])
+        gen = run.start('generator', 'gen', *(gen_args + [endpoint] + topics))
+        for proc, _ in sinks:
+            proc.expect(r'^ready$', deadline, watch + [gen])
+        receiver = run.receiver
+        if receiver is not None:
+            cpu_before = thread_cpu(receiver.pid)
+        wall_before = time.monotonic()
+        gen.send('go')
+        sent = parse_kv(gen.expect(r'^sent ', time.monotonic() + timeout,
+                                   watch).string)
+        done = _collect(sinks, time.monotonic() + timeout, watch)
+        wall = time.monotonic() - wall_before
+        result = {'case': case, 'size': size, 'n': n,
+                  'expected': sum(d['expect'] for d in done),
+                  'received': sum(d['count'] for d in done),
+                  'bad': sum(d['bad'] for d in done)}
+        result['complete'] = (result['received'] == result['expected'] and
+                              not result['bad'] and
+                              all(d['complete'] for d in done))
+        if receiver is not None and receiver.proc.poll() is not None:
+            result['complete'] = False
+            result['receiver'] = {'exited': receiver.proc.returncode}
+        elif receiver is not None:
+            cpu_after = thread_cpu(receiver.pid)
+            cpu = {k: cpu_after[k] - cpu_before[k] for k in cpu_after}
+            result['receiver'] = {
+                'cpu_s': sum(cpu.values()),
+                'cpu_s_by_thread': cpu,
+                'cpu_pct': 100.0 * sum(cpu.values()) / wall,
+                'peak_rss_kib': peak_rss_kib(receiver.pid),
+                'counters': receiver.stats(),
+            }
+        if not result['complete']:
+            # The generator may still hold messages for a dead peer.
+            return result
+        flushed = parse_kv(gen.expect(r'^flushed ', time.monotonic() + 10.0)
+                           .string)
+        seconds = (max(d['last'] for d in done) - sent['t0']) / 1e9
+        result['seconds'] = seconds
+        result['msgs_per_s'] = n / seconds
+        result['mb_per_s'] = n * message_bytes(topics[0], size) / seconds / 1e6
+        # The endpoints' CPU includes their start and warm-up: a little high.
+        cons_us = sum(d['cpu_us'] for d in done)
+        result['generator_cpu_us_per_msg'] = flushed['cpu_us'] / n
+        result['consumers_cpu_us_per_msg'] = cons_us / n
+        result['generator_cpu_pct'] = 100.0 * flushed['cpu_us'] / 1e6 / seconds
+        result['consumers_cpu_pct'] = 100.0 * cons_us / 1e6 / seconds
+        if 'receiver' in result:
+            result['receiver']['cpu_us_per_msg'] = (
+                1e6 * result['receiver']['cpu_s'] / n)
+        if rate:
+            d = done[0]
+            result['latency_us'] = {k: d[k] / 1e3 for k in
+                                    ('p50', 'p99', 'p999', 'max')}
+        return result
+
+
+def latency(endpoints, tmp_root, case, n, rate, size=200):
+    """*n* probes at *rate* per second through *case*, one at a time."""
+    return throughput(endpoints, tmp_root, case, size, n,
+                      timeout=30.0 + 3.0 * n / rate, rate=rate)
+
+
+def alone(endpoints, tmp_root, size, n):
+    """The generator and a consumer with nothing between them.
+
+    On two cores any two processes share the machine, so the useful
+    "alone" figure is each one's CPU time per message (both its threads),
+    and the rate that would give on a core of its own; the measured rate of
+    the pair is case (a).
+    """
+    r = throughput(endpoints, tmp_root, 'direct', size, n, timeout=60.0)
+    if r['complete']:
+        for who in ('generator', 'consumers'):
+            us = r[who + '_cpu_us_per_msg']
+            r[who + '_msgs_per_core_s'] = 1e6 / us if us else None
+    return r

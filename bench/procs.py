@@ -1,0 +1,224 @@
+"""The processes of one benchmark run, and what /proc says about them.
+
+Every process (endpoint, forwarder, receiver) speaks in lines on stdout; a
+thread per process queues them so that the orchestrator waits on events
+(a line arriving, a process ending) with a deadline, never on a sleep.
+"""
+
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import zmq
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLOCK_TICK = os.sysconf('SC_CLK_TCK')
+
+
+class BenchError(Exception):
+    """A run could not be carried out (not a measurement result)."""
+
+
+def parse_kv(line):
+    """``word k=v k=v`` -> {k: int or str}."""
+    out = {}
+    for token in line.split()[1:]:
+        key, _, value = token.partition('=')
+        try:
+            out[key] = int(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+class Proc:
+    """A child process whose stdout lines are read as events."""
+
+    def __init__(self, name, argv, env=None, cwd=None):
+        self.name = name
+        self.argv = argv
+        self.lines = []
+        self._queue = queue.Queue()
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, cwd=cwd,
+            env=dict(os.environ, PYTHONPATH=REPO, **(env or {})))
+        self.pid = self.proc.pid
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip('\n'))
+        self._queue.put(None)
+
+    def expect(self, pattern, deadline, watch=()):
+        """The match of the next line matching *pattern*.
+
+        Raises BenchError at *deadline* (a time.monotonic() value), or when
+        this process or one in *watch* has ended first.
+        """
+        regex = re.compile(pattern)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BenchError('%s: no line matching %r in time; it said:'
+                                 '\n%s' % (self.name, pattern, self.tail()))
+            try:
+                # Short waits so that a watched process's death is noticed.
+                line = self._queue.get(timeout=min(remaining, 0.5))
+            except queue.Empty:
+                for other in watch:
+                    if other.proc.poll() is not None:
+                        raise BenchError('%s ended (status %s) while waiting '
+                                         'for %s; it said:\n%s' % (
+                                             other.name, other.proc.poll(),
+                                             self.name, other.tail()))
+                continue
+            if line is None:
+                self._queue.put(None)
+                raise BenchError('%s ended (status %s) before a line matching'
+                                 ' %r; it said:\n%s' % (
+                                     self.name, self.proc.wait(), pattern,
+                                     self.tail()))
+            self.lines.append(line)
+            match = regex.search(line)
+            if match:
+                return match
+
+    def tail(self, n=15):
+        while True:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if line is None:
+                self._queue.put(None)
+                break
+            self.lines.append(line)
+        return '\n'.join(self.lines[-n:])
+
+    def send(self, line):
+        """Write one command line to the process's stdin."""
+        try:
+            self.proc.stdin.write(line + '\n')
+            self.proc.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            pass
+
+    def stop(self, sig=signal.SIGTERM, timeout=5.0):
+        """End the process (if it still runs) and reap it."""
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(sig)
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for stream in (self.proc.stdin,):
+            try:
+                stream.close()
+            except (BrokenPipeError, OSError):
+                pass
+        return self.proc.returncode
+
+
+def _thread_seconds(task):
+    """CPU seconds of one thread (*task*: its /proc directory), and name.
+
+    ``sched`` (where the kernel has it) counts in nanoseconds; ``stat``
+    counts in clock ticks (10 ms), too coarse for a run of a second.
+    """
+    with open(task + '/stat') as f:
+        stat = f.read()
+    # The name may hold spaces and parentheses: split after the last ')'.
+    comm = stat[stat.index('(') + 1:stat.rindex(')')]
+    try:
+        with open(task + '/sched') as f:
+            for line in f:
+                if line.startswith('se.sum_exec_runtime'):
+                    return float(line.split(':')[1]) / 1e3, comm
+    except OSError:
+        pass
+    fields = stat[stat.rindex(')') + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK, comm
+
+
+def thread_cpu(pid):
+    """CPU seconds of *pid* by thread class: main, zmq I/O, other.
+
+    The receiver's main thread is the Python loop; libzmq's background
+    threads are named ``ZMQbg/IO/n`` and ``ZMQbg/Reaper``.
+    """
+    out = {'main': 0.0, 'zmq_io': 0.0, 'other': 0.0}
+    task_dir = '/proc/%d/task' % pid
+    for tid in os.listdir(task_dir):
+        try:
+            seconds, comm = _thread_seconds('%s/%s' % (task_dir, tid))
+        except (OSError, ValueError):
+            continue  # a thread that just ended
+        if int(tid) == pid:
+            out['main'] += seconds
+        elif comm.startswith('ZMQbg/IO'):
+            out['zmq_io'] += seconds
+        else:
+            out['other'] += seconds
+    return out
+
+
+def peak_rss_kib(pid):
+    """VmHWM of *pid* in KiB: the peak resident set size so far."""
+    with open('/proc/%d/status' % pid) as f:
+        for line in f:
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1])
+    return None
+
+
+class Receiver(Proc):
+    """``python -m zmq_receiver`` on loopback with a throw-away config."""
+
+    LISTENING = r'listening on (tcp://\S+),'
+
+    def __init__(self, workdir, deadline):
+        self.ipc_dir = os.path.join(workdir, 'ipc')
+        config = os.path.join(workdir, 'receiver.conf')
+        with open(config, 'w') as f:
+            # Large limits: the benchmark measures speed, and a drop from a
+            # full backlog would be a failed run rather than a slow one.
+            f.write('[DEFAULT]\n'
+                    'rpc_zmq_bind_address = 127.0.0.1\n'
+                    'rpc_zmq_port = 0\n'
+                    'rpc_zmq_ipc_dir = %s\n'
+                    'rpc_zmq_host = benchhost\n'
+                    'rpc_zmq_topic_backlog = 10000000\n'
+                    '[zmq_receiver]\n'
+                    'max_backlog_bytes = 0\n'
+                    'shutdown_timeout = 2\n' % self.ipc_dir)
+        super().__init__('receiver', [sys.executable, '-m', 'zmq_receiver',
+                                      '--config-file', config], cwd=workdir)
+        self.endpoint = self.expect(self.LISTENING, deadline).group(1)
+
+    def outlet(self, key):
+        return 'ipc://%s/zmq_topic_%s' % (self.ipc_dir, key)
+
+    def stats(self, timeout=2.0):
+        """The receiver's counters from its control socket, or None."""
+        ctx = zmq.Context.instance()
+        sock = ctx.socket(zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.connect('ipc://%s/.zmq-receiver-control' % self.ipc_dir)
+            sock.send(b'stats')
+            if not sock.poll(timeout * 1000):
+                return None
+            snap = json.loads(sock.recv())
+            snap.pop('topics', None)
+            return snap
+        finally:
+            sock.close()

@@ -1,0 +1,470 @@
+"""The benchmark: what to run, in which order, and the report.
+
+Order: the endpoints alone (so that we know they are not the bottleneck),
+one short pilot per case and size (to size the measured runs to a target
+duration), then rounds in which every case runs once per size, interleaved
+(a b c a b c ...) so that drift in the machine's speed hits every case
+alike, with latency runs in each round. The report gives medians with the
+min-max spread over rounds; ratios to (b) are paired within a round.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+import zmq
+
+from bench import build as build_mod
+from bench import cases
+from bench import pyendpoints
+from bench.procs import BenchError
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, 'results')
+
+SIZES = (200, 1024, 65536)
+#: A first guess of each group's rate, only to size the pilots.
+PRIOR_RATE = {'a': 500000, 'b': 300000, 'c': 50000}
+PRIOR_BYTES_PER_S = 1e9
+#: Payload one run may move: bounds memory if a backlog builds up.
+MAX_RUN_BYTES = 1 << 30
+MIN_N = 1000
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        prog='./dev bench',
+        description='Throughput and latency of the receiver against a '
+                    'direct connection (a) and libzmq\'s own forwarder (b).')
+    p.add_argument('--quick', action='store_true',
+                   help='a smoke run of about 30 s: one round, short runs')
+    p.add_argument('--repeat', type=int, default=None, metavar='N',
+                   help='interleaved rounds (default 3; 1 with --quick)')
+    p.add_argument('--sizes', default=','.join(map(str, SIZES)),
+                   help='body sizes in bytes, comma-separated '
+                        '(default %(default)s)')
+    p.add_argument('--cases', default=','.join(cases.CASES),
+                   help='cases, comma-separated (default %(default)s)')
+    p.add_argument('--duration', type=float, default=None, metavar='S',
+                   help='target seconds of one throughput run (default 1.5;'
+                        ' 0.25 with --quick)')
+    p.add_argument('--latency', type=int, default=None, metavar='N',
+                   help='probes per latency run (default 10000; 1000 with '
+                        '--quick; 0 skips latency)')
+    p.add_argument('--latency-rate', type=int, default=1000, metavar='R',
+                   help='probes per second (default %(default)s)')
+    p.add_argument('--python-endpoints', action='store_true',
+                   help='use the Python generator and consumers instead of '
+                        'the compiled ones (to see what they cost)')
+    p.add_argument('--output', default=os.path.join(RESULTS, 'latest.json'),
+                   help='JSON results file (default bench/results/'
+                        'latest.json)')
+    args = p.parse_args(argv)
+    if args.repeat is None:
+        args.repeat = 1 if args.quick else 3
+    if args.duration is None:
+        args.duration = 0.25 if args.quick else 1.5
+    if args.latency is None:
+        args.latency = 1000 if args.quick else 10000
+    try:
+        args.sizes = [int(s) for s in args.sizes.split(',') if s]
+    except ValueError:
+        p.error('--sizes takes integers, e.g. 200,1024,65536')
+    if any(s < pyendpoints.MIN_BODY for s in args.sizes):
+        p.error('sizes start at %d bytes: the body carries a kind and a '
+                'timestamp' % pyendpoints.MIN_BODY)
+    args.cases = [c for c in args.cases.split(',') if c]
+    unknown = [c for c in args.cases if c not in cases.CASES]
+    if unknown:
+        p.error('unknown case(s) %s; known: %s' % (
+            ','.join(unknown), ','.join(cases.CASES)))
+    if args.repeat < 1 or not args.sizes or not args.cases:
+        p.error('nothing to run')
+    return args
+
+
+def log(msg):
+    sys.stderr.write(msg + '\n')
+    sys.stderr.flush()
+
+
+class Bench:
+    """Runs the plan and keeps every result."""
+
+    def __init__(self, args, endpoints, tmp_root):
+        self.args = args
+        self.endpoints = endpoints
+        self.tmp = tmp_root
+        #: (case, size) -> estimated msg/s, refined after each run.
+        self.rate = {}
+        self.runs = []
+        self.latency_runs = []
+        self.alone_runs = []
+        self.errors = []
+
+    def n_for(self, case, size, seconds):
+        """Messages that take about *seconds* at the estimated rate."""
+        group = cases.CASES[case][0]
+        msg = cases.message_bytes(cases.TOPIC, size)
+        rate = self.rate.get((case, size)) or min(
+            PRIOR_RATE[group], PRIOR_BYTES_PER_S / msg)
+        return max(MIN_N, min(int(rate * seconds), MAX_RUN_BYTES // msg))
+
+    def _guard(self, what, fn, *args, **kw):
+        try:
+            return fn(*args, **kw)
+        except (BenchError, OSError) as exc:
+            # One run failing (a process that would not start, a /proc
+            # file gone with its process) does not lose the others.
+            log('  ERROR in %s: %s' % (what, exc))
+            self.errors.append({'what': what, 'error': str(exc)})
+            return None
+
+    def run_alone(self):
+        for size in self.args.sizes:
+            n = self.n_for('direct', size, self.args.duration)
+            r = self._guard('alone %d B' % size, cases.alone, self.endpoints,
+                            self.tmp, size, n)
+            if r is None:
+                continue
+            self.alone_runs.append(r)
+            if r['complete']:
+                # Sizes the first direct runs, like a pilot.
+                self.rate[('direct', size)] = r['msgs_per_s']
+                log('  alone %6d B: generator %.2f us/msg (%s msg/s on a '
+                    'core), consumer %.2f us/msg (%s msg/s); together %s '
+                    'msg/s' % (size, r['generator_cpu_us_per_msg'],
+                               si(r['generator_msgs_per_core_s']),
+                               r['consumers_cpu_us_per_msg'],
+                               si(r['consumers_msgs_per_core_s']),
+                               si(r['msgs_per_s'])))
+            else:
+                log('  alone %6d B: %s' % (size, describe(r)))
+
+    def run_one(self, case, size, seconds, record=True):
+        n = self.n_for(case, size, seconds)
+        rate = self.rate.get((case, size))
+        timeout = 20.0 + (20.0 * n / rate if rate else 60.0)
+        r = self._guard('%s %d B' % (case, size), cases.throughput,
+                        self.endpoints, self.tmp, case, size, n, timeout)
+        if r is None:
+            return
+        if r['complete']:
+            # Later runs aim at the target duration from the latest rate.
+            self.rate[(case, size)] = r['msgs_per_s']
+        if record:
+            r['round'] = self.round
+            self.runs.append(r)
+        log('  %-8s %6d B  n=%-8d %s' % (case, size, n, describe(r)))
+
+    def run_latency(self, case):
+        r = self._guard('latency %s' % case, cases.latency, self.endpoints,
+                        self.tmp, case, self.args.latency,
+                        self.args.latency_rate)
+        if r is None:
+            return
+        r['round'] = self.round
+        self.latency_runs.append(r)
+        if r['complete']:
+            lat = r['latency_us']
+            log('  latency %-8s p50 %.0f us  p99 %.0f us  p99.9 %.0f us' % (
+                case, lat['p50'], lat['p99'], lat['p999']))
+        else:
+            log('  latency %-8s LOST %d of %d' % (
+                case, r['expected'] - r['received'], r['expected']))
+
+    def run(self):
+        a = self.args
+        self.round = None
+        log('endpoints alone:')
+        self.run_alone()
+        log('pilots (size the runs, not recorded):')
+        for size in a.sizes:
+            for case in a.cases:
+                self.run_one(case, size, a.duration / 4, record=False)
+        lat_cases = [c for c in cases.LATENCY_CASES if c in a.cases]
+        for self.round in range(a.repeat):
+            log('round %d of %d:' % (self.round + 1, a.repeat))
+            for size in a.sizes:
+                for case in a.cases:
+                    self.run_one(case, size, a.duration)
+            if a.latency:
+                for case in lat_cases:
+                    self.run_latency(case)
+
+
+# -- summary -----------------------------------------------------------------
+
+def si(x):
+    if x is None:
+        return '-'
+    for div, suffix in ((1e6, 'M'), (1e3, 'k')):
+        if abs(x) >= div:
+            return '%.3g%s' % (x / div, suffix)
+    return '%.3g' % x
+
+
+def spread(values):
+    """{median, min, max, n} of *values*, or None."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {'median': statistics.median(values), 'min': min(values),
+            'max': max(values), 'n': len(values)}
+
+
+def fmt(s, f=si, width=0):
+    if s is None:
+        return '-'.ljust(width)
+    if s['n'] == 1:
+        text = f(s['median'])
+    else:
+        text = '%s [%s-%s]' % (f(s['median']), f(s['min']), f(s['max']))
+    return text.ljust(width)
+
+
+def describe(r):
+    if not r['complete']:
+        return 'LOST %d of %d messages (bad %d)%s' % (
+            r['expected'] - r['received'], r['expected'], r['bad'],
+            _counters_note(r))
+    text = '%s msg/s  %.0f MB/s' % (si(r['msgs_per_s']), r['mb_per_s'])
+    if 'receiver' in r:
+        text += '  receiver %.1f us/msg, %.0f%% CPU' % (
+            r['receiver']['cpu_us_per_msg'], r['receiver']['cpu_pct'])
+    return text
+
+
+def _counters_note(r):
+    c = (r.get('receiver') or {}).get('counters')
+    if not c:
+        return ''
+    return (' (receiver: received %d, forwarded %d, dropped %s, rejected %s)'
+            % (c['received'], c['forwarded'], c['dropped'] or 0,
+               c['rejected'] or 0))
+
+
+def summarize(bench):
+    """Medians and spreads per (case, size), paired ratios, latency."""
+    a = bench.args
+    out = {'throughput': [], 'latency': [], 'alone': []}
+    for size in a.sizes:
+        alone = [r for r in bench.alone_runs
+                 if r['size'] == size and r['complete']]
+        out['alone'].append({
+            'size': size,
+            'msgs_per_s': spread([r['msgs_per_s'] for r in alone]),
+            'generator_cpu_us_per_msg': spread(
+                [r['generator_cpu_us_per_msg'] for r in alone]),
+            'consumer_cpu_us_per_msg': spread(
+                [r['consumers_cpu_us_per_msg'] for r in alone]),
+            'generator_msgs_per_core_s': spread(
+                [r['generator_msgs_per_core_s'] for r in alone]),
+            'consumer_msgs_per_core_s': spread(
+                [r['consumers_msgs_per_core_s'] for r in alone]),
+        })
+        base = {r['round']: r for r in bench.runs
+                if r['case'] == 'proxy' and r['size'] == size
+                and r['complete']}
+        for case in a.cases:
+            runs = [r for r in bench.runs
+                    if r['case'] == case and r['size'] == size]
+            ok = [r for r in runs if r['complete']]
+            row = {'case': case, 'group': cases.CASES[case][0],
+                   'label': cases.CASES[case][1], 'size': size,
+                   'runs': len(runs), 'lost_runs': len(runs) - len(ok)}
+            row['lost'] = [{'round': r['round'],
+                            'missing': r['expected'] - r['received'],
+                            'expected': r['expected']}
+                           for r in runs if not r['complete']]
+            if not row['lost']:
+                row['msgs_per_s'] = spread([r['msgs_per_s'] for r in ok])
+                row['mb_per_s'] = spread([r['mb_per_s'] for r in ok])
+                row['ratio_to_b'] = spread(
+                    [r['msgs_per_s'] / base[r['round']]['msgs_per_s']
+                     for r in ok if r['round'] in base])
+                row['consumers_cpu_pct'] = spread(
+                    [r['consumers_cpu_pct'] for r in ok])
+                row['generator_cpu_pct'] = spread(
+                    [r['generator_cpu_pct'] for r in ok])
+            rcv = [r['receiver'] for r in ok if 'receiver' in r]
+            if rcv:
+                row['receiver'] = {
+                    'cpu_us_per_msg': spread(
+                        [x['cpu_us_per_msg'] for x in rcv]),
+                    'main_thread_us_per_msg': spread(
+                        [1e6 * x['cpu_s_by_thread']['main'] / r['n']
+                         for x, r in zip(rcv, ok)]),
+                    'zmq_io_us_per_msg': spread(
+                        [1e6 * x['cpu_s_by_thread']['zmq_io'] / r['n']
+                         for x, r in zip(rcv, ok)]),
+                    'cpu_pct': spread([x['cpu_pct'] for x in rcv]),
+                    'peak_rss_mib': spread(
+                        [x['peak_rss_kib'] / 1024 for x in rcv]),
+                }
+            out['throughput'].append(row)
+    base = {r['round']: r for r in bench.latency_runs
+            if r['case'] == 'proxy' and r['complete']}
+    for case in cases.LATENCY_CASES:
+        runs = [r for r in bench.latency_runs if r['case'] == case]
+        if not runs:
+            continue
+        ok = [r for r in runs if r['complete']]
+        row = {'case': case, 'group': cases.CASES[case][0],
+               'label': cases.CASES[case][1], 'runs': len(runs),
+               'lost_runs': len(runs) - len(ok)}
+        if not row['lost_runs']:
+            for k in ('p50', 'p99', 'p999', 'max'):
+                row[k + '_us'] = spread([r['latency_us'][k] for r in ok])
+            row['p99_added_over_b_us'] = spread(
+                [r['latency_us']['p99'] -
+                 base[r['round']]['latency_us']['p99']
+                 for r in ok if r['round'] in base])
+        out['latency'].append(row)
+    return out
+
+
+def print_report(bench, summary, meta, out=sys.stdout):
+    a = bench.args
+    w = out.write
+    w('\nEndpoints: %s\n' % bench.endpoints.note.splitlines()[0])
+    if bench.endpoints.kind != 'C':
+        w('WARNING: Python generator and consumers: they may be the '
+          'bottleneck, (a) and (b) are understated and (c)/(b) overstated.\n')
+    w('Machine: %s CPUs, %s; Python %s, pyzmq %s, libzmq %s\n' % (
+        meta['cpus'], meta['platform'], meta['python'], meta['pyzmq'],
+        meta['libzmq']))
+    w('Load average before the start: %.2f. Medians of %d interleaved '
+      'round(s), [min-max] across rounds.\n' % (
+          meta['loadavg_before'][0], a.repeat))
+
+    w('\nGenerator and consumer alone (no forwarder): CPU per message of '
+      'each process, the rate that\ngives on a core of its own, and the rate '
+      'of the two together over tcp:\n')
+    w('  %-8s %-24s %-24s %s\n' % ('size', 'generator', 'consumer',
+                                   'together'))
+    for row in summary['alone']:
+        if not row['msgs_per_s']:
+            w('  %-8s did not finish\n' % size_label(row['size']))
+            continue
+        w('  %-8s %-24s %-24s %s msg/s\n' % (
+            size_label(row['size']),
+            '%.2f us (%s msg/s)' % (row['generator_cpu_us_per_msg']['median'],
+                                    si(row['generator_msgs_per_core_s']
+                                       ['median'])),
+            '%.2f us (%s msg/s)' % (row['consumer_cpu_us_per_msg']['median'],
+                                    si(row['consumer_msgs_per_core_s']
+                                       ['median'])),
+            si(row['msgs_per_s']['median'])))
+
+    w('\nThroughput (msg/s counts messages sent; fanout delivers each to 4)'
+      '\n')
+    head = '  %-7s %-32s %-21s %-6s %-17s %-18s %-6s %-8s %s\n'
+    w(head % ('size', 'case', 'msg/s', 'MB/s', '(c)/(b)',
+              'rcv us/msg (py+io)', 'rcvCPU', 'peakRSS', 'cons'))
+    for row in summary['throughput']:
+        label = '(%s) %s' % (row['group'], row['label'])
+        size = size_label(row['size'])
+        if row['lost']:
+            w('  %-7s %-32s LOST messages in %d of %d runs: %s\n' % (
+                size, label, row['lost_runs'], row['runs'],
+                ', '.join('%d of %d' % (x['missing'], x['expected'])
+                          for x in row['lost'])))
+            continue
+        if not row.get('msgs_per_s'):
+            w('  %-7s %-32s no run finished\n' % (size, label))
+            continue
+        rcv = row.get('receiver')
+        ratio = cpu = pct = rss = ''
+        if row['group'] == 'c':
+            ratio = fmt(row['ratio_to_b'], lambda x: '%.2f' % x)
+        if rcv:
+            cpu = '%.1f (%.1f+%.1f)' % (
+                rcv['cpu_us_per_msg']['median'],
+                rcv['main_thread_us_per_msg']['median'],
+                rcv['zmq_io_us_per_msg']['median'])
+            pct = '%.0f%%' % rcv['cpu_pct']['median']
+            rss = '%.0f MiB' % rcv['peak_rss_mib']['median']
+        w(head % (size, label, fmt(row['msgs_per_s']),
+                  '%.0f' % row['mb_per_s']['median'], ratio, cpu, pct, rss,
+                  '%.0f%%' % row['consumers_cpu_pct']['median']))
+
+    if summary['latency']:
+        w('\nLatency, one message at a time (%d probes per run at %d/s, '
+          '200 B body), microseconds:\n' % (a.latency, a.latency_rate))
+        w('  %-32s %-18s %-18s %-18s %-10s %s\n' % (
+            'case', 'p50', 'p99', 'p99.9', 'max', 'p99 added over (b)'))
+        for row in summary['latency']:
+            label = '(%s) %s' % (row['group'], row['label'])
+            if row['lost_runs']:
+                w('  %-32s LOST messages in %d of %d runs\n' % (
+                    label, row['lost_runs'], row['runs']))
+                continue
+            us = lambda x: '%.0f' % x  # noqa: E731
+            w('  %-32s %-18s %-18s %-18s %-10s %s\n' % (
+                label, fmt(row['p50_us'], us), fmt(row['p99_us'], us),
+                fmt(row['p999_us'], us), us(row['max_us']['max']),
+                fmt(row['p99_added_over_b_us'], us)
+                if row['group'] == 'c' else ''))
+    w('\nrcv us/msg: receiver CPU time per message (all threads; py = the '
+      'Python loop\'s thread, io = libzmq\'s I/O thread); rcvCPU: share of\n'
+      'one core; peakRSS: the receiver\'s VmHWM; cons: consumer processes\' '
+      'CPU, share of one core. (c)/(b): paired within each round.\n')
+    if bench.errors:
+        w('\n%d run(s) failed to run (see the log above): %s\n' % (
+            len(bench.errors), '; '.join(e['what'] for e in bench.errors)))
+
+
+def size_label(size):
+    if size % 1024 == 0:
+        return '%d KiB' % (size // 1024)
+    return '%d B' % size
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    started = time.time()
+    load = os.getloadavg()
+    if load[0] > 0.5:
+        # Two cores: anything else running skews every number, latency most.
+        log('WARNING: load average %.2f before the start: other processes '
+            'are running, expect noisy numbers' % load[0])
+    tmp_root = tempfile.mkdtemp(prefix='zbench-', dir='/tmp')
+    try:
+        endpoints = build_mod.build(tmp_root, args.python_endpoints)
+        log(endpoints.note)
+        if endpoints.kind != 'C':
+            log('WARNING: the generator and consumers are Python; they may '
+                'be the bottleneck of (a) and (b).')
+        bench = Bench(args, endpoints, tmp_root)
+        bench.run()
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+    meta = {
+        'started': time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(started)),
+        'seconds': round(time.time() - started, 1),
+        'cpus': os.cpu_count(), 'platform': platform.platform(),
+        'python': platform.python_version(), 'pyzmq': zmq.pyzmq_version(),
+        'libzmq': zmq.zmq_version(), 'endpoints': endpoints.kind,
+        'loadavg_before': load,
+        'endpoints_note': endpoints.note,
+        'args': {k: v for k, v in vars(args).items() if k != 'output'},
+    }
+    summary = summarize(bench)
+    print_report(bench, summary, meta)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, 'w') as f:
+        json.dump({'meta': meta, 'summary': summary,
+                   'alone': bench.alone_runs, 'runs': bench.runs,
+                   'latency': bench.latency_runs, 'errors': bench.errors},
+                  f, indent=1)
+    print('\nResults: %s (%.0f s)' % (args.output, meta['seconds']))
+    lost = any(row['lost'] for row in summary['throughput']) or any(
+        row['lost_runs'] for row in summary['latency'])
+    return 1 if lost or bench.errors else 0
