@@ -156,6 +156,24 @@ def raise_descriptor_limit(wanted):
     return target
 
 
+def check_pid_file(path, ident):
+    """Raise PermissionProblem unless *ident*, who removes the pid file at
+    exit after the privilege drop, may do so in its directory."""
+    directory = os.path.dirname(path)
+    try:
+        st = os.stat(directory)
+    except OSError as exc:
+        raise errors.PermissionProblem(
+            'Directory %s of the pid file %s: %s; create it or set '
+            '[zmq_receiver] pid_file' % (directory, path, exc.strerror))
+    if not rundir.writable_by(st, ident):
+        raise errors.PermissionProblem(
+            'The pid file %s is in %s, where %s cannot remove it when it '
+            'stops: set [zmq_receiver] pid_file to a path in a directory '
+            'that %s may write (for example its IPC directory)' % (
+                path, directory, ident.label, ident.label))
+
+
 def _chown_log_files(ident):
     """Give the open log files to *ident*, who must reopen them later."""
     for handler in logging.getLogger().handlers:
@@ -192,8 +210,13 @@ def run(argv):
         settings.ipc_dir, ident, mode=opts.ipc_dir_mode(conf),
         gid=settings.limits.socket_gid,
         allow_world_writable=group.allow_world_writable)
+    pid_file = None
+    if conf.daemon:
+        pid_file = os.path.abspath(group.pid_file or os.path.join(
+            settings.ipc_dir, '.zmq-receiver.pid'))
+        check_pid_file(pid_file, ident)
     lock = rundir.InstanceLock(settings.ipc_dir)
-    lock.acquire()
+    lock.acquire(owner=ident)
     try:
         stale = rundir.remove_stale_sockets(
             settings.ipc_dir, (routing.SOCKET_PREFIX, receiver.CONTROL_NAME))
@@ -201,16 +224,23 @@ def run(argv):
             LOG.warning('Removed %d socket files left in %s by a receiver '
                         'that did not stop in order', stale, settings.ipc_dir)
         if conf.daemon:
-            daemonize.detach(
-                group.pid_file or os.path.join(settings.ipc_dir,
-                                               '.zmq-receiver.pid'),
-                [lock.fileno()])
+            daemonize.detach(pid_file, [lock.fileno()])
             lock.update_pid()
         limits = settings.limits
         raise_descriptor_limit(4 * limits.max_topics + 64)
 
         def reload():
-            conf.mutate_config_files()
+            try:
+                conf.mutate_config_files()
+            except cfg.ConfigFilesNotFoundError as exc:
+                raise errors.ConfigError(
+                    'Config file not found or unreadable: %s; restore it '
+                    'and send SIGHUP again' % ', '.join(exc.config_files))
+            except (cfg.Error, SystemExit) as exc:
+                # argparse (under oslo.config) exits on some parse errors.
+                raise errors.ConfigError(
+                    'Config files cannot be read again: %s; fix them and '
+                    'send SIGHUP again' % exc)
             return settings_from(conf).limits
 
         exporter = None
@@ -235,7 +265,7 @@ def run(argv):
         LOG.info(
             '%s %s listening on %s, forwarding to %s as %r; limits: '
             '%d messages per topic, %d bytes in all backlogs, %d topics, '
-            'idle outlets closed after %.0f s, join window %.1f s, '
+            'idle outlets closed after %g s, join window %g s, '
             'messages up to %d bytes', PROG, __version__, endpoint,
             settings.ipc_dir, privileges.current(), limits.backlog,
             limits.backlog_bytes, limits.max_topics, limits.idle_timeout,

@@ -44,7 +44,8 @@ def prepare(path, ident, mode=0o755, gid=-1, allow_world_writable=False):
             'could replace its sockets: chmod o-w %s (or set [zmq_receiver] '
             'allow_world_writable = true if you really mean it)' % (
                 path, stat.S_IMODE(st.st_mode), path))
-    if not _writable(st, ident):
+    _check_reachable(path, ident)
+    if not writable_by(st, ident):
         raise errors.PermissionProblem(
             'IPC directory %s is owned by %s with mode %04o, but the '
             'receiver runs as %s and cannot create sockets in it: chown %s '
@@ -68,18 +69,42 @@ def _create(path, ident, mode, gid):
     return os.lstat(path)
 
 
-def _writable(st, ident):
-    """Whether *ident* may create files in a directory with stat *st*."""
+def _permits(st, ident, bits):
+    """Whether *ident* has the owner-class *bits* on a file with stat *st*,
+    by the class (owner, group, other) the kernel would apply."""
     if ident.uid == 0:
         return True
-    wx = stat.S_IWUSR | stat.S_IXUSR
     if st.st_uid == ident.uid:
-        return st.st_mode & wx == wx
-    wx >>= 3
+        return st.st_mode & bits == bits
+    bits >>= 3
     if st.st_gid in ident.groups():
-        return st.st_mode & wx == wx
-    wx >>= 3
-    return st.st_mode & wx == wx
+        return st.st_mode & bits == bits
+    bits >>= 3
+    return st.st_mode & bits == bits
+
+
+def writable_by(st, ident):
+    """Whether *ident* may create and remove files in a directory with
+    stat *st*."""
+    return _permits(st, ident, stat.S_IWUSR | stat.S_IXUSR)
+
+
+def _check_reachable(path, ident):
+    """Raise PermissionProblem unless *ident* may pass every parent of
+    *path*: a directory it owns is no use behind one it cannot enter."""
+    parent = os.path.dirname(path)
+    while True:
+        st = os.stat(parent)
+        if not _permits(st, ident, stat.S_IXUSR):
+            raise errors.PermissionProblem(
+                'IPC directory %s cannot be reached by %s: its parent %s '
+                '(owner %s, mode %04o) does not let it pass: chmod o+x %s, '
+                'or move rpc_zmq_ipc_dir to a path it can reach' % (
+                    path, ident.label, parent, _owner(st.st_uid),
+                    stat.S_IMODE(st.st_mode), parent))
+        if parent == os.path.dirname(parent):
+            return
+        parent = os.path.dirname(parent)
 
 
 def _owner(uid):
@@ -119,8 +144,12 @@ class InstanceLock:
         self.path = os.path.join(directory, LOCK_NAME)
         self._fd = None
 
-    def acquire(self):
-        """Take the lock or raise :class:`errors.AlreadyRunning`."""
+    def acquire(self, owner=None):
+        """Take the lock or raise :class:`errors.AlreadyRunning`.
+
+        *owner* (an Identity) gets the file when we are root, so that a
+        later receiver started directly as that user can open it again.
+        """
         while True:
             fd = self._try_acquire()
             # A stopping receiver unlinks the file it locked; a lock taken
@@ -134,6 +163,8 @@ class InstanceLock:
             os.close(fd)
         os.ftruncate(fd, 0)
         os.write(fd, b'%d\n' % os.getpid())
+        if owner is not None and os.geteuid() == 0 and owner.uid != 0:
+            os.fchown(fd, owner.uid, owner.gid)
         self._fd = fd
 
     def _try_acquire(self):
