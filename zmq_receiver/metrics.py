@@ -13,6 +13,8 @@ import collections
 BACKLOG_FULL = 'backlog_full'
 BACKLOG_BYTES_FULL = 'backlog_bytes_full'
 NO_SUBSCRIBER = 'no_subscriber'
+#: Still queued when its outlet was closed for having no consumer.
+NO_CONSUMER = 'no_consumer'
 SHUTDOWN = 'shutdown'
 
 # Reasons, beside routing's, a message is refused before an outlet.
@@ -23,7 +25,8 @@ IPC_PERMISSION = 'ipc_permission_denied'
 IPC_DIR_MISSING = 'ipc_dir_missing'
 OUTLET_ERROR = 'outlet_error'
 
-DROP_REASONS = (BACKLOG_FULL, BACKLOG_BYTES_FULL, NO_SUBSCRIBER, SHUTDOWN)
+DROP_REASONS = (BACKLOG_FULL, BACKLOG_BYTES_FULL, NO_SUBSCRIBER, NO_CONSUMER,
+                SHUTDOWN)
 
 
 class Counters:

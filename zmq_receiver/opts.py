@@ -198,8 +198,12 @@ receiver_opts = [
         default=300.0,
         min=0.1,
         mutable=True,
-        help='Seconds after which an outlet with no consumer and an empty '
-             'backlog is closed and its socket file removed.'),
+        help='Seconds after which an outlet with no consumer and no new '
+             'message is closed and its socket file removed. Messages it '
+             'still holds are dropped and counted (reason no_consumer): '
+             'an RPC that waited this long has timed out at its caller, '
+             'and a peer must not be able to hold every outlet for ever '
+             'with one message each to made-up topics.'),
     cfg.FloatOpt(
         'join_window',
         default=5.0,

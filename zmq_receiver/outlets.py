@@ -30,6 +30,11 @@ from zmq_receiver.wire import send_message
 
 LOG = logging.getLogger(__name__)
 
+#: Seconds before a PUB outlet whose subscriber was full tries again. An
+#: XPUB socket always reports POLLOUT (libzmq cannot tell which subscriber
+#: would take the next message), so a timer stands in for the poll.
+PUB_RETRY = 0.01
+
 _MONITOR_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 
 _ERRNO_REASONS = {
@@ -62,7 +67,8 @@ class Outlet:
 
     __slots__ = ('key', 'kind', 'path', 'socket', 'monitor', 'backlog',
                  'waiting', 'backlog_bytes', 'subscriptions', 'peers',
-                 'forwarded', 'dropped', 'last_active', 'polling_out')
+                 'forwarded', 'dropped', 'last_active', 'polling_out',
+                 'retry_at')
 
     def __init__(self, key, kind, path, socket, monitor, now):
         self.key = key
@@ -83,6 +89,8 @@ class Outlet:
         self.dropped = collections.Counter()
         self.last_active = now
         self.polling_out = False
+        #: PUB only: when to try the backlog again (None: not waiting).
+        self.retry_at = None
 
     @property
     def consumers(self):
@@ -139,6 +147,8 @@ class Outlets:
         self.buffered_bytes = 0
         #: PUB outlets holding messages that wait for a subscriber.
         self._waiting = set()
+        #: PUB outlets whose subscribers were full: retried on a timer.
+        self._retry = set()
 
     def __iter__(self):
         return iter(list(self.by_key.values()))
@@ -203,19 +213,11 @@ class Outlets:
         monitor = None
         try:
             sock.setsockopt(zmq.LINGER, 0)
-            # libzmq creates the file with the process umask; narrow it for
-            # the bind so that the file never exists with wider permissions.
-            old_umask = os.umask(0o777 & ~self.limits.socket_mode)
-            try:
-                # libzmq replaces a stale file left by an earlier run.
-                sock.bind('ipc://' + path)
-            finally:
-                os.umask(old_umask)
-            os.chmod(path, self.limits.socket_mode)
-            if self.limits.socket_gid != -1:
-                os.chown(path, -1, self.limits.socket_gid)
             if route.kind is routing.Kind.PUSH:
+                # Before the bind: a consumer that connects at once must be
+                # counted, or its outlet would be reaped under it.
                 monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
+            bind_ipc(sock, path, self.limits)
         except OSError as exc:
             if monitor is not None:
                 monitor.close(linger=0)
@@ -247,6 +249,7 @@ class Outlets:
         outlet.waiting.clear()
         outlet.backlog_bytes = 0
         self._waiting.discard(outlet)
+        self._retry.discard(outlet)
         self.by_key.pop(outlet.key, None)
         self.loop.unregister(outlet.socket)
         if outlet.monitor is not None:
@@ -318,7 +321,15 @@ class Outlets:
 
     def _enqueue(self, outlet, frames, size):
         outlet.backlog.append((frames, size))
-        if not outlet.polling_out:
+        self._wait_for_room(outlet)
+
+    def _wait_for_room(self, outlet):
+        """Have the backlog flushed once the socket may take more."""
+        if outlet.kind is routing.Kind.PUB:
+            if outlet.retry_at is None:
+                outlet.retry_at = self.clock() + PUB_RETRY
+                self._retry.add(outlet)
+        elif not outlet.polling_out:
             outlet.polling_out = True
             self.loop.modify(outlet.socket, self._events(outlet))
 
@@ -341,6 +352,7 @@ class Outlets:
             try:
                 send_message(sock, frames)
             except zmq.Again:
+                self._wait_for_room(outlet)
                 return
             backlog.popleft()
             outlet.backlog_bytes -= size
@@ -356,8 +368,6 @@ class Outlets:
     def _on_pub_events(self, outlet, events):
         if events & zmq.POLLIN:
             self._read_subscriptions(outlet)
-        if events & zmq.POLLOUT:
-            self._flush(outlet)
 
     def _read_subscriptions(self, outlet):
         joined = False
@@ -393,11 +403,8 @@ class Outlets:
         outlet.waiting = still
         if not still:
             self._waiting.discard(outlet)
-        if outlet.backlog:
+        if outlet.backlog and outlet.retry_at is None:
             self._flush(outlet)
-            if outlet.backlog and not outlet.polling_out:
-                outlet.polling_out = True
-                self.loop.modify(outlet.socket, self._events(outlet))
 
     def _on_monitor(self, outlet):
         while True:
@@ -414,14 +421,23 @@ class Outlets:
 
     # -- time ------------------------------------------------------------------
 
-    @property
-    def has_waiting(self):
-        """Whether some message waits for a subscriber (needs a fast tick)."""
-        return bool(self._waiting)
+    def next_due(self):
+        """The earliest time a join window ends or a PUB outlet retries,
+        or None; the loop must call :meth:`run_due` then, not a tick later.
+        """
+        if not self._waiting and not self._retry:
+            return None
+        times = [o.waiting[0][0] for o in self._waiting]
+        times.extend(o.retry_at for o in self._retry)
+        return min(times)
 
-    def tick(self):
-        """Expire join windows and reap idle outlets."""
+    def run_due(self):
+        """Expire the join windows that ended; retry full PUB outlets."""
         now = self.clock()
+        for outlet in [o for o in self._retry if o.retry_at <= now]:
+            self._retry.discard(outlet)
+            outlet.retry_at = None
+            self._flush(outlet)
         for outlet in list(self._waiting):
             waiting = outlet.waiting
             expired = 0
@@ -440,20 +456,49 @@ class Outlets:
                     self.limits.join_window, expired)
             if not waiting:
                 self._waiting.discard(outlet)
+
+    def tick(self):
+        """Reap idle outlets; returns whether any was closed.
+
+        An outlet with no consumer and no new message for the idle timeout
+        goes even when it still holds messages: they are counted as dropped
+        (``no_consumer``). Otherwise a sender could hold every outlet
+        (max_topics) for ever with one message each to made-up topics, and
+        a stale backlog would reach a service that starts much later.
+        """
+        self.run_due()
+        now = self.clock()
         idle = self.limits.idle_timeout
         reaped = [o for o in self.by_key.values()
-                  if not o.queued and not o.consumers
-                  and now - o.last_active >= idle]
+                  if not o.consumers and now - o.last_active >= idle]
         for outlet in reaped:
-            LOG.info('Closing outlet %s: no consumer and no traffic for '
-                     '%.0f s', outlet.path, now - outlet.last_active)
-            self.close(outlet)
+            LOG.info('Closing outlet %s: no consumer and no new message '
+                     'for %.3g s', outlet.path, now - outlet.last_active)
+            self.close(outlet, reason=metrics.NO_CONSUMER)
             self.counters.outlets_reaped += 1
         return bool(reaped)
 
     def pending(self):
         """Whether any backlog or join window still holds a message."""
         return any(o.queued for o in self.by_key.values())
+
+
+def bind_ipc(sock, path, limits):
+    """Bind *sock* at *path* with the mode and group of *limits*.
+
+    Raises OSError (zmq.ZMQError included) when it cannot.
+    """
+    # libzmq creates the file with the process umask; narrow it for the
+    # bind so that the file never exists with wider permissions.
+    old_umask = os.umask(0o777 & ~limits.socket_mode)
+    try:
+        # libzmq replaces a stale file left by an earlier run.
+        sock.bind('ipc://' + path)
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, limits.socket_mode)
+    if limits.socket_gid != -1:
+        os.chown(path, -1, limits.socket_gid)
 
 
 def remove_socket_file(path):

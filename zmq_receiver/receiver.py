@@ -11,6 +11,7 @@ import errno
 import ipaddress
 import json
 import logging
+import math
 import os
 import signal
 import time
@@ -33,9 +34,6 @@ LOG = logging.getLogger(__name__)
 INBOUND_BATCH = 256
 #: Seconds between housekeeping passes (reaping, suppressed warnings).
 TICK = 1.0
-#: Seconds between passes while a message waits for a subscriber, which
-#: bounds how late a join window can end.
-FAST_TICK = 0.05
 #: Topics whose routing is remembered; past it the memo is cleared, so
 #: that a flood of distinct topics costs no memory.
 ROUTE_MEMO = 4096
@@ -146,7 +144,20 @@ class Receiver:
     # -- start -------------------------------------------------------------
 
     def bind(self):
-        """Create the context and bind the TCP port."""
+        """Take over the signals, create the context, bind the TCP port.
+
+        The signals come first (DESIGN.md section 2): from the bind on, a
+        HUP or TERM must wait for the loop instead of killing a process
+        that already owns the port.
+        """
+        self._wakeup.install()
+        try:
+            return self._bind()
+        except BaseException:
+            self._wakeup.restore()
+            raise
+
+    def _bind(self):
         s = self.settings
         self.ctx = zmq.Context(s.io_threads)
         # Each outlet holds a socket and, for PUSH, a monitor socket.
@@ -190,16 +201,15 @@ class Receiver:
         path = control_path(self.settings.ipc_dir)
         sock = self.ctx.socket(zmq.REP)
         sock.setsockopt(zmq.LINGER, 0)
-        old_umask = os.umask(0o777 & ~self.settings.limits.socket_mode)
         try:
-            sock.bind('ipc://' + path)
-        except zmq.ZMQError as exc:
+            # Owned and moded like the outlets: whoever may connect to a
+            # topic may also read the stats.
+            outlets_mod.bind_ipc(sock, path, self.settings.limits)
+        except OSError as exc:
             sock.close(linger=0)
             LOG.warning('No control socket %s (%s): stats are not available '
                         'from the admin tool', path, exc.strerror)
             return
-        finally:
-            os.umask(old_umask)
         self.control = sock
         self.register(sock, zmq.POLLIN, self._on_control)
 
@@ -227,7 +237,6 @@ class Receiver:
         Call it after privileges are dropped: the control socket it opens
         belongs to the user it runs as.
         """
-        self._wakeup.install()
         self.poller.register(self._wakeup.fileno(), zmq.POLLIN)
         self._bind_control()
         self.notifier.ready(self.status_line())
@@ -247,6 +256,7 @@ class Receiver:
         watchdog = self.notifier.watchdog_interval
         next_ping = self.clock()
         state = self.state
+        outlets = self.outlets
         while not self._stop_now:
             if self._stopping and not self.outlets.pending():
                 return
@@ -261,7 +271,12 @@ class Receiver:
             if self._deadline is not None:
                 timeout = min(timeout, max(0.0, self._deadline -
                                            self.clock()))
-            ready = poll(timeout * 1000)
+            due = outlets.next_due()
+            if due is not None:
+                timeout = min(timeout, max(0.0, due - self.clock()))
+            # zmq_poll takes whole milliseconds: rounding down would spin
+            # through the last fraction of one before every timer.
+            ready = poll(math.ceil(timeout * 1000))
             turn = self.clock()
             for sock, events in ready:
                 if sock == wakeup_fd:
@@ -281,13 +296,16 @@ class Receiver:
             if self._deadline is not None and now >= self._deadline:
                 return
             if now >= next_tick:
-                if self.outlets.tick():
+                if outlets.tick():
                     self._routes.clear()
                 self.warn.flush()
                 self.notifier.status(self.status_line())
                 self._publish()
-                next_tick = now + (FAST_TICK if self.outlets.has_waiting
-                                   else TICK)
+                next_tick = now + TICK
+            else:
+                due = outlets.next_due()
+                if due is not None and now >= due:
+                    outlets.run_due()
 
     def _on_inbound(self, events):
         sock = self.inbound
