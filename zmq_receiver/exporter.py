@@ -9,6 +9,7 @@ loop shows as a stale turn on ``/healthz``.
 
 import errno
 import logging
+import socket
 import threading
 import time
 from wsgiref import simple_server
@@ -45,11 +46,24 @@ class LoopState:
 
 
 class Collector:
-    """Turns the latest published snapshot into metric families."""
+    """Turns the latest published snapshot into metric families.
+
+    The per-topic counters are kept here, not read from the outlets: each
+    scrape attributes what every topic forwarded and dropped since the last
+    one to that topic's label if it is among the busiest N now, else to
+    ``other``. So every series, ``other`` included, only grows while topics
+    move in and out of the top N, and the labels still sum to the totals.
+    """
 
     def __init__(self, state, top_topics):
         self.state = state
         self.top_topics = top_topics
+        # Scrapes may come from several HTTP threads at once.
+        self._lock = threading.Lock()
+        #: topic -> (forwarded, dropped) of its outlet at the last scrape.
+        self._seen = {}
+        #: label -> [forwarded, dropped] attributed to it so far.
+        self._totals = {OTHER: [0, 0]}
 
     def describe(self):
         return []
@@ -86,7 +100,9 @@ class Collector:
                      state.last_max_iteration)
         yield _gauge('ready', '1 once bound and ready, 0 while stopping.',
                      int(state.ready))
-        yield from self._topics(snap['topics'])
+        with self._lock:
+            families = self._topics(snap['topics'])
+        yield from families
 
     def _topics(self, topics):
         # The busiest N topics by name, the rest summed as "other", so that
@@ -96,9 +112,30 @@ class Collector:
         ranked = sorted(topics.items(),
                         key=lambda kv: (kv[1]['forwarded'] + kv[1]['backlog']),
                         reverse=True)
-        shown = [kv for kv in ranked if kv[0] != OTHER][:self.top_topics]
-        shown_keys = {key for key, _ in shown}
-        rest = [kv for kv in ranked if kv[0] not in shown_keys]
+        shown = [key for key, _ in ranked if key != OTHER][:self.top_topics]
+        totals = self._totals
+        seen = {}
+        gauges = {key: [0, 0] for key in shown}
+        gauges[OTHER] = [0, 0]
+        for key, t in topics.items():
+            now = (t['forwarded'], sum(t['dropped'].values()))
+            # A topic missing from the last scrape is new (or a new outlet
+            # of a reaped one): everything it counted is new.
+            before = self._seen.get(key, (0, 0))
+            if now[0] < before[0] or now[1] < before[1]:
+                before = (0, 0)
+            seen[key] = now
+            label = key if key in gauges else OTHER
+            total = totals.setdefault(label, [0, 0])
+            total[0] += now[0] - before[0]
+            total[1] += now[1] - before[1]
+            gauges[label][0] += t['backlog']
+            gauges[label][1] += t['consumers']
+        self._seen = seen
+        # A label whose topic is gone starts again from zero if it returns,
+        # like any counter of a restarted target.
+        for key in [k for k in totals if k != OTHER and k not in topics]:
+            del totals[key]
         fams = {
             'topic_forwarded': prom_core.CounterMetricFamily(
                 PREFIX + 'topic_forwarded', 'Messages forwarded per topic.',
@@ -113,23 +150,17 @@ class Collector:
                 PREFIX + 'topic_consumers', 'Connected consumers (PUSH) or '
                 'subscriptions (PUB) per topic.', labels=['topic']),
         }
-        def row(key, stats):
-            return [key, stats['forwarded'], sum(stats['dropped'].values()),
-                    stats['backlog'], stats['consumers']]
-
-        rows = [row(key, t) for key, t in shown]
-        if rest:
-            other = [OTHER, 0, 0, 0, 0]
-            for key, t in rest:
-                for i, value in enumerate(row(key, t)[1:], 1):
-                    other[i] += value
-            rows.append(other)
-        for key, forwarded, dropped, backlog, consumers in rows:
+        for key in shown + [OTHER]:
+            if key == OTHER and not len(topics) > len(shown) and \
+                    totals[OTHER] == [0, 0]:
+                continue
+            forwarded, dropped = totals.get(key, (0, 0))
+            backlog, consumers = gauges[key]
             fams['topic_forwarded'].add_metric([key], forwarded)
             fams['topic_dropped'].add_metric([key], dropped)
             fams['topic_backlog'].add_metric([key], backlog)
             fams['topic_consumers'].add_metric([key], consumers)
-        yield from fams.values()
+        return list(fams.values())
 
 
 def _counter(name, doc, value):
@@ -170,11 +201,24 @@ class Exporter:
 
     def bind(self):
         """Bind the port (before privileges are dropped); returns the URL."""
+        address = self.address.strip()
+        if address.startswith('[') and address.endswith(']'):
+            address = address[1:-1]
         try:
+            # The family follows the address: an IPv6 literal or a name
+            # that resolves only to IPv6 needs an AF_INET6 server.
+            family = socket.getaddrinfo(address, self.port,
+                                        type=socket.SOCK_STREAM,
+                                        flags=socket.AI_PASSIVE)[0][0]
+            server_class = type('Server', (exposition.ThreadingWSGIServer,),
+                                {'address_family': family})
             self._server = simple_server.make_server(
-                self.address, self.port, self._app,
-                server_class=exposition.ThreadingWSGIServer,
+                address, self.port, self._app, server_class=server_class,
                 handler_class=_QuietHandler)
+        except socket.gaierror as exc:
+            raise errors.ConfigError(
+                'Cannot serve metrics on %s:%d: %s; fix [zmq_receiver] '
+                'metrics_address' % (self.address, self.port, exc.strerror))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise errors.AddressInUse(
