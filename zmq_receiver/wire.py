@@ -2,9 +2,14 @@
 
 pyzmq's convenience layer (``send_multipart``, ``recv_multipart``) spends
 more time on flag enums and type checks than libzmq spends on the message.
-These functions call the compiled backend methods with plain integer flags
-instead; measured on 4-frame 200-byte messages, sending costs about a third
-and receiving about nine tenths of the convenience calls.
+These functions call the compiled backend methods with plain integer flags.
+
+Each part is received as a :class:`zmq.Frame` (``copy=False``), whose
+``more`` attribute replaces a ``getsockopt(RCVMORE)`` call per part. Small
+parts are then copied into ``bytes``, which is cheaper to keep and to send
+again than a frame; large parts stay frames and are sent on without being
+copied at all. Measured in one process over inproc, 4-frame messages, per
+message: 200 B 6.2 -> 4.4 us, 1 KiB 6.2 -> 4.6 us, 64 KiB 15.9 -> 5.4 us.
 """
 
 import zmq
@@ -12,22 +17,34 @@ from zmq import backend
 
 _recv = backend.Socket.recv
 _send = backend.Socket.send
-_get = backend.Socket.get
 
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE = int(zmq.SNDMORE) | _NOBLOCK
-_RCVMORE = int(zmq.RCVMORE)
+
+#: Parts at least this long are forwarded as frames, without a copy.
+ZERO_COPY_MIN = 4096
 
 
 def recv_message(sock):
-    """The next whole message on *sock* as a list of bytes.
+    """The next whole message on *sock* as a list of parts.
+
+    The first two parts (message id and topic, which routing reads) are
+    always ``bytes``; a later part is ``bytes`` or, from
+    :data:`ZERO_COPY_MIN` bytes on, a :class:`zmq.Frame`. Both have
+    ``len()`` and :func:`send_message` takes both.
 
     Raises :class:`zmq.Again` when none is waiting. libzmq delivers a
     multipart message whole, so the parts after the first never wait.
     """
-    frames = [_recv(sock, _NOBLOCK)]
-    while _get(sock, _RCVMORE):
-        frames.append(_recv(sock, _NOBLOCK))
+    frame = _recv(sock, _NOBLOCK, False)
+    frames = [frame.bytes]
+    if frame.more:
+        frame = _recv(sock, _NOBLOCK, False)
+        frames.append(frame.bytes)
+        while frame.more:
+            frame = _recv(sock, _NOBLOCK, False)
+            frames.append(frame if len(frame) >= ZERO_COPY_MIN
+                          else frame.bytes)
     return frames
 
 
