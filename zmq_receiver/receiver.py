@@ -277,7 +277,7 @@ class Receiver:
             # zmq_poll takes whole milliseconds: rounding down would spin
             # through the last fraction of one before every timer.
             ready = poll(math.ceil(timeout * 1000))
-            turn = self.clock()
+            turn = outlets.now = self.clock()
             for sock, events in ready:
                 if sock == wakeup_fd:
                     self._on_signals()
