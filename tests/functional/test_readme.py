@@ -1,0 +1,60 @@
+"""The README's run command starts a receiver that a client reaches.
+
+The command is read from the README itself, so that the two cannot drift
+apart. Only the port and the IPC directory are moved (by environment
+variables, which oslo.config reads over the config file), so that the test
+does not collide with a development receiver running in this checkout.
+"""
+
+import os
+import re
+import signal
+import subprocess
+
+from tests import support
+
+
+def readme_commands():
+    """The commands of the README's first code block, comments removed."""
+    with open(os.path.join(support.REPO, 'README.md')) as f:
+        text = f.read()
+    block = re.search(r'```sh\n(.*?)```', text, re.DOTALL).group(1)
+    return [line.split('#', 1)[0].strip() for line in block.splitlines()
+            if line.strip()]
+
+
+def test_readme_starts_with_the_run_and_test_commands():
+    run, test = readme_commands()[:2]
+    assert run == './dev run'
+    assert test == './dev test'
+    with open(os.path.join(support.REPO, '.ci', 'run')) as f:
+        assert re.search(r'^exec %s$' % re.escape(test), f.read(), re.M)
+
+
+def test_the_readme_run_command_forwards(ctx, short_dir):
+    run = readme_commands()[0]
+    ipc_dir = os.path.join(short_dir, 'ipc')
+    env = dict(os.environ, OS_DEFAULT__RPC_ZMQ_PORT='0',
+               OS_DEFAULT__RPC_ZMQ_IPC_DIR=ipc_dir)
+    proc = subprocess.Popen(run.split(), cwd=support.REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, text=True)
+    try:
+        endpoint = None
+        for line in proc.stdout:
+            found = re.search(r'listening on (tcp://127\.0\.0\.1:\d+),', line)
+            if found:
+                endpoint = found.group(1)
+                break
+        assert endpoint, 'the run command ended without listening'
+        consumer = ctx.socket(support.zmq.PULL)
+        consumer.connect('ipc://%s/zmq_topic_compute.localhost' % ipc_dir)
+        sender = ctx.socket(support.zmq.PUSH)
+        sender.connect(endpoint)
+        frames = support.cast('compute.localhost')
+        sender.send_multipart(frames)
+        assert support.recv(consumer) == frames
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=support.TIMEOUT)
+    assert proc.returncode == 0
