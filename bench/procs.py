@@ -1,21 +1,19 @@
 """The processes of one benchmark run, and what /proc says about them.
 
 Every process (endpoint, forwarder, receiver) speaks in lines on stdout; a
-thread per process queues them so that the orchestrator waits on events
-(a line arriving, a process ending) with a deadline, never on a sleep.
+thread per process (tests.output.ProcessOutput) queues them so that the
+orchestrator waits on events (a line arriving, a process ending) with a
+deadline, never on a sleep.
 """
 
-import json
 import os
-import queue
-import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 
-import zmq
+from tests.output import ProcessOutput
+from tests.support import control_stats
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLOCK_TICK = os.sysconf('SC_CLK_TCK')
@@ -43,19 +41,12 @@ class Proc:
     def __init__(self, name, argv, env=None, cwd=None):
         self.name = name
         self.argv = argv
-        self.lines = []
-        self._queue = queue.Queue()
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, cwd=cwd,
             env=dict(os.environ, PYTHONPATH=REPO, **(env or {})))
         self.pid = self.proc.pid
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self._queue.put(line.rstrip('\n'))
-        self._queue.put(None)
+        self.output = ProcessOutput(self.proc)
 
     def expect(self, pattern, deadline, watch=()):
         """The match of the next line matching *pattern*.
@@ -63,45 +54,31 @@ class Proc:
         Raises BenchError at *deadline* (a time.monotonic() value), or when
         this process or one in *watch* has ended first.
         """
-        regex = re.compile(pattern)
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise BenchError('%s: no line matching %r in time; it said:'
                                  '\n%s' % (self.name, pattern, self.tail()))
             try:
-                # Short waits so that a watched process's death is noticed.
-                line = self._queue.get(timeout=min(remaining, 0.5))
-            except queue.Empty:
+                # Short waits so that a watched process's death is noticed;
+                # a line that does not match is consumed all the same.
+                return self.output.wait_for(pattern, min(remaining, 0.5))
+            except TimeoutError:
                 for other in watch:
                     if other.proc.poll() is not None:
                         raise BenchError('%s ended (status %s) while waiting '
                                          'for %s; it said:\n%s' % (
                                              other.name, other.proc.poll(),
                                              self.name, other.tail()))
-                continue
-            if line is None:
-                self._queue.put(None)
+            except EOFError:
                 raise BenchError('%s ended (status %s) before a line matching'
                                  ' %r; it said:\n%s' % (
                                      self.name, self.proc.wait(), pattern,
-                                     self.tail()))
-            self.lines.append(line)
-            match = regex.search(line)
-            if match:
-                return match
+                                     self.tail())) from None
 
     def tail(self, n=15):
-        while True:
-            try:
-                line = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if line is None:
-                self._queue.put(None)
-                break
-            self.lines.append(line)
-        return '\n'.join(self.lines[-n:])
+        """The last *n* lines the process printed so far."""
+        return self.output.log(last=n)
 
     def send(self, line):
         """Write one command line to the process's stdin."""
@@ -209,16 +186,7 @@ class Receiver(Proc):
 
     def stats(self, timeout=2.0):
         """The receiver's counters from its control socket, or None."""
-        ctx = zmq.Context.instance()
-        sock = ctx.socket(zmq.REQ)
-        sock.setsockopt(zmq.LINGER, 0)
-        try:
-            sock.connect('ipc://%s/.zmq-receiver-control' % self.ipc_dir)
-            sock.send(b'stats')
-            if not sock.poll(timeout * 1000):
-                return None
-            snap = json.loads(sock.recv())
+        snap = control_stats(self.ipc_dir, timeout)
+        if snap is not None:
             snap.pop('topics', None)
-            return snap
-        finally:
-            sock.close()
+        return snap

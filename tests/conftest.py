@@ -1,4 +1,5 @@
-"""Fixtures shared by the whole suite: real sockets and the real daemon."""
+"""Fixtures shared by the whole suite: real sockets, the real daemon and
+real Redis servers."""
 
 import shutil
 import tempfile
@@ -6,6 +7,7 @@ import tempfile
 import pytest
 import zmq
 
+from tests import redis_server
 from tests import support
 
 
@@ -45,3 +47,23 @@ def daemons():
 def receiver(daemons, short_dir):
     """One running receiver on loopback, with its IPC directory."""
     return daemons(short_dir)
+
+
+def _redis(password=None):
+    directory = redis_server.temp_dir()
+    process = redis_server.start_server(directory, password=password)
+    yield process
+    process.stop()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_plain():
+    """A running ``redis-server`` that wants no password."""
+    yield from _redis()
+
+
+@pytest.fixture
+def redis_locked():
+    """A running ``redis-server`` that wants redis_server.PASSWORD."""
+    yield from _redis(redis_server.PASSWORD)

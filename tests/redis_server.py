@@ -6,31 +6,27 @@ wait is on an event (a log line, an answer) with a timeout.
 """
 
 import os
-import queue
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
-import threading
 import time
 
 import redis
 
+from tests.output import ProcessOutput
+# free_port is also used by the tests as redis_server.free_port.
+from tests.support import free_port
+
 #: Seconds any single wait may take before the test fails.
 TIMEOUT = 10.0
+#: The password of the servers that want one (the redis_locked fixture).
+PASSWORD = 'pa55-w0rd'
 #: How often a condition on a server's state is asked again.
 POLL = 0.02
 
 REDIS_SERVER = shutil.which('redis-server') or '/usr/bin/redis-server'
 REDIS_SENTINEL = shutil.which('redis-sentinel') or '/usr/bin/redis-sentinel'
-
-
-def free_port():
-    """A TCP port free on the loopback interface right now."""
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def wait_until(predicate, timeout=TIMEOUT, what='a condition'):
@@ -69,8 +65,7 @@ class RedisProcess:
         self.password = password
         self.port = port
         self.proc = None
-        self.lines = []
-        self._queue = queue.Queue()
+        self.output = None
 
     @property
     def config_file(self):
@@ -100,15 +95,12 @@ class RedisProcess:
             if not fixed:
                 self.port = free_port()
             self._write_config()
-            self._queue = queue.Queue()
             self.proc = subprocess.Popen(
                 [REDIS_SENTINEL if self.sentinel else REDIS_SERVER,
                  self.config_file],
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, text=True, cwd=self.directory)
-            threading.Thread(target=self._read, args=(self.proc,
-                                                      self._queue),
-                             daemon=True).start()
+            self.output = ProcessOutput(self.proc)
             try:
                 self.wait_for(r'\+monitor master' if self.sentinel
                               else r'Ready to accept connections')
@@ -123,47 +115,23 @@ class RedisProcess:
                 raise
         raise AssertionError('%s found no free port' % self.name)
 
-    def _read(self, proc, lines):
-        for line in proc.stdout:
-            lines.put(line.rstrip('\n'))
-        lines.put(None)
-
     def wait_for(self, pattern, timeout=TIMEOUT):
         """The match of the first new log line matching *pattern*; raises
         ProcessLookupError when the process ends first."""
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError('%s logged no line matching %r within '
-                                     '%.0f s:\n%s' % (self.name, pattern,
-                                                      timeout, self.log()))
-            try:
-                line = self._queue.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            if line is None:
-                self._queue.put(None)
-                self.proc.wait()
-                raise ProcessLookupError(self.name)
-            self.lines.append(line)
-            match = regex.search(line)
-            if match:
-                return match
+        try:
+            return self.output.wait_for(pattern, timeout)
+        except TimeoutError:
+            raise AssertionError('%s logged no line matching %r within '
+                                 '%.0f s:\n%s' % (self.name, pattern,
+                                                  timeout, self.log())
+                                 ) from None
+        except EOFError:
+            self.proc.wait()
+            raise ProcessLookupError(self.name) from None
 
     def log(self):
-        """What the process logged so far."""
-        while True:
-            try:
-                line = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if line is None:
-                self._queue.put(None)
-                break
-            self.lines.append(line)
-        return '\n'.join(self.lines)
+        """What the process logged so far (since it last started)."""
+        return self.output.log() if self.output else ''
 
     def client(self, **kwargs):
         """A redis-py client of this process (str answers)."""

@@ -7,15 +7,15 @@ and a timeout fails the test.
 
 import json
 import os
-import queue
-import re
 import signal
+import socket
 import subprocess
 import sys
-import threading
 import time
 
 import zmq
+
+from tests.output import ProcessOutput
 
 #: Seconds any single wait may take before the test fails.
 TIMEOUT = 10.0
@@ -65,64 +65,48 @@ class Daemon:
         self.env['PYTHONPATH'] = REPO
         self.proc = None
         self.endpoint = None
-        self.lines = []
-        self._queue = queue.Queue()
+        self.output = None
+
+    def command(self):
+        """(argv, extra Popen keyword arguments) that run the receiver;
+        subclasses change how it is run (as another user, say)."""
+        return [sys.executable, '-m', 'zmq_receiver'] + self.args, {}
 
     def start(self, wait_ready=True):
         """Start the process; by default wait until it listens."""
+        argv, kwargs = self.command()
         self.proc = subprocess.Popen(
-            [sys.executable, '-m', 'zmq_receiver'] + self.args,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, env=self.env, text=True,
-            cwd=self.directory)
-        threading.Thread(target=self._read, daemon=True).start()
+            cwd=self.directory, **kwargs)
+        self.output = ProcessOutput(self.proc)
         if wait_ready:
             match = self.wait_for(r'listening on (tcp://\S+),')
             self.endpoint = match.group(1)
         return self
 
-    def _read(self):
-        for line in self.proc.stdout:
-            self._queue.put(line.rstrip('\n'))
-        self._queue.put(None)
-
     def wait_for(self, pattern, timeout=TIMEOUT):
         """The match of the first new log line matching *pattern*."""
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError('no log line matching %r within %.0f s;'
-                                     ' log:\n%s' % (pattern, timeout,
-                                                    self.log()))
-            try:
-                line = self._queue.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            if line is None:
-                self._queue.put(None)
-                raise AssertionError('receiver ended (status %s) before a '
-                                     'line matching %r; log:\n%s' % (
-                                         self.proc.wait(), pattern,
-                                         self.log()))
-            self.lines.append(line)
-            match = regex.search(line)
-            if match:
-                return match
+        try:
+            return self.output.wait_for(pattern, timeout)
+        except TimeoutError:
+            raise AssertionError('no log line matching %r within %.0f s;'
+                                 ' log:\n%s' % (pattern, timeout,
+                                                self.log())) from None
+        except EOFError:
+            raise AssertionError('receiver ended (status %s) before a '
+                                 'line matching %r; log:\n%s' % (
+                                     self.proc.wait(), pattern,
+                                     self.log())) from None
+
+    @property
+    def lines(self):
+        """The log lines read so far (by wait_for() and log())."""
+        return self.output.lines if self.output else []
 
     def log(self):
         """Everything the process printed so far."""
-        while True:
-            try:
-                line = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if line is None:
-                self._queue.put(None)
-                break
-            self.lines.append(line)
-        return '\n'.join(self.lines)
+        return self.output.log() if self.output else ''
 
     @property
     def port(self):
@@ -138,17 +122,10 @@ class Daemon:
 
     def stats(self, timeout=TIMEOUT):
         """The live counters, asked over the control socket."""
-        ctx = zmq.Context.instance()
-        sock = ctx.socket(zmq.REQ)
-        sock.setsockopt(zmq.LINGER, 0)
-        try:
-            sock.connect('ipc://%s/.zmq-receiver-control' % self.ipc_dir)
-            sock.send(b'stats')
-            if not sock.poll(timeout * 1000):
-                raise AssertionError('no answer from the control socket')
-            return json.loads(sock.recv())
-        finally:
-            sock.close()
+        stats = control_stats(self.ipc_dir, timeout)
+        if stats is None:
+            raise AssertionError('no answer from the control socket')
+        return stats
 
     def wait_stats(self, predicate, timeout=TIMEOUT):
         """Poll the counters until *predicate*(stats) holds."""
@@ -181,14 +158,43 @@ class Daemon:
             self.proc.wait()
 
 
-def run_receiver(args, env=None, cwd=None, timeout=TIMEOUT):
-    """Run the receiver to completion: (status, output)."""
-    proc = subprocess.run(
+def control_stats(ipc_dir, timeout=TIMEOUT):
+    """The counters of the receiver serving *ipc_dir*, asked over its
+    control socket, or None when it does not answer within *timeout* s."""
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect('ipc://%s/.zmq-receiver-control' % ipc_dir)
+        sock.send(b'stats')
+        if not sock.poll(timeout * 1000):
+            return None
+        return json.loads(sock.recv())
+    finally:
+        sock.close()
+
+
+def _run(args, stderr, env, cwd, timeout):
+    return subprocess.run(
         [sys.executable, '-m', 'zmq_receiver'] + list(args),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        stdout=subprocess.PIPE, stderr=stderr,
         stdin=subprocess.DEVNULL, text=True, timeout=timeout, cwd=cwd,
         env=dict(os.environ, PYTHONPATH=REPO, **(env or {})))
+
+
+def run_receiver(args, env=None, cwd=None, timeout=TIMEOUT):
+    """Run the receiver to completion: (status, output)."""
+    proc = _run(args, subprocess.STDOUT, env, cwd, timeout)
     return proc.returncode, proc.stdout
+
+
+def run_split(args, env=None, cwd=None, timeout=TIMEOUT):
+    """Run the receiver to completion: (status, stdout, stderr), apart.
+
+    Apart, because what the operator reads is stderr: it must carry the one
+    clear line, while the log (stdout here) may say more.
+    """
+    proc = _run(args, subprocess.PIPE, env, cwd, timeout)
+    return proc.returncode, proc.stdout, proc.stderr
 
 
 def recv(sock, timeout=TIMEOUT):
@@ -211,8 +217,58 @@ def sender(ctx, daemon):
     return sock
 
 
+def pull(ctx, daemon, key, **options):
+    """A PULL consumer of *daemon*'s outlet *key*; *options* are socket
+    options by name, e.g. ``RCVHWM=1``."""
+    return _consumer(ctx, zmq.PULL, daemon, key, options)
+
+
+def sub(ctx, daemon, key, prefix=b'', **options):
+    """A SUB consumer of *daemon*'s outlet *key*, subscribed to *prefix*
+    (everything by default); *options* as for pull()."""
+    return _consumer(ctx, zmq.SUB, daemon, key,
+                     dict(options, SUBSCRIBE=prefix))
+
+
+def _consumer(ctx, kind, daemon, key, options):
+    sock = ctx.socket(kind)
+    # Options before connect(): some (the high-water marks) only apply to
+    # connections made after them.
+    for option, value in options.items():
+        sock.setsockopt(getattr(zmq, option), value)
+    sock.connect(daemon.outlet(key))
+    return sock
+
+
+def assert_balanced(stats):
+    """Every message read is forwarded, rejected, dropped or queued."""
+    assert stats['received'] == (
+        stats['forwarded'] + sum(stats['rejected'].values()) +
+        sum(stats['dropped'].values()) + stats['queued']), stats
+
+
+def free_port():
+    """A TCP port free on the loopback interface right now."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
 def cast(topic, body=b'["{}", {"method": "m", "args": {}}]', msg_id=b'0'):
     """Frames of a legacy cast to *topic* (str or bytes)."""
     if isinstance(topic, str):
         topic = topic.encode()
     return [msg_id, topic, b'cast', body]
+
+
+def queue_casts(daemon, out, topic, n):
+    """Send *n* casts to *topic* (bodies b'0', b'1', ...) through *out*,
+    and wait until *daemon* holds all of them queued: the frames sent.
+
+    For a topic with no consumer yet, on a daemon with nothing else queued.
+    """
+    sent = [cast(topic, b'%d' % i) for i in range(n)]
+    for frames in sent:
+        out.send_multipart(frames)
+    daemon.wait_stats(lambda s: s['queued'] == n)
+    return sent

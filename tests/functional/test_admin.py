@@ -9,24 +9,22 @@ receiver.
 import json
 import os
 import pwd
-import queue
 import re
 import shutil
 import socket
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
-import zmq
 
 from tests import redis_server
 from tests import support
-from tests.support import recv
+from tests.output import ProcessOutput
+from tests.redis_server import PASSWORD
+from tests.support import pull, recv, sub
 
 ADMIN = [sys.executable, '-m', 'zmq_receiver.admin']
-PASSWORD = 'pa55-w0rd'
 RING = {'scheduler': ['localhost'], 'conductor': ['localhost']}
 GUIDE_EXAMPLE = """{
 'scheduler': ['host1', 'host2'],
@@ -51,38 +49,32 @@ class Background:
             ADMIN + list(args), stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
             env=dict(os.environ, PYTHONPATH=support.REPO))
-        self.err_lines = []
-        self._err = queue.Queue()
+        # stderr is where it talks; stdout is its result, read at the end.
+        self.errors = ProcessOutput(self.proc, self.proc.stderr)
         self._out = []
-        threading.Thread(target=self._read_err, daemon=True).start()
         self._out_reader = threading.Thread(target=self._read_out,
                                             daemon=True)
         self._out_reader.start()
 
-    def _read_err(self):
-        for line in self.proc.stderr:
-            self._err.put(line.rstrip('\n'))
-        self._err.put(None)
-
     def _read_out(self):
         self._out.extend(self.proc.stdout)
 
+    @property
+    def err_lines(self):
+        """The stderr lines read so far (by wait_err())."""
+        return self.errors.lines
+
     def wait_err(self, pattern, timeout=support.TIMEOUT):
         """The first new stderr line matching *pattern*."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self._err.get(timeout=max(0.0, deadline -
-                                                 time.monotonic()))
-            except queue.Empty:
-                raise AssertionError('no line matching %r; stderr:\n%s' % (
-                    pattern, '\n'.join(self.err_lines)))
-            if line is None:
-                raise AssertionError('ended (%s) before %r; stderr:\n%s' % (
-                    self.proc.wait(), pattern, '\n'.join(self.err_lines)))
-            self.err_lines.append(line)
-            if re.search(pattern, line):
-                return line
+        try:
+            return self.errors.wait_for(pattern, timeout).string
+        except TimeoutError:
+            raise AssertionError('no line matching %r; stderr:\n%s' % (
+                pattern, '\n'.join(self.err_lines))) from None
+        except EOFError:
+            raise AssertionError('ended (%s) before %r; stderr:\n%s' % (
+                self.proc.wait(), pattern, '\n'.join(self.err_lines))
+            ) from None
 
     def finish(self, timeout=support.TIMEOUT):
         """(status, stdout lines) once it has ended by itself."""
@@ -181,24 +173,6 @@ class Setup:
 @pytest.fixture
 def setup(short_dir):
     return Setup(short_dir)
-
-
-@pytest.fixture
-def redis_plain():
-    directory = redis_server.temp_dir()
-    process = redis_server.start_server(directory)
-    yield process
-    process.stop()
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture
-def redis_locked():
-    directory = redis_server.temp_dir()
-    process = redis_server.start_server(directory, password=PASSWORD)
-    yield process
-    process.stop()
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 def use_redis(setup, server, password=PASSWORD):
@@ -578,19 +552,6 @@ def test_redis_tool_names_an_unreachable_server(setup):
 
 
 # -- send and tap through a running receiver ---------------------------------
-
-
-def sub(ctx, daemon, key):
-    sock = ctx.socket(zmq.SUB)
-    sock.setsockopt(zmq.SUBSCRIBE, b'')
-    sock.connect(daemon.outlet(key))
-    return sock
-
-
-def pull(ctx, daemon, key):
-    sock = ctx.socket(zmq.PULL)
-    sock.connect(daemon.outlet(key))
-    return sock
 
 
 def consumers(daemon, key):

@@ -16,34 +16,10 @@ import time
 import urllib.request
 
 import pytest
-import zmq
 
 from tests import support
-from tests.support import cast, recv
-
-
-def pull(ctx, daemon, key, **options):
-    sock = ctx.socket(zmq.PULL)
-    for option, value in options.items():
-        sock.setsockopt(getattr(zmq, option), value)
-    sock.connect(daemon.outlet(key))
-    return sock
-
-
-def sub(ctx, daemon, key, prefix=b'', **options):
-    sock = ctx.socket(zmq.SUB)
-    for option, value in options.items():
-        sock.setsockopt(getattr(zmq, option), value)
-    sock.setsockopt(zmq.SUBSCRIBE, prefix)
-    sock.connect(daemon.outlet(key))
-    return sock
-
-
-def assert_balanced(stats):
-    """Every message read is forwarded, rejected, dropped or queued."""
-    assert stats['received'] == (
-        stats['forwarded'] + sum(stats['rejected'].values()) +
-        sum(stats['dropped'].values()) + stats['queued']), stats
+from tests.support import (assert_balanced, cast, pull, queue_casts, recv,
+                           sub)
 
 
 def topic_stats(stats, key):
@@ -88,9 +64,7 @@ def test_late_push_consumer_gets_backlog_then_live_traffic_in_order(
         ctx, daemons, short_dir):
     daemon = daemons(short_dir, with_backlog(1000))
     out = support.sender(ctx, daemon)
-    for i in range(300):
-        out.send_multipart(cast('late.host1', b'%d' % i))
-    daemon.wait_stats(lambda s: s['queued'] == 300)
+    queue_casts(daemon, out, 'late.host1', 300)
     consumer = pull(ctx, daemon, 'late.host1')
     # Sent while the backlog is being flushed: they must queue behind it,
     # not overtake it by going straight to the socket.
@@ -389,13 +363,17 @@ def test_stalled_fanout_subscriber_does_not_make_the_loop_spin(
 # -- SIGHUP --
 
 
-def _rewrite_backlog(daemon, old, new):
+def _reload_backlog(daemon, old, new):
+    """Change the backlog size in the config file from *old* to *new*,
+    and have the running *daemon* reread it (SIGHUP)."""
     with open(daemon.config_file) as f:
         text = f.read()
     line = 'rpc_zmq_topic_backlog = %d\n' % old
     assert line in text
     with open(daemon.config_file, 'w') as f:
         f.write(text.replace(line, 'rpc_zmq_topic_backlog = %d\n' % new))
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_for(r'Reloaded configuration')
 
 
 def test_sighup_rereads_the_backlog_size_and_keeps_the_queue(ctx, daemons,
@@ -408,9 +386,7 @@ def test_sighup_rereads_the_backlog_size_and_keeps_the_queue(ctx, daemons,
     assert stats['queued'] == 3
     assert stats['dropped'] == {'backlog_full': 1}
 
-    _rewrite_backlog(daemon, 3, 6)
-    daemon.signal(signal.SIGHUP)
-    daemon.wait_for(r'Reloaded configuration')
+    _reload_backlog(daemon, 3, 6)
     stats = daemon.stats()
     assert stats['queued'] == 3  # nothing lost by the reload
     for i in range(4, 9):
@@ -431,12 +407,8 @@ def test_sighup_to_a_smaller_backlog_keeps_what_is_queued(ctx, daemons,
                                                          short_dir):
     daemon = daemons(short_dir, with_backlog(6))
     out = support.sender(ctx, daemon)
-    for i in range(6):
-        out.send_multipart(cast('shrink.host1', b'%d' % i))
-    daemon.wait_stats(lambda s: s['queued'] == 6)
-    _rewrite_backlog(daemon, 6, 2)
-    daemon.signal(signal.SIGHUP)
-    daemon.wait_for(r'Reloaded configuration')
+    queue_casts(daemon, out, 'shrink.host1', 6)
+    _reload_backlog(daemon, 6, 2)
     # The new size holds for every topic...
     for i in range(3):
         out.send_multipart(cast('fresh.host1', b'%d' % i))
@@ -462,9 +434,7 @@ def test_sighup_with_a_broken_config_file_keeps_running(ctx, daemons,
                                                         short_dir, damage):
     daemon = daemons(short_dir, with_backlog(5))
     out = support.sender(ctx, daemon)
-    for i in range(3):
-        out.send_multipart(cast('survive.host1', b'%d' % i))
-    daemon.wait_stats(lambda s: s['queued'] == 3)
+    queue_casts(daemon, out, 'survive.host1', 3)
     if damage == 'unparseable':
         # What a half-written file from configuration management looks like.
         with open(daemon.config_file, 'a') as f:

@@ -10,14 +10,12 @@ never a traceback.
 import os
 import re
 import socket
-import subprocess
-import sys
 
 import pytest
 import zmq
 
 from tests import support
-from tests.support import recv
+from tests.support import pull, recv, run_split
 from zmq_receiver import errors
 
 PROG = 'oslo-messaging-zmq-receiver'
@@ -242,20 +240,6 @@ quota_port = 500
 """
 
 
-def run_split(args, env=None, cwd=None, timeout=support.TIMEOUT):
-    """Run the receiver to completion: (status, stdout, stderr), apart.
-
-    ``support.run_receiver`` merges the two; here stderr alone is what the
-    operator reads, so it is kept separate.
-    """
-    proc = subprocess.run(
-        [sys.executable, '-m', 'zmq_receiver'] + list(args),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL, text=True, timeout=timeout, cwd=cwd,
-        env=dict(os.environ, PYTHONPATH=support.REPO, **(env or {})))
-    return proc.returncode, proc.stdout, proc.stderr
-
-
 def base_options(directory, **default):
     """A valid receiver config: loopback, a free port, an IPC dir."""
     options = {
@@ -272,12 +256,6 @@ def base_options(directory, **default):
 
 def config_file(directory, options, name='receiver.conf'):
     return support.write_config(os.path.join(directory, name), options)
-
-
-def pull(ctx, daemon, key):
-    sock = ctx.socket(zmq.PULL)
-    sock.connect(daemon.outlet(key))
-    return sock
 
 
 def assert_forwards(ctx, daemon, topic):

@@ -20,16 +20,10 @@ import pytest
 import zmq
 
 from tests import support
-from tests.support import cast, recv
+from tests.support import cast, pull, queue_casts, recv
 
 LOCK = '.zmq-receiver.lock'
 CONTROL = '.zmq-receiver-control'
-
-
-def pull(ctx, daemon, key):
-    sock = ctx.socket(zmq.PULL)
-    sock.connect(daemon.outlet(key))
-    return sock
 
 
 def other_group():
@@ -179,9 +173,7 @@ def test_consumer_joining_during_the_drain_gets_the_backlog(ctx, daemons,
                                                            short_dir):
     daemon = daemons(short_dir, {'zmq_receiver': {'shutdown_timeout': 20}})
     out = support.sender(ctx, daemon)
-    for i in range(3):
-        out.send_multipart(cast('drain.host1', b'%d' % i))
-    daemon.wait_stats(lambda s: s['queued'] == 3)
+    queue_casts(daemon, out, 'drain.host1', 3)
     stop_when_ready(daemon)
     daemon.wait_for(r'Stopping: delivering 3 queued messages')
     assert daemon.proc.poll() is None  # waiting for a consumer
@@ -198,9 +190,7 @@ def test_drain_without_a_consumer_gives_up_after_the_timeout(ctx, daemons,
                                                             short_dir):
     daemon = daemons(short_dir, {'zmq_receiver': {'shutdown_timeout': 0.3}})
     out = support.sender(ctx, daemon)
-    for i in range(3):
-        out.send_multipart(cast('nobody.host1', b'%d' % i))
-    daemon.wait_stats(lambda s: s['queued'] == 3)
+    queue_casts(daemon, out, 'nobody.host1', 3)
     started = time.monotonic()
     stop_when_ready(daemon)
     assert daemon.wait(timeout=5) == 0
@@ -216,9 +206,7 @@ def test_second_sigterm_during_the_drain_stops_at_once(ctx, daemons,
                                                       short_dir):
     daemon = daemons(short_dir, {'zmq_receiver': {'shutdown_timeout': 60}})
     out = support.sender(ctx, daemon)
-    for i in range(3):
-        out.send_multipart(cast('nobody.host1', b'%d' % i))
-    daemon.wait_stats(lambda s: s['queued'] == 3)
+    queue_casts(daemon, out, 'nobody.host1', 3)
     stop_when_ready(daemon)
     daemon.wait_for(r'Stopping: delivering 3 queued messages')
     assert daemon.proc.poll() is None

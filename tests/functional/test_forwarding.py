@@ -3,7 +3,7 @@
 import zmq
 
 from tests import support
-from tests.support import recv
+from tests.support import pull, recv, sub
 
 # The captured vectors of PROTOCOL.md section 2.
 CAST = [
@@ -43,19 +43,6 @@ NOTIFICATION_V2 = [
     b'oslo.version',
     b'2.0',
 ]
-
-
-def pull(ctx, daemon, key):
-    sock = ctx.socket(zmq.PULL)
-    sock.connect(daemon.outlet(key))
-    return sock
-
-
-def sub(ctx, daemon, key, prefix=b''):
-    sock = ctx.socket(zmq.SUB)
-    sock.setsockopt(zmq.SUBSCRIBE, prefix)
-    sock.connect(daemon.outlet(key))
-    return sock
 
 
 def test_cast_vector_reaches_pull_consumer_unchanged(ctx, receiver):

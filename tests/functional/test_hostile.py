@@ -18,23 +18,10 @@ import zmq
 from zmq.utils import monitor
 
 from tests import support
-from tests.support import cast, recv
+from tests.support import assert_balanced, cast, pull, recv
 
 #: Files in the IPC directory that are not outlets.
 NOT_OUTLETS = {'.zmq-receiver.lock', '.zmq-receiver-control'}
-
-
-def pull(ctx, daemon, key):
-    sock = ctx.socket(zmq.PULL)
-    sock.connect(daemon.outlet(key))
-    return sock
-
-
-def assert_balanced(stats):
-    """Every message read is forwarded, rejected, dropped or queued."""
-    assert stats['received'] == (
-        stats['forwarded'] + sum(stats['rejected'].values()) +
-        sum(stats['dropped'].values()) + stats['queued']), stats
 
 
 def outlet_files(daemon):

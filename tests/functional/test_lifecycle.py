@@ -25,7 +25,7 @@ import pytest
 import zmq
 
 from tests import support
-from tests.support import recv
+from tests.support import free_port, queue_casts, recv, run_split
 from zmq_receiver import errors
 
 PROG = 'oslo-messaging-zmq-receiver'
@@ -39,20 +39,6 @@ FOREIGN_UID = 4242499
 
 
 # -- helpers -------------------------------------------------------------
-
-
-def run_split(args, env=None, timeout=support.TIMEOUT):
-    """Run the receiver to completion: (status, stdout, stderr), apart.
-
-    Apart, because what the operator reads is stderr: it must carry the one
-    clear line, while the log (stdout here) may say more.
-    """
-    proc = subprocess.run(
-        [sys.executable, '-m', 'zmq_receiver'] + list(args),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL, text=True, timeout=timeout,
-        env=dict(os.environ, PYTHONPATH=support.REPO, **(env or {})))
-    return proc.returncode, proc.stdout, proc.stderr
 
 
 def config(directory, ipc_dir, receiver_options=None, default=None):
@@ -259,18 +245,6 @@ class DaemonAs(support.Daemon):
         argv = argv[:argv.index('-m')] + ['-c', 'import zmq_receiver.cli']
         return subprocess.run(argv, env=self.env, cwd=self.directory,
                               capture_output=True, **kwargs).returncode == 0
-
-    def start(self, wait_ready=True):
-        argv, kwargs = self.command()
-        self.proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env=self.env, text=True,
-            cwd=self.directory, **kwargs)
-        threading.Thread(target=self._read, daemon=True).start()
-        if wait_ready:
-            self.endpoint = self.wait_for(
-                r'listening on (tcp://\S+),').group(1)
-        return self
 
 
 # -- fixtures ------------------------------------------------------------
@@ -723,11 +697,8 @@ def test_a_stopped_process_stops_pinging(spawn, short_dir, notify_socket):
 def test_hup_keeps_queued_messages(ctx, spawn, short_dir):
     daemon = spawn(short_dir)
     out = support.sender(ctx, daemon)
-    sent = [support.cast('held.host1', b'%d' % i) for i in range(20)]
-    for frames in sent:
-        out.send_multipart(frames)
     # No consumer: all twenty wait in the backlog.
-    daemon.wait_stats(lambda s: s['queued'] == 20)
+    sent = queue_casts(daemon, out, 'held.host1', 20)
     daemon.signal(signal.SIGHUP)
     daemon.wait_for('Reloaded configuration')
     assert daemon.stats()['queued'] == 20
@@ -751,14 +722,6 @@ def test_hup_then_log_goes_to_a_new_file_after_rotation(spawn, short_dir):
     daemon.wait_for('Counters:')
     wait_in_file(log_file, 'Counters:')
     assert 'Counters:' not in read(log_file + '.1')
-
-
-def free_port():
-    probe = socket.socket()
-    probe.bind(('127.0.0.1', 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    return port
 
 
 def ask_stats(ipc_dir, proc, timeout=support.TIMEOUT):
@@ -845,10 +808,7 @@ def test_term_drains_to_a_consumer_that_connects_during_the_drain(
         ctx, spawn, short_dir):
     daemon = spawn(short_dir, {'zmq_receiver': {'shutdown_timeout': 10}})
     out = support.sender(ctx, daemon)
-    sent = [support.cast('late.host1', b'%d' % i) for i in range(50)]
-    for frames in sent:
-        out.send_multipart(frames)
-    daemon.wait_stats(lambda s: s['queued'] == 50)
+    sent = queue_casts(daemon, out, 'late.host1', 50)
     daemon.signal(signal.SIGTERM)
     daemon.wait_for(r'Stopping: delivering 50 queued messages')
     consumer = pull(ctx, daemon, 'late.host1')
@@ -862,9 +822,7 @@ def test_term_drains_to_a_consumer_that_connects_during_the_drain(
 def test_second_term_during_the_drain_stops_at_once(ctx, spawn, short_dir):
     daemon = spawn(short_dir, {'zmq_receiver': {'shutdown_timeout': 10}})
     out = support.sender(ctx, daemon)
-    for i in range(5):
-        out.send_multipart(support.cast('nobody.host1', b'%d' % i))
-    daemon.wait_stats(lambda s: s['queued'] == 5)
+    queue_casts(daemon, out, 'nobody.host1', 5)
     daemon.signal(signal.SIGTERM)
     daemon.wait_for('Stopping')
     started = time.monotonic()

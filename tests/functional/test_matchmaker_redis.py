@@ -13,41 +13,23 @@ import time
 import pytest
 
 from tests import redis_server
+from tests.redis_server import PASSWORD
 from zmq_receiver import matchmaker
 from zmq_receiver.matchmaker import redis as redis_mm
 
-PASSWORD = 'pa55-w0rd'
-
 
 @pytest.fixture
-def server():
-    directory = redis_server.temp_dir()
-    process = redis_server.start_server(directory)
-    yield process
-    process.stop()
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture
-def locked_server():
-    directory = redis_server.temp_dir()
-    process = redis_server.start_server(directory, password=PASSWORD)
-    yield process
-    process.stop()
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture
-def raw(server):
+def raw(redis_plain):
     """A plain client, to lay out and read keys by hand."""
-    client = server.client()
+    client = redis_plain.client()
     yield client
     client.close()
 
 
 @pytest.fixture
-def mm(server):
-    made = redis_mm.RedisMatchMaker(port=server.port, socket_timeout=5.0)
+def mm(redis_plain):
+    made = redis_mm.RedisMatchMaker(port=redis_plain.port,
+                                    socket_timeout=5.0)
     yield made
     made.close()
 
@@ -93,7 +75,7 @@ def test_records_laid_out_by_a_service_are_found(raw, mm):
     assert mm.served_by('host2') == ['compute']
 
 
-def test_register_writes_exactly_what_a_service_writes(server, raw, mm):
+def test_register_writes_exactly_what_a_service_writes(raw, mm):
     service_registers(raw, 'compute', 'host1', ttl=600)
     by_hand = everything(raw)
     raw.flushall()
@@ -223,14 +205,14 @@ def test_a_topic_key_of_another_type_is_named(raw, mm):
 # -- password and availability -----------------------------------------------
 
 
-def test_password_is_used(locked_server):
-    with redis_mm.RedisMatchMaker(port=locked_server.port,
+def test_password_is_used(redis_locked):
+    with redis_mm.RedisMatchMaker(port=redis_locked.port,
                                   password=PASSWORD) as mm:
         mm.register_server('compute', 'host1')
         assert mm.hosts('compute') == ['host1']
         assert mm.ping().endswith('master at 127.0.0.1:%d'
-                                  % locked_server.port)
-    assert locked_server.client().smembers('compute') == {'compute.host1'}
+                                  % redis_locked.port)
+    assert redis_locked.client().smembers('compute') == {'compute.host1'}
 
 
 @pytest.mark.parametrize('password, expected', [
@@ -238,10 +220,10 @@ def test_password_is_used(locked_server):
     (None, 'requires a password, and none is set'),
     ('', 'requires a password, and none is set'),
 ])
-def test_a_wrong_or_missing_password_is_named_at_once(locked_server,
-                                                      password, expected):
+def test_a_wrong_or_missing_password_is_named_at_once(redis_locked,
+                                                     password, expected):
     started = time.monotonic()
-    with redis_mm.RedisMatchMaker(port=locked_server.port,
+    with redis_mm.RedisMatchMaker(port=redis_locked.port,
                                   password=password) as mm:
         with pytest.raises(matchmaker.MatchMakerError) as info:
             mm.hosts('compute')
