@@ -12,6 +12,7 @@ import signal
 import subprocess
 
 from tests import support
+from tests.output import ProcessOutput
 
 
 def readme_commands():
@@ -39,14 +40,10 @@ def test_the_readme_run_command_forwards(ctx, short_dir):
     proc = subprocess.Popen(run.split(), cwd=support.REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, text=True)
+    output = ProcessOutput(proc)
     try:
-        endpoint = None
-        for line in proc.stdout:
-            found = re.search(r'listening on (tcp://127\.0\.0\.1:\d+),', line)
-            if found:
-                endpoint = found.group(1)
-                break
-        assert endpoint, 'the run command ended without listening'
+        endpoint = output.wait_for(r'listening on (tcp://127\.0\.0\.1:\d+),',
+                                   support.TIMEOUT).group(1)
         consumer = ctx.socket(support.zmq.PULL)
         consumer.connect('ipc://%s/zmq_topic_compute.localhost' % ipc_dir)
         sender = ctx.socket(support.zmq.PUSH)
@@ -56,5 +53,5 @@ def test_the_readme_run_command_forwards(ctx, short_dir):
         assert support.recv(consumer) == frames
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=support.TIMEOUT)
-    assert proc.returncode == 0
+        proc.wait(timeout=support.TIMEOUT)
+    assert proc.returncode == 0, output.log()
