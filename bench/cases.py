@@ -20,7 +20,9 @@ marked incomplete and gives no rate.
 
 import shutil
 import tempfile
+import threading
 import time
+import urllib.request
 
 from bench.procs import BenchError, Proc, Receiver, parse_kv, peak_rss_kib
 from bench.procs import thread_cpu
@@ -43,6 +45,7 @@ CASES = {
     'direct': ('a', 'direct PUSH->PULL, tcp'),
     'proxy': ('b', 'zmq_proxy tcp->ipc PUSH'),
     'recv1': ('c', 'receiver, 1 topic'),
+    'recv1m': ('c', 'receiver, 1 topic, scraped'),
     'recv100': ('c', 'receiver, 100 topics/4 procs'),
     'fanout': ('c', 'receiver, fanout, 4 SUB'),
 }
@@ -79,8 +82,8 @@ class Run:
         self.procs.append(proc)
         return proc
 
-    def start_receiver(self, deadline):
-        receiver = Receiver(self.dir, deadline)
+    def start_receiver(self, deadline, metrics=False):
+        receiver = Receiver(self.dir, deadline, metrics)
         self.procs.append(receiver)
         self.receiver = receiver
         return receiver
@@ -104,8 +107,8 @@ def _topology(run, case, n, size, deadline):
         proxy = run.start('proxy', 'proxy', 'tcp://127.0.0.1:*', backend)
         endpoint = proxy.expect(r'^endpoint=(\S+)', deadline).group(1)
         return endpoint, [TOPIC], [sink('consumer', n, [backend])], [proxy]
-    receiver = run.start_receiver(deadline)
-    if case == 'recv1':
+    receiver = run.start_receiver(deadline, metrics=case == 'recv1m')
+    if case in ('recv1', 'recv1m'):
         sinks = [sink('consumer', n, [receiver.outlet(TOPIC)])]
         return receiver.endpoint, [TOPIC], sinks, [receiver]
     if case == 'recv100':
@@ -155,11 +158,18 @@ def throughput(endpoints, tmp_root, case, size, n, timeout, rate=0):
         receiver = run.receiver
         if receiver is not None:
             cpu_before = thread_cpu(receiver.pid)
+        scraper = None
+        if receiver is not None and receiver.metrics_url:
+            scraper = Scraper(receiver.metrics_url + '/metrics')
         wall_before = time.monotonic()
         gen.send('go')
-        sent = parse_kv(gen.expect(r'^sent ', time.monotonic() + timeout,
-                                   watch).string)
-        done = _collect(sinks, time.monotonic() + timeout, watch)
+        try:
+            sent = parse_kv(gen.expect(r'^sent ', time.monotonic() + timeout,
+                                       watch).string)
+            done = _collect(sinks, time.monotonic() + timeout, watch)
+        finally:
+            if scraper is not None:
+                scraper.stop()
         wall = time.monotonic() - wall_before
         result = {'case': case, 'size': size, 'n': n,
                   'expected': sum(d['expect'] for d in done),
@@ -168,6 +178,9 @@ def throughput(endpoints, tmp_root, case, size, n, timeout, rate=0):
         result['complete'] = (result['received'] == result['expected'] and
                               not result['bad'] and
                               all(d['complete'] for d in done))
+        if scraper is not None:
+            result['scrapes'] = scraper.count
+            result['scrape_errors'] = scraper.errors
         if receiver is not None and receiver.proc.poll() is not None:
             result['complete'] = False
             result['receiver'] = {'exited': receiver.proc.returncode}
@@ -204,6 +217,36 @@ def throughput(endpoints, tmp_root, case, size, n, timeout, rate=0):
             result['latency_us'] = {k: d[k] / 1e3 for k in
                                     ('p50', 'p99', 'p999', 'max')}
         return result
+
+
+class Scraper:
+    """GETs a URL every SCRAPE_INTERVAL seconds from a thread until
+    stopped: a Prometheus server 150 times more eager than the usual
+    15 s, to show what serving the metrics costs the loop."""
+
+    SCRAPE_INTERVAL = 0.1
+
+    def __init__(self, url):
+        self.url = url
+        self.count = 0
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        # Event.wait paces load generation; it synchronises nothing.
+        while not self._stop.wait(self.SCRAPE_INTERVAL):
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as r:
+                    r.read()
+                self.count += 1
+            except OSError:
+                self.errors += 1
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(10)
 
 
 def latency(endpoints, tmp_root, case, n, rate, size=200):

@@ -161,8 +161,10 @@ class Receiver(Proc):
     """``python -m zmq_receiver`` on loopback with a throw-away config."""
 
     LISTENING = r'listening on (tcp://\S+),'
+    METRICS = r'Metrics on (http://\S+)/metrics'
 
-    def __init__(self, workdir, deadline):
+    def __init__(self, workdir, deadline, metrics=False):
+        """With *metrics*, the metrics endpoint is on (``metrics_url``)."""
         self.ipc_dir = os.path.join(workdir, 'ipc')
         config = os.path.join(workdir, 'receiver.conf')
         with open(config, 'w') as f:
@@ -177,8 +179,13 @@ class Receiver(Proc):
                     '[zmq_receiver]\n'
                     'max_backlog_bytes = 0\n'
                     'shutdown_timeout = 2\n' % self.ipc_dir)
+            if metrics:
+                f.write('metrics_port = 0\n')
         super().__init__('receiver', [sys.executable, '-m', 'zmq_receiver',
                                       '--config-file', config], cwd=workdir)
+        self.metrics_url = None
+        if metrics:
+            self.metrics_url = self.expect(self.METRICS, deadline).group(1)
         self.endpoint = self.expect(self.LISTENING, deadline).group(1)
 
     def outlet(self, key):
