@@ -128,7 +128,9 @@ def format_table(stats):
                  sum(stats['dropped'].values()), stats['queued'],
                  stats['queued_bytes'], stats['outlets'])]
     for title, counts in (('rejected', stats['rejected']),
-                          ('dropped', stats['dropped'])):
+                          ('dropped', stats['dropped']),
+                          # Connections, not messages (access control).
+                          ('denied', stats.get('denied', {}))):
         for reason, count in sorted(counts.items()):
             lines.append('  %s %-24s %d' % (title, reason, count))
     lines.append('')

@@ -17,10 +17,13 @@ import sys
 import time
 
 import zmq
+import zmq.auth
+from zmq.utils.monitor import recv_monitor_message
 
 from zmq_receiver import envelope
 from zmq_receiver import errors
 from zmq_receiver import matchmaker
+from zmq_receiver import opts
 from zmq_receiver import routing
 
 
@@ -51,6 +54,15 @@ def add_parsers(subparsers):
     send.add_argument('--timeout', type=float, default=5.0,
                       help='seconds to wait for a receiver to accept the '
                            'connection (default: 5)')
+    send.add_argument('--curve-server-key', metavar='FILE',
+                      help='send with CURVE encryption to the receivers\' '
+                           'curve_port (default port: [zmq_receiver] '
+                           'curve_port); FILE is the receiver\'s public '
+                           'certificate (.key)')
+    send.add_argument('--curve-client-cert', metavar='FILE',
+                      help='with --curve-server-key: this sender\'s secret '
+                           'certificate (.key_secret), whose public key is '
+                           'in the receiver\'s curve_allowed_clients_dir')
 
     tap = subparsers.add_parser(
         'tap', help='print what arrives at a local outlet',
@@ -92,13 +104,99 @@ def tcp_url(host, port):
     return 'tcp://%s:%d' % (host, port)
 
 
+def default_port(conf, command):
+    """The receivers' port when --port is not given: the CURVE port with
+    --curve-server-key, rpc_zmq_port otherwise."""
+    if not getattr(command, 'curve_server_key', None):
+        return conf.rpc_zmq_port
+    port = conf[opts.GROUP].curve_port
+    if not port:
+        raise errors.ConfigError(
+            '--curve-server-key sends to the receivers\' CURVE port, but '
+            '[zmq_receiver] curve_port is not set in the config files: give '
+            '--port or --endpoint')
+    return port
+
+
+def curve_keys(command):
+    """(server public, client public, client secret) z85 keys from the
+    --curve-* files, or None without them."""
+    server, client = command.curve_server_key, command.curve_client_cert
+    if not server and not client:
+        return None
+    if not (server and client):
+        raise errors.ConfigError(
+            'CURVE needs both --curve-server-key (the receiver\'s public '
+            'certificate) and --curve-client-cert (this sender\'s secret '
+            'certificate)')
+    keys = []
+    for path, option in ((server, '--curve-server-key'),
+                         (client, '--curve-client-cert')):
+        try:
+            keys.append(zmq.auth.load_certificate(path))
+        except (OSError, ValueError) as exc:
+            raise errors.ConfigError(
+                '%s %s: %s; give a certificate made by '
+                'zmq.auth.create_certificates' % (option, path, exc))
+    (server_public, _), (client_public, client_secret) = keys
+    if not client_secret:
+        raise errors.ConfigError(
+            '--curve-client-cert %s holds no secret key: give the '
+            '.key_secret file, not the public .key' % client)
+    return server_public, client_public, client_secret
+
+
+#: The handshake failures :func:`wait_accepted` watches for.
+_HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_AUTH,
+                     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+                     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+
+def wait_accepted(sock, monitor, url, timeout, curve):
+    """None once a receiver accepted *sock*'s connection, else why not.
+
+    *monitor* reports *sock*'s handshake failures: a refusal by the
+    receiver's access control is final (libzmq does not retry it), so it
+    ends the wait at once; any other failure is retried until *timeout*.
+    """
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLOUT)
+    poller.register(monitor, zmq.POLLIN)
+    deadline = time.monotonic() + timeout
+    why = None
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return why or ('no receiver accepted a connection at %s '
+                           'within %.1f s' % (url, timeout))
+        ready = dict(poller.poll(left * 1000))
+        if sock in ready:
+            return None
+        if monitor not in ready:
+            continue
+        event = recv_monitor_message(monitor)
+        if event['event'] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            return ('the receiver at %s refused the connection (status '
+                    '%d): this host\'s address is not in its '
+                    '[zmq_receiver] allowed_networks%s' % (
+                        url, event['value'],
+                        ', or our client key is not in its '
+                        'curve_allowed_clients_dir' if curve else ''))
+        why = 'the security handshake with %s failed for %.1f s: %s' % (
+            url, timeout,
+            'check that --curve-server-key is the receiver\'s current '
+            'public certificate and that the port is its curve_port'
+            if curve else 'the port may be a CURVE port; give '
+            '--curve-server-key and --curve-client-cert')
+
+
 def destinations(conf, command):
     """``[(frame 1 topic, endpoint)]`` the message goes to."""
     topic = command.topic
-    port = command.port or conf.rpc_zmq_port
     if command.endpoint:
         return [('fanout~' + topic if command.fanout else topic,
                  command.endpoint)]
+    port = command.port or default_port(conf, command)
     if command.host:
         if command.fanout:
             # What a ring sender writes: fanout~topic.host.
@@ -121,6 +219,7 @@ def send(conf, command, out=sys.stdout):
     """The ``send`` subcommand; the exit status."""
     args = _load_json(command.args, 'args')
     context = _load_json(command.context, 'context')
+    curve = curve_keys(command)
     failed = 0
     ctx = zmq.Context()
     try:
@@ -133,12 +232,21 @@ def send(conf, command, out=sys.stdout):
             # Queue only on a completed connection: then POLLOUT means a
             # receiver accepted us.
             sock.setsockopt(zmq.IMMEDIATE, 1)
+            if curve is not None:
+                server_key, public_key, secret_key = curve
+                sock.curve_serverkey = server_key
+                sock.curve_publickey = public_key
+                sock.curve_secretkey = secret_key
+            # To tell a refusal from a receiver that is not there.
+            monitor = sock.get_monitor_socket(
+                _HANDSHAKE_EVENTS[0] | _HANDSHAKE_EVENTS[1] |
+                _HANDSHAKE_EVENTS[2])
             try:
                 sock.connect(url)
-                if not sock.poll(command.timeout * 1000, zmq.POLLOUT):
-                    print('FAIL %s: no receiver accepted a connection at %s '
-                          'within %.1f s' % (topic, url, command.timeout),
-                          file=out)
+                why = wait_accepted(sock, monitor, url, command.timeout,
+                                    curve is not None)
+                if why is not None:
+                    print('FAIL %s: %s' % (topic, why), file=out)
                     failed += 1
                     continue
                 sock.send_multipart(frames)
@@ -146,6 +254,8 @@ def send(conf, command, out=sys.stdout):
                     'fanout' if command.fanout else 'cast', command.method,
                     topic, url), file=out)
             finally:
+                sock.disable_monitor()
+                monitor.close(linger=0)
                 # Linger so that the message leaves before the exit.
                 sock.close(linger=int(command.timeout * 1000))
     finally:

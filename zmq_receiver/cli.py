@@ -28,6 +28,8 @@ from oslo_config import cfg
 from oslo_log import log as oslo_log
 
 from zmq_receiver import __version__
+from zmq_receiver import access
+from zmq_receiver import agent as agent_mod
 from zmq_receiver import daemonize
 from zmq_receiver import errors
 from zmq_receiver import exporter as exporter_mod
@@ -202,10 +204,19 @@ def run(argv):
             'Cannot open the log file: %s: %s; create its directory and '
             'make it writable for the receiver\'s user'
             % (exc.filename, exc.strerror))
+    agent = None
+    if group.matchmaker_agent:
+        # Before the directory and the lock: a matchmaker mistake is a
+        # configuration error, reported before anything is touched. Redis
+        # is not contacted here, only from the agent's thread.
+        agent = agent_mod.from_conf(conf)
     if os.geteuid() == 0 and ident.uid == 0:
         LOG.warning('RUNNING AS ROOT: set [zmq_receiver] user (for example '
                     'to the service\'s own user) so that a flaw in the '
                     'receiver cannot give the network root on this host')
+    # After the logging setup (it may warn about a key file's mode), and
+    # before the privilege drop: the secret key may be root's alone.
+    settings.access = access.policy_from(conf)
     settings.ipc_dir = rundir.prepare(
         settings.ipc_dir, ident, mode=opts.ipc_dir_mode(conf),
         gid=settings.limits.socket_gid,
@@ -241,7 +252,10 @@ def run(argv):
                 raise errors.ConfigError(
                     'Config files cannot be read again: %s; fix them and '
                     'send SIGHUP again' % exc)
-            return settings_from(conf).limits
+            reloaded = settings_from(conf)
+            if agent is not None:
+                agent.reload(conf[opts.GROUP].agent_grace_period)
+            return reloaded.limits
 
         exporter = None
         state = None
@@ -251,9 +265,12 @@ def run(argv):
                 group.metrics_address, group.metrics_port, state,
                 group.metrics_top_topics)
         recv = receiver.Receiver(settings, reload=reload, notifier=notifier,
-                                 state=state)
+                                 state=state, agent=agent)
         # Bind first: a port below 1024 needs root.
         endpoint = recv.bind()
+        # Should the IPC directory be removed and made again while it
+        # runs, the receiver locks it again before it binds there.
+        recv.outlets.reclaim = lock.reacquire
         if exporter is not None:
             url = exporter.bind()
             exporter.start()

@@ -81,6 +81,9 @@ class Collector:
                          'reason.', snap['rejected'])
         yield _by_reason('dropped', 'Messages an outlet dropped, by reason.',
                          snap['dropped'])
+        yield _by_reason('denied', 'Connections refused by access control '
+                         '(allowed_networks, CURVE keys), by reason.',
+                         snap.get('denied', {}))
         yield _gauge('backlog_messages', 'Messages queued in all backlogs.',
                      snap['queued'])
         yield _gauge('backlog_bytes', 'Bytes queued in all backlogs.',
@@ -91,6 +94,14 @@ class Collector:
                        snap['outlets_created'])
         yield _counter('outlets_reaped', 'Idle outlets closed since start.',
                        snap['outlets_reaped'])
+        agent = snap.get('agent')
+        if agent is not None:
+            yield _counter('agent_errors', 'Matchmaker agent operations that '
+                           'failed (Redis away, outlets that cannot be '
+                           'bound).', agent['errors'])
+            yield _gauge('agent_no_consumer', 'Topics listed for this host '
+                         'without a consumer for the grace period.',
+                         len(agent['no_consumer']))
         yield _counter('loop_iterations', 'Turns of the forwarding loop.',
                        state.iterations)
         yield _counter('loop_busy_seconds', 'Time the loop spent working '

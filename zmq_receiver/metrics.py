@@ -37,6 +37,10 @@ class Counters:
         self.forwarded = 0
         self.rejected = collections.Counter()
         self.dropped = collections.Counter()
+        #: Connections refused by access control (zmq_receiver.access), by
+        #: reason: connections, not messages, since a refused peer sends
+        #: none.
+        self.denied = collections.Counter()
         self.outlets_created = 0
         self.outlets_reaped = 0
 
@@ -48,6 +52,7 @@ class Counters:
             'forwarded': self.forwarded,
             'rejected': dict(self.rejected),
             'dropped': dict(self.dropped),
+            'denied': dict(self.denied),
             'queued': sum(t['backlog'] for t in per_topic.values()),
             'queued_bytes': sum(t['backlog_bytes']
                                 for t in per_topic.values()),
@@ -63,8 +68,10 @@ def format_snapshot(snap):
     def reasons(counts):
         return ','.join('%s=%d' % kv for kv in sorted(counts.items())) or '0'
     return ('received=%d forwarded=%d rejected[%s] dropped[%s] queued=%d '
-            '(%d bytes) outlets=%d (created %d, reaped %d)' % (
+            '(%d bytes) outlets=%d (created %d, reaped %d) '
+            'denied_connections[%s]' % (
                 snap['received'], snap['forwarded'],
                 reasons(snap['rejected']), reasons(snap['dropped']),
                 snap['queued'], snap['queued_bytes'], snap['outlets'],
-                snap['outlets_created'], snap['outlets_reaped']))
+                snap['outlets_created'], snap['outlets_reaped'],
+                reasons(snap.get('denied', {}))))

@@ -307,6 +307,93 @@ receiver_opts = [
         help='Seconds between two warnings of the same kind about bad '
              'input; the ones in between are counted and reported with the '
              'next.'),
+    cfg.BoolOpt(
+        'matchmaker_agent',
+        default=False,
+        help='Make the receiver this host\'s matchmaker agent. It binds in '
+             'advance the outlets of the topics this host serves (those '
+             'the ring file lists it for, or that Redis holds records of '
+             'it for, and ``zmq_replies.<rpc_zmq_host>``) and keeps them '
+             'open. With ``rpc_zmq_matchmaker = redis`` it registers and '
+             'refreshes the records of every topic whose outlet '
+             '``<topic>.<rpc_zmq_host>`` has a consumer, and removes them '
+             'when the last consumer has been gone for '
+             '``agent_grace_period``, so that senders stop routing to a '
+             'dead service within ``agent_grace_period`` + 2 seconds; on a '
+             'graceful stop it removes them at once. With ``ring``, it '
+             'reports the listed topics that have no consumer. ``local`` '
+             'has nothing to maintain and is refused.\n\n'
+             'Related options:\n\n'
+             '* ``agent_grace_period``\n'
+             '* ``[DEFAULT] rpc_zmq_matchmaker``, '
+             '``matchmaker_heartbeat_freq``, ``matchmaker_heartbeat_ttl``'),
+    cfg.FloatOpt(
+        'agent_grace_period',
+        default=30.0,
+        min=0.0,
+        mutable=True,
+        help='Seconds a topic\'s outlet may have no consumer before the '
+             'matchmaker agent removes the topic\'s Redis records (or, '
+             'with a ring file, reports it), so that a service that '
+             'restarts or reconnects within it keeps its records. Senders '
+             'stop routing to a dead service within this + 2 seconds (the '
+             'agent looks once a second).\n\n'
+             'Related options:\n\n'
+             '* ``matchmaker_agent``'),
+]
+
+# Who may send (zmq_receiver.access); in [zmq_receiver] beside the others.
+access_opts = [
+    cfg.ListOpt(
+        'allowed_networks',
+        default=[],
+        help='Networks whose hosts may connect to the receiver\'s TCP '
+             'ports, as a comma-separated list of addresses and CIDR '
+             'networks, IPv4 or IPv6. A connection from any other address '
+             'is refused before it can send, counted (``denied``) and '
+             'logged. Works with unmodified legacy senders (ZeroMQ NULL '
+             'security, checked through ZAP). Empty: every address may '
+             'connect, and no check costs anything.\n\n'
+             'Possible values:\n\n'
+             '* ``192.0.2.0/24, 2001:db8::/32, 127.0.0.1``\n\n'
+             'Related options:\n\n'
+             '* ``[DEFAULT] rpc_zmq_bind_address``, ``curve_port``'),
+    cfg.PortOpt(
+        'curve_port',
+        default=None,
+        help='A second TCP port, on ``rpc_zmq_bind_address``, for senders '
+             'that encrypt and authenticate with ZeroMQ CURVE (such as '
+             '``oslo-messaging-zmq-admin send --curve-server-key``). Its '
+             'messages are forwarded exactly like those of '
+             '``rpc_zmq_port``, which keeps serving the legacy senders, '
+             'which cannot speak CURVE. Unset: no CURVE port. 0: a free '
+             'port, logged at startup.\n\n'
+             'Related options:\n\n'
+             '* ``curve_secret_key_file`` (required with it)\n'
+             '* ``curve_allowed_clients_dir``\n'
+             '* ``allowed_networks`` (applies to this port too)'),
+    cfg.StrOpt(
+        'curve_secret_key_file',
+        default=None,
+        help='The receiver\'s CURVE secret certificate, the ``.key_secret`` '
+             'file written by ``zmq.auth.create_certificates``. Read at '
+             'startup, before privileges are dropped, so it may be '
+             'readable by root only. Senders need the matching public '
+             'certificate (the ``.key`` file).\n\n'
+             'Related options:\n\n'
+             '* ``curve_port``'),
+    cfg.StrOpt(
+        'curve_allowed_clients_dir',
+        default=None,
+        help='Directory of the public certificates (``*.key`` files) of '
+             'the CURVE senders that may connect to ``curve_port``; '
+             're-read on SIGHUP, so keys can be added and removed without '
+             'a restart. Unset: any sender that completes the CURVE '
+             'handshake with the receiver\'s public key is accepted '
+             '(encryption without client authentication; a warning is '
+             'logged).\n\n'
+             'Related options:\n\n'
+             '* ``curve_port``, ``curve_secret_key_file``'),
 ]
 
 
@@ -324,6 +411,7 @@ def register_opts(conf):
     conf.register_opts(legacy_opts)
     conf.register_opts(matchmaker_opts)
     conf.register_opts(receiver_opts, group=GROUP)
+    conf.register_opts(access_opts, group=GROUP)
     conf.register_opts(ring_opts, group=RING_GROUP)
     conf.register_opts(redis_opts, group=REDIS_GROUP)
 
@@ -337,7 +425,7 @@ def list_opts():
     """Options by group, for ``oslo-config-generator``."""
     return [
         (None, legacy_opts + matchmaker_opts + cli_opts),
-        (GROUP, receiver_opts),
+        (GROUP, receiver_opts + access_opts),
         (RING_GROUP, ring_opts),
         (REDIS_GROUP, redis_opts),
     ]

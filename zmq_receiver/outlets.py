@@ -19,11 +19,13 @@ import collections
 import errno
 import logging
 import os
+import resource
 import time
 
 import zmq
 from zmq.utils import monitor as zmq_monitor
 
+from zmq_receiver import errors
 from zmq_receiver import metrics
 from zmq_receiver import routing
 from zmq_receiver.wire import send_message
@@ -68,7 +70,7 @@ class Outlet:
     __slots__ = ('key', 'kind', 'path', 'socket', 'monitor', 'backlog',
                  'waiting', 'backlog_bytes', 'subscriptions', 'peers',
                  'forwarded', 'dropped', 'last_active', 'polling_out',
-                 'retry_at')
+                 'retry_at', 'pinned')
 
     def __init__(self, key, kind, path, socket, monitor, now):
         self.key = key
@@ -91,6 +93,8 @@ class Outlet:
         self.polling_out = False
         #: PUB only: when to try the backlog again (None: not waiting).
         self.retry_at = None
+        #: Kept open even when idle (the matchmaker agent serves its topic).
+        self.pinned = False
 
     @property
     def consumers(self):
@@ -152,6 +156,16 @@ class Outlets:
         self._waiting = set()
         #: PUB outlets whose subscribers were full: retried on a timer.
         self._retry = set()
+        #: Called when the IPC directory is back after it was removed, to
+        #: lock it again (rundir.InstanceLock.reacquire); may raise
+        #: errors.ReceiverError.
+        self.reclaim = None
+        #: The IPC directory's last stat (for its owner and mode once it
+        #: is gone); False while it is gone.
+        try:
+            self._dir_stat = os.stat(ipc_dir)
+        except OSError:
+            self._dir_stat = None
 
     def __iter__(self):
         return iter(list(self.by_key.values()))
@@ -181,18 +195,82 @@ class Outlets:
                          '[zmq_receiver] max_topics if this host really '
                          'serves that many topics' % len(self.by_key))
             return None
+        short = descriptors_short()
+        if short:
+            self._refuse(metrics.OUT_OF_DESCRIPTORS, route.key,
+                         'a new outlet would leave fewer than %d of the %d '
+                         'descriptors free for connections; %s' % (
+                             short, _nofile(), _fix_for(
+                                 metrics.OUT_OF_DESCRIPTORS, self.ipc_dir)))
+            return None
+        error = None
         try:
             outlet = self._open(route)
         except zmq.ZMQError as exc:
-            reason = _ERRNO_REASONS.get(exc.errno, metrics.OUTLET_ERROR)
+            error = exc
+        if error is not None:
+            # Refused outside the except block: oslo.log would append the
+            # exception being handled to the warning.
+            reason = _ERRNO_REASONS.get(error.errno, metrics.OUTLET_ERROR)
             self._refuse(reason, route.key, '%s; %s' % (
-                exc.strerror, _fix_for(reason, self.ipc_dir)))
+                error.strerror, _fix_for(reason, self.ipc_dir)))
             return None
         self.by_key[route.key] = outlet
         self.counters.outlets_created += 1
         LOG.info('Opened %s outlet %s', outlet.kind.value.upper(),
                  outlet.path)
         return outlet
+
+    def pin(self, route):
+        """Open the outlet for *route* ahead of any message, and keep it
+        open, idle or not, until :meth:`unpin` (the matchmaker agent's
+        topics). Returns None when it cannot be opened: the reason is
+        logged, and no message is counted, since none was refused.
+        """
+        outlet = self.by_key.get(route.key)
+        if outlet is None:
+            outlet = self._open_ahead(route)
+            if outlet is None:
+                return None
+        outlet.pinned = True
+        return outlet
+
+    def _open_ahead(self, route):
+        path = routing.socket_path(self.ipc_dir, route.key)
+        if len(self.by_key) >= self.limits.max_topics:
+            reason = metrics.TOO_MANY_TOPICS
+            detail = ('already %d outlets (the limit): raise [zmq_receiver] '
+                      'max_topics' % len(self.by_key))
+        elif descriptors_short():
+            reason = metrics.OUT_OF_DESCRIPTORS
+            detail = _fix_for(reason, self.ipc_dir)
+        else:
+            error = None
+            try:
+                outlet = self._open(route)
+            except zmq.ZMQError as exc:
+                error = exc
+            if error is None:
+                self.by_key[route.key] = outlet
+                self.counters.outlets_created += 1
+                LOG.info('Opened %s outlet %s in advance',
+                         outlet.kind.value.upper(), outlet.path)
+                return outlet
+            # Logged outside the except block: oslo.log would append the
+            # exception being handled to the warning.
+            reason = _ERRNO_REASONS.get(error.errno, metrics.OUTLET_ERROR)
+            detail = '%s; %s' % (error.strerror,
+                                 _fix_for(reason, self.ipc_dir))
+        self.warn.warning('pin-' + reason, 'Cannot open outlet %s in '
+                          'advance (%s): %s', path, reason, detail)
+        return None
+
+    def unpin(self, key):
+        """Let outlet *key* be reaped once idle, from now on."""
+        outlet = self.by_key.get(key)
+        if outlet is not None and outlet.pinned:
+            outlet.pinned = False
+            outlet.last_active = self.clock()
 
     def _refuse(self, reason, key, detail):
         self.counters.rejected[reason] += 1
@@ -221,8 +299,11 @@ class Outlets:
                 # counted, or its outlet would be reaped under it.
                 monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
             bind_ipc(sock, path, self.limits)
-        except OSError as exc:
+        except (OSError, zmq.ZMQError) as exc:
+            # ZMQError is no OSError: a failed outlet used to stay open,
+            # holding descriptors and hanging ctx.term() at exit.
             if monitor is not None:
+                sock.disable_monitor()
                 monitor.close(linger=0)
             sock.close(linger=0)
             if isinstance(exc, zmq.ZMQError):
@@ -473,23 +554,143 @@ class Outlets:
         now = self.clock()
         idle = self.limits.idle_timeout
         reaped = [o for o in self.by_key.values()
-                  if not o.consumers and now - o.last_active >= idle]
+                  if not o.consumers and not o.pinned and
+                  now - o.last_active >= idle]
         for outlet in reaped:
             LOG.info('Closing outlet %s: no consumer and no new message '
                      'for %.3g s', outlet.path, now - outlet.last_active)
             self.close(outlet, reason=metrics.NO_CONSUMER)
             self.counters.outlets_reaped += 1
+        self.check_files()
         return bool(reaped)
+
+    def check_files(self):
+        """Bind again every outlet whose socket file vanished.
+
+        Someone may remove the IPC directory (or a file in it) under a
+        running receiver: connected consumers keep their connections, but
+        no new one can connect. Once a second, one ``stat`` of the
+        directory and one per outlet notice it; once the directory is back
+        each outlet binds its path again, keeping its backlog and order.
+        The old listener is kept, not unbound: unbinding would cut the
+        consumers still connected through it.
+        """
+        try:
+            st = os.stat(self.ipc_dir)
+        except OSError as exc:
+            st, error = None, exc.strerror
+        if st is None:
+            if self._dir_stat is not False:
+                self._dir_stat, known = False, self._dir_stat
+                fix = ''
+                if known is not None:
+                    fix = ' (install -d -o %d -g %d -m %o %s)' % (
+                        known.st_uid, known.st_gid,
+                        known.st_mode & 0o7777, self.ipc_dir)
+                LOG.error(
+                    'The IPC directory %s is gone (%s): the socket files '
+                    'of its %d outlets vanished with it, so no service can '
+                    'connect to them (those connected keep their '
+                    'connection) and new topics are refused (%s); recreate '
+                    'it, owned by the receiver\'s user%s: the receiver '
+                    'binds its sockets again within a second, and consumers '
+                    'reconnect by themselves', self.ipc_dir, error,
+                    len(self.by_key), metrics.IPC_DIR_MISSING, fix)
+            return
+        if self._dir_stat is False:
+            failure = None
+            if self.reclaim is not None:
+                try:
+                    self.reclaim()
+                except (errors.ReceiverError, OSError) as exc:
+                    failure = exc
+            if failure is not None:
+                # Another receiver's files now, or not ours to write: keep
+                # off (logged outside the except block, or oslo.log would
+                # append the exception to the line).
+                self.warn.warning(
+                    'ipc-dir-taken', 'The IPC directory %s is back, but '
+                    'this receiver cannot lock it again: %s; its socket '
+                    'files are not bound again', self.ipc_dir, failure)
+                return
+            LOG.warning('The IPC directory %s is back: binding the socket '
+                        'files of %d outlets again', self.ipc_dir,
+                        len(self.by_key))
+        self._dir_stat = st
+        for outlet in list(self.by_key.values()):
+            try:
+                os.lstat(outlet.path)
+                continue
+            except FileNotFoundError:
+                pass
+            except OSError:
+                continue
+            failure = None
+            try:
+                bind_ipc(outlet.socket, outlet.path, self.limits)
+            except OSError as exc:
+                failure = exc
+            if failure is not None:
+                reason = _ERRNO_REASONS.get(failure.errno,
+                                            metrics.OUTLET_ERROR)
+                self.warn.warning(
+                    'rebind-' + reason,
+                    'Socket file %s vanished and cannot be bound again '
+                    '(%s): %s; its consumers cannot connect until then',
+                    outlet.path, failure.strerror,
+                    _fix_for(reason, self.ipc_dir))
+                continue
+            LOG.warning('Socket file %s had vanished: bound it again (%d '
+                        'messages queued for it); its consumers reconnect '
+                        'by themselves', outlet.path, outlet.queued)
+
+    @property
+    def dir_missing(self):
+        """Whether the IPC directory was found gone (and not yet ours
+        again) by the last :meth:`check_files`."""
+        return self._dir_stat is False
 
     def pending(self):
         """Whether any backlog or join window still holds a message."""
         return any(o.queued for o in self.by_key.values())
 
 
+#: Descriptors one outlet takes: its socket's mailbox, its listener, and
+#: for PUSH the monitor pair's two mailboxes.
+FDS_PER_OUTLET = 4
+#: Descriptors kept free for connections (consumers, senders, the admin
+#: tool), at most an eighth of the limit: libzmq 4.3 aborts the whole
+#: process (errno_assert in ipc_listener.cpp) when it cannot accept a
+#: connection to an IPC socket for want of a descriptor.
+FD_RESERVE = 64
+
+
+def _nofile():
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def descriptors_short():
+    """The reserve a new outlet would cut into (0: there is room).
+
+    Counts the open descriptors in /proc/self/fd: a new outlet is rare, and
+    this costs far less than the sockets it opens. 0 where /proc is not.
+    """
+    limit = _nofile()
+    if limit == resource.RLIM_INFINITY:
+        return 0
+    try:
+        used = len(os.listdir('/proc/self/fd'))
+    except OSError:
+        return 0
+    reserve = min(FD_RESERVE, limit // 8)
+    return reserve if used + FDS_PER_OUTLET + reserve > limit else 0
+
+
 def bind_ipc(sock, path, limits):
     """Bind *sock* at *path* with the mode and group of *limits*.
 
-    Raises OSError (zmq.ZMQError included) when it cannot.
+    Raises OSError when it cannot (a zmq.ZMQError, which is not one, is
+    turned into one with the same errno).
     """
     # libzmq creates the file with the process umask; narrow it for the
     # bind so that the file never exists with wider permissions.
@@ -497,6 +698,8 @@ def bind_ipc(sock, path, limits):
     try:
         # libzmq replaces a stale file left by an earlier run.
         sock.bind('ipc://' + path)
+    except zmq.ZMQError as exc:
+        raise OSError(exc.errno, exc.strerror) from None
     finally:
         os.umask(old_umask)
     os.chmod(path, limits.socket_mode)

@@ -18,6 +18,7 @@ import time
 
 import zmq
 
+from zmq_receiver import access as access_mod
 from zmq_receiver import errors
 from zmq_receiver import metrics
 from zmq_receiver import notify
@@ -37,6 +38,9 @@ TICK = 1.0
 #: Topics whose routing is remembered; past it the memo is cleared, so
 #: that a flood of distinct topics costs no memory.
 ROUTE_MEMO = 4096
+#: At a stop, how long (ms) the unbound inbound socket must stay quiet
+#: before it is closed (see :meth:`Receiver.stop`).
+STOP_QUIET_MS = 100
 #: The control socket's file; not a ``zmq_topic_`` name, so no topic hits it.
 CONTROL_NAME = '.zmq-receiver-control'
 
@@ -71,7 +75,7 @@ class Settings:
 
     def __init__(self, bind_address, port, ipc_dir, limits,
                  max_message_size, io_threads=1, shutdown_timeout=10.0,
-                 log_interval=10.0):
+                 log_interval=10.0, access=None):
         self.bind_address = bind_address
         self.port = port
         self.ipc_dir = ipc_dir
@@ -80,6 +84,8 @@ class Settings:
         self.io_threads = io_threads
         self.shutdown_timeout = shutdown_timeout
         self.log_interval = log_interval
+        #: An :class:`access.Policy`, or None: anyone may connect.
+        self.access = access
 
 
 class Receiver:
@@ -90,8 +96,10 @@ class Receiver:
     """
 
     def __init__(self, settings, reload=None, notifier=None, state=None,
-                 clock=time.monotonic):
+                 clock=time.monotonic, agent=None):
         self.settings = settings
+        #: The matchmaker agent (:class:`agent.Agent`), or None.
+        self.agent = agent
         self.clock = clock
         self.notifier = notifier or notify.Notifier()
         #: What the metrics endpoint reads; None without one.
@@ -105,6 +113,11 @@ class Receiver:
         self.inbound = None
         self.control = None
         self.endpoint = None
+        #: The ZAP handler (access.AccessControl) and the CURVE socket, when
+        #: settings.access asks for them.
+        self.access = None
+        self.curve_inbound = None
+        self.curve_endpoint = None
         self.poller = zmq.Poller()
         self._handlers = {}
         self._events = {}
@@ -165,36 +178,81 @@ class Receiver:
         self.outlets = outlets_mod.Outlets(
             self.ctx, self, s.ipc_dir, s.limits, self.counters, self.warn,
             self.clock)
-        endpoint, ipv6 = tcp_endpoint(s.bind_address, s.port)
+        policy = s.access
+        try:
+            if policy is not None:
+                # Before any TCP socket binds, so that no connection is
+                # ever accepted without being asked about.
+                self.access = access_mod.AccessControl(
+                    self.ctx, policy, self.counters, self.warn)
+                self.access.start()
+            self.inbound = self._bind_tcp(
+                s.port, 'rpc_zmq_port',
+                self.access.secure_inbound if self.access else None)
+            self.endpoint = self.inbound.getsockopt_string(
+                zmq.LAST_ENDPOINT)
+            if policy is not None and policy.curve is not None:
+                self.curve_inbound = self._bind_tcp(
+                    policy.curve.port, '[zmq_receiver] curve_port',
+                    self.access.secure_curve)
+                self.curve_endpoint = self.curve_inbound.getsockopt_string(
+                    zmq.LAST_ENDPOINT)
+        except errors.ReceiverError:
+            for sock in (self.inbound, self.curve_inbound):
+                if sock is not None:
+                    sock.close(linger=0)
+            self.inbound = self.curve_inbound = None
+            if self.access is not None:
+                self.access.stop()
+                self.access = None
+            self.ctx.term()
+            self.ctx = None
+            raise
+        if self.access is not None:
+            self.register(self.access.zap_socket, zmq.POLLIN,
+                          self.access.on_zap)
+        self.register(self.inbound, zmq.POLLIN, self._on_inbound)
+        if self.curve_inbound is not None:
+            self.register(self.curve_inbound, zmq.POLLIN,
+                          self._on_curve_inbound)
+        if self.access is not None:
+            LOG.info('Access control: %s%s', self.access.describe(),
+                     '' if self.curve_endpoint is None else
+                     '; CURVE port %s' % self.curve_endpoint)
+        return self.endpoint
+
+    def _bind_tcp(self, port, option, secure=None):
+        """A PULL socket bound on *port* of rpc_zmq_bind_address, made
+        ready by *secure(sock)* before the bind; *option* names the port
+        in errors."""
+        s = self.settings
+        endpoint, ipv6 = tcp_endpoint(s.bind_address, port)
         sock = self.ctx.socket(zmq.PULL)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IPV6, int(ipv6))
         # libzmq disconnects a peer that sends a larger frame.
         sock.setsockopt(zmq.MAXMSGSIZE, s.max_message_size)
+        if secure is not None:
+            secure(sock)
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
             sock.close(linger=0)
-            self.ctx.term()
-            self.ctx = None
             if exc.errno == errno.EADDRINUSE:
                 raise errors.AddressInUse(
                     'TCP address %s is already in use by another process: '
                     'stop it (ss -ltnp \'sport = :%d\' names it) or set '
-                    'rpc_zmq_port to a free port' % (endpoint, s.port))
+                    '%s to a free port' % (endpoint, port, option))
             if exc.errno in (errno.EACCES, errno.EPERM):
                 raise errors.PermissionProblem(
                     'Cannot bind %s: %s; a port below 1024 needs root or '
                     'CAP_NET_BIND_SERVICE' % (endpoint, exc.strerror))
             raise errors.ConfigError(
-                'Cannot bind %s (rpc_zmq_bind_address=%s, rpc_zmq_port=%d): '
+                'Cannot bind %s (rpc_zmq_bind_address=%s, %s=%d): '
                 '%s; set rpc_zmq_bind_address to *, an address of this host '
                 'or one of its interface names' % (
-                    endpoint, s.bind_address, s.port, exc.strerror))
-        self.inbound = sock
-        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.register(sock, zmq.POLLIN, self._on_inbound)
-        return self.endpoint
+                    endpoint, s.bind_address, option, port, exc.strerror))
+        return sock
 
     def _bind_control(self):
         """Answer ``stats`` requests on a socket beside the outlets."""
@@ -212,6 +270,22 @@ class Receiver:
             return
         self.control = sock
         self.register(sock, zmq.POLLIN, self._on_control)
+
+    def _check_control(self):
+        """Bind the control socket again when its file vanished (the IPC
+        directory was removed and recreated); once, not every tick."""
+        if self.control is None or self.outlets.dir_missing:
+            return
+        path = control_path(self.settings.ipc_dir)
+        if os.path.lexists(path) or not os.path.isdir(
+                self.settings.ipc_dir):
+            return
+        LOG.warning('Control socket %s had vanished: binding it again',
+                    path)
+        self.unregister(self.control)
+        self.control.close(linger=0)
+        self.control = None
+        self._bind_control()
 
     def _on_control(self, events):
         while True:
@@ -239,6 +313,9 @@ class Receiver:
         """
         self.poller.register(self._wakeup.fileno(), zmq.POLLIN)
         self._bind_control()
+        if self.agent is not None:
+            # Before READY=1: the served topics' files exist once ready.
+            self.agent.start(self.outlets)
         self.notifier.ready(self.status_line())
         self._publish(ready=True)
         try:
@@ -296,8 +373,12 @@ class Receiver:
             if self._deadline is not None and now >= self._deadline:
                 return
             if now >= next_tick:
+                if self.agent is not None:
+                    # First: it pins what it serves before idle reaping.
+                    self.agent.tick()
                 if outlets.tick():
                     self._routes.clear()
+                self._check_control()
                 self.warn.flush()
                 self.notifier.status(self.status_line())
                 self._publish()
@@ -316,6 +397,20 @@ class Receiver:
             except zmq.Again:
                 return
             dispatch(frames)
+
+    def _on_curve_inbound(self, events, batch=INBOUND_BATCH):
+        """Read the CURVE port's socket (at most *batch* messages; None:
+        all): its messages go the way of the legacy port's."""
+        sock = self.curve_inbound
+        dispatch = self.dispatch
+        while batch is None or batch > 0:
+            try:
+                frames = recv_message(sock)
+            except zmq.Again:
+                return
+            dispatch(frames)
+            if batch is not None:
+                batch -= 1
 
     def dispatch(self, frames):
         """Route one received message and hand it to its outlet."""
@@ -390,6 +485,8 @@ class Receiver:
             if limits is not None:
                 self.settings.limits = limits
                 self.outlets.limits = limits
+            if self.access is not None:
+                self.access.reload()
             LOG.info('Reloaded configuration')
         self.debug = LOG.isEnabledFor(logging.DEBUG)
         self.notifier.ready(self.status_line())
@@ -403,6 +500,9 @@ class Receiver:
         if self._stopping:
             return
         self._stopping = True
+        if self.agent is not None:
+            # Senders stop routing here while the backlogs drain.
+            self.agent.stop()
         self.notifier.stopping()
         self._publish(ready=False)
         self._deadline = self.clock() + self.settings.shutdown_timeout
@@ -413,8 +513,21 @@ class Receiver:
                 self.inbound.unbind(self.endpoint)
             except zmq.ZMQError:
                 pass
+            # libzmq's I/O thread closes the connections after unbind()
+            # returns, and what they carried until then still lands in the
+            # socket: read until it has been quiet a moment, or it is lost
+            # uncounted (a graceful restart under load lost a few).
             self._on_inbound_all()
+            while self.inbound.poll(STOP_QUIET_MS):
+                self._on_inbound_all()
             self.unregister(self.inbound)
+        if self.curve_inbound is not None:
+            try:
+                self.curve_inbound.unbind(self.curve_endpoint)
+            except zmq.ZMQError:
+                pass
+            self._on_curve_inbound(0, batch=None)
+            self.unregister(self.curve_inbound)
         LOG.info('Stopping: delivering %d queued messages (at most %.1f s)',
                  self.outlets.queued, self.settings.shutdown_timeout)
 
@@ -450,7 +563,10 @@ class Receiver:
 
     def snapshot(self):
         """The counters and per-outlet figures as a plain dict."""
-        return self.counters.snapshot(self.outlets or ())
+        snap = self.counters.snapshot(self.outlets or ())
+        if self.agent is not None:
+            snap['agent'] = self.agent.snapshot()
+        return snap
 
     def _close(self):
         if self.outlets is not None:
@@ -459,9 +575,18 @@ class Receiver:
             # Messages already handed to libzmq for a connected consumer
             # get what is left of the shutdown time to leave.
             self.outlets.close_all(linger=int(remaining * 1000))
+            if self.agent is not None:
+                # Its removals began with the stop; they get the same time.
+                self.agent.close(timeout=remaining)
         if self.inbound is not None:
             self.inbound.close(linger=0)
             self.inbound = None
+        if self.curve_inbound is not None:
+            self.curve_inbound.close(linger=0)
+            self.curve_inbound = None
+        if self.access is not None:
+            self.access.stop()
+            self.access = None
         if self.control is not None:
             outlets_mod.remove_socket_file(
                 control_path(self.settings.ipc_dir))

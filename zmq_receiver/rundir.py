@@ -190,6 +190,21 @@ class InstanceLock:
                                      os.path.dirname(self.path)))
         return fd
 
+    def reacquire(self):
+        """Lock a new file at the same path, after the directory was
+        removed and made again: the old lock is on a file no one else can
+        open any more, so it excludes no one. Raises
+        :class:`errors.AlreadyRunning` when another receiver took the
+        directory meanwhile.
+        """
+        if self._fd is None:
+            return
+        fd = self._try_acquire()
+        os.ftruncate(fd, 0)
+        os.write(fd, b'%d\n' % os.getpid())
+        os.close(self._fd)
+        self._fd = fd
+
     def fileno(self):
         """The lock's descriptor (to keep it open across daemonizing)."""
         return self._fd
