@@ -389,19 +389,14 @@ class Receiver:
                     outlets.run_due()
 
     def _on_inbound(self, events):
-        sock = self.inbound
-        dispatch = self.dispatch
-        for _ in range(INBOUND_BATCH):
-            try:
-                frames = recv_message(sock)
-            except zmq.Again:
-                return
-            dispatch(frames)
+        self._read(self.inbound, INBOUND_BATCH)
 
-    def _on_curve_inbound(self, events, batch=INBOUND_BATCH):
-        """Read the CURVE port's socket (at most *batch* messages; None:
-        all): its messages go the way of the legacy port's."""
-        sock = self.curve_inbound
+    def _on_curve_inbound(self, events):
+        self._read(self.curve_inbound, INBOUND_BATCH)
+
+    def _read(self, sock, batch=None):
+        """Dispatch the messages waiting on inbound *sock*: at most *batch*
+        (so that a busy sender cannot starve the outlets), or all."""
         dispatch = self.dispatch
         while batch is None or batch > 0:
             try:
@@ -508,37 +503,24 @@ class Receiver:
         self._deadline = self.clock() + self.settings.shutdown_timeout
         # Unbinding closes the listener and the connections it accepted, so
         # senders keep what they have not sent yet instead of losing it here.
-        if self.inbound is not None:
+        for sock, endpoint in ((self.inbound, self.endpoint),
+                               (self.curve_inbound, self.curve_endpoint)):
+            if sock is None:
+                continue
             try:
-                self.inbound.unbind(self.endpoint)
+                sock.unbind(endpoint)
             except zmq.ZMQError:
                 pass
             # libzmq's I/O thread closes the connections after unbind()
             # returns, and what they carried until then still lands in the
             # socket: read until it has been quiet a moment, or it is lost
             # uncounted (a graceful restart under load lost a few).
-            self._on_inbound_all()
-            while self.inbound.poll(STOP_QUIET_MS):
-                self._on_inbound_all()
-            self.unregister(self.inbound)
-        if self.curve_inbound is not None:
-            try:
-                self.curve_inbound.unbind(self.curve_endpoint)
-            except zmq.ZMQError:
-                pass
-            self._on_curve_inbound(0, batch=None)
-            self.unregister(self.curve_inbound)
+            self._read(sock)
+            while sock.poll(STOP_QUIET_MS):
+                self._read(sock)
+            self.unregister(sock)
         LOG.info('Stopping: delivering %d queued messages (at most %.1f s)',
                  self.outlets.queued, self.settings.shutdown_timeout)
-
-    def _on_inbound_all(self):
-        """Take in everything libzmq already received before closing."""
-        while True:
-            try:
-                frames = recv_message(self.inbound)
-            except zmq.Again:
-                return
-            self.dispatch(frames)
 
     def _publish(self, ready=None):
         """Hand the metrics endpoint a fresh snapshot (once per tick)."""
