@@ -1,5 +1,6 @@
 """PROTOCOL.md sections 2 and 3 through the real daemon, byte for byte."""
 
+import pytest
 import zmq
 
 from tests import support
@@ -164,3 +165,28 @@ def test_two_pull_consumers_share_one_key(ctx, receiver):
             sock.recv_multipart()
             counts[sock] += 1
     assert counts[a] > 10 and counts[b] > 10, counts
+
+
+@pytest.mark.parametrize('address, connect', [
+    ('*', 'tcp://127.0.0.1:%d'),
+    ('lo', 'tcp://127.0.0.1:%d'),
+    ('127.0.0.1', 'tcp://127.0.0.1:%d'),
+    pytest.param('::1', 'tcp://[::1]:%d', marks=pytest.mark.skipif(
+        not support.ipv6_loopback(), reason='no IPv6 loopback here')),
+    pytest.param('*', 'tcp://[::1]:%d', marks=pytest.mark.skipif(
+        not support.ipv6_loopback(), reason='no IPv6 loopback here')),
+])
+def test_every_kind_of_bind_address_forwards(ctx, daemons, short_dir,
+                                             address, connect):
+    """``*``, an interface name, an IPv4 and an IPv6 literal (PROTOCOL.md
+    section 5); ``*`` takes IPv6 peers too."""
+    daemon = daemons(short_dir, {'DEFAULT': {
+        'rpc_zmq_bind_address': address}})
+    consumer = pull(ctx, daemon, 'compute.host1')
+    out = ctx.socket(zmq.PUSH)
+    if connect.startswith('tcp://['):
+        out.setsockopt(zmq.IPV6, 1)
+    out.connect(connect % daemon.port)
+    frames = support.cast('compute.host1')
+    out.send_multipart(frames)
+    assert recv(consumer) == frames
