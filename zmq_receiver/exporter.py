@@ -8,6 +8,8 @@ loop shows as a stale turn on ``/healthz``.
 """
 
 import errno
+import heapq
+import ipaddress
 import logging
 import socket
 import threading
@@ -48,11 +50,11 @@ class LoopState:
 class Collector:
     """Turns the latest published snapshot into metric families.
 
-    The per-topic counters are kept here, not read from the outlets: each
-    scrape attributes what every topic forwarded and dropped since the last
-    one to that topic's label if it is among the busiest N now, else to
-    ``other``. So every series, ``other`` included, only grows while topics
-    move in and out of the top N, and the labels still sum to the totals.
+    The per-topic counters are kept here, not read from the outlets: a
+    label counts what its topic forwarded and dropped while it was among
+    the busiest N, and ``other`` is the rest of the totals. So every series,
+    ``other`` included, only grows while topics move in and out of the top
+    N, and the labels sum to the totals.
     """
 
     def __init__(self, state, top_topics):
@@ -60,10 +62,12 @@ class Collector:
         self.top_topics = top_topics
         # Scrapes may come from several HTTP threads at once.
         self._lock = threading.Lock()
-        #: topic -> (forwarded, dropped) of its outlet at the last scrape.
+        #: Shown topic -> (forwarded, dropped) of its outlet at the last
+        #: scrape, and what its label counted so far.
         self._seen = {}
-        #: label -> [forwarded, dropped] attributed to it so far.
-        self._totals = {OTHER: [0, 0]}
+        self._totals = {}
+        self._other = (0, 0)
+        self._last_snap = self._last_families = None
 
     def describe(self):
         return []
@@ -112,41 +116,56 @@ class Collector:
         yield _gauge('ready', '1 once bound and ready, 0 while stopping.',
                      int(state.ready))
         with self._lock:
-            families = self._topics(snap['topics'])
+            families = self._topics(snap)
         yield from families
 
-    def _topics(self, topics):
+    def _topics(self, snap):
+        # A scrape between two ticks sees the same snapshot: answer it
+        # with the same families instead of ranking every topic again.
+        if snap is self._last_snap:
+            return self._last_families
+        topics = snap['topics']
         # The busiest N topics by name, the rest summed as "other", so that
         # a flood of distinct topics cannot blow up the label cardinality.
         # A real topic called "other" joins the aggregate, so that no label
         # value stands for two series.
-        ranked = sorted(topics.items(),
-                        key=lambda kv: (kv[1]['forwarded'] + kv[1]['backlog']),
-                        reverse=True)
-        shown = [key for key, _ in ranked if key != OTHER][:self.top_topics]
-        totals = self._totals
-        seen = {}
-        gauges = {key: [0, 0] for key in shown}
-        gauges[OTHER] = [0, 0]
-        for key, t in topics.items():
+        shown = heapq.nlargest(
+            self.top_topics, (key for key in topics if key != OTHER),
+            key=lambda key: topics[key]['forwarded'] + topics[key]['backlog'])
+        seen, totals, new = {}, {}, []
+        for key in shown:
+            t = topics[key]
             now = (t['forwarded'], sum(t['dropped'].values()))
-            # A topic missing from the last scrape is new (or a new outlet
-            # of a reaped one): everything it counted is new.
-            before = self._seen.get(key, (0, 0))
-            if now[0] < before[0] or now[1] < before[1]:
-                before = (0, 0)
+            if key in self._seen:
+                before = self._seen[key]
+                if now[0] < before[0] or now[1] < before[1]:
+                    before = (0, 0)  # a new outlet of a reaped topic
+                total = self._totals[key]
+                totals[key] = (total[0] + now[0] - before[0],
+                               total[1] + now[1] - before[1])
+            else:
+                totals[key] = now
+                new.append(key)
             seen[key] = now
-            label = key if key in gauges else OTHER
-            total = totals.setdefault(label, [0, 0])
-            total[0] += now[0] - before[0]
-            total[1] += now[1] - before[1]
-            gauges[label][0] += t['backlog']
-            gauges[label][1] += t['consumers']
-        self._seen = seen
-        # A label whose topic is gone starts again from zero if it returns,
-        # like any counter of a restarted target.
-        for key in [k for k in totals if k != OTHER and k not in topics]:
-            del totals[key]
+        # "other" is the rest of the totals. It only grows: a label gains
+        # only what its topic counted meanwhile, and one leaving the top N
+        # hands its count back. A newly shown topic takes along what it
+        # counted so far, unless that was already shown as "other": then
+        # its label starts from zero.
+        totals_now = (snap['forwarded'], sum(snap['dropped'].values()))
+        other = [totals_now[i] - sum(v[i] for v in totals.values())
+                 for i in (0, 1)]
+        for i in (0, 1):
+            if other[i] < self._other[i]:
+                for key in new:
+                    other[i] += totals[key][i]
+                    totals[key] = ((0, totals[key][1]) if i == 0
+                                   else (totals[key][0], 0))
+        other = tuple(other)
+        self._seen, self._totals, self._other = seen, totals, other
+        gauges = {key: (topics[key]['backlog'], topics[key]['consumers'])
+                  for key in shown}
+        rest = [t for key, t in topics.items() if key not in gauges]
         fams = {
             'topic_forwarded': prom_core.CounterMetricFamily(
                 PREFIX + 'topic_forwarded', 'Messages forwarded per topic.',
@@ -161,17 +180,18 @@ class Collector:
                 PREFIX + 'topic_consumers', 'Connected consumers (PUSH) or '
                 'subscriptions (PUB) per topic.', labels=['topic']),
         }
-        for key in shown + [OTHER]:
-            if key == OTHER and not len(topics) > len(shown) and \
-                    totals[OTHER] == [0, 0]:
-                continue
-            forwarded, dropped = totals.get(key, (0, 0))
-            backlog, consumers = gauges[key]
+        rows = [(key, totals[key], gauges[key]) for key in shown]
+        if rest or other != (0, 0):
+            rows.append((OTHER, other,
+                         (sum(t['backlog'] for t in rest),
+                          sum(t['consumers'] for t in rest))))
+        for key, (forwarded, dropped), (backlog, consumers) in rows:
             fams['topic_forwarded'].add_metric([key], forwarded)
             fams['topic_dropped'].add_metric([key], dropped)
             fams['topic_backlog'].add_metric([key], backlog)
             fams['topic_consumers'].add_metric([key], consumers)
-        return list(fams.values())
+        self._last_snap, self._last_families = snap, list(fams.values())
+        return self._last_families
 
 
 def _counter(name, doc, value):
@@ -218,9 +238,7 @@ class Exporter:
         try:
             # The family follows the address: an IPv6 literal or a name
             # that resolves only to IPv6 needs an AF_INET6 server.
-            family = socket.getaddrinfo(address, self.port,
-                                        type=socket.SOCK_STREAM,
-                                        flags=socket.AI_PASSIVE)[0][0]
+            family = _family(address)
             server_class = type('Server', (exposition.ThreadingWSGIServer,),
                                 {'address_family': family})
             self._server = simple_server.make_server(
@@ -269,6 +287,18 @@ class Exporter:
             return _text(start_response, ok, 'ready\n' if ok else
                          'not ready\n')
         return self._metrics_app(environ, start_response)
+
+
+def _family(address):
+    """AF_INET6 for an IPv6 literal, else AF_INET: a name such as
+    localhost is served on its IPv4 address, where scrapers look, even
+    where it resolves to ::1 first."""
+    try:
+        if ipaddress.ip_address(address).version == 6:
+            return socket.AF_INET6
+    except ValueError:
+        pass
+    return socket.AF_INET
 
 
 def _text(start_response, ok, body):
