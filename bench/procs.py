@@ -13,7 +13,7 @@ import sys
 import time
 
 from tests.output import ProcessOutput
-from tests.support import control_stats
+from tests.support import control_stats, write_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLOCK_TICK = os.sysconf('SC_CLK_TCK')
@@ -157,6 +157,25 @@ def peak_rss_kib(pid):
     return None
 
 
+def receiver_config(workdir, host, default=None, receiver=None):
+    """Write *workdir*/receiver.conf: the receiver on 127.0.0.1, on a port
+    the kernel picks, as *host*, with its IPC dir *workdir*/ipc; *default*
+    and *receiver* ({option: value}) add to [DEFAULT] and [zmq_receiver].
+
+    Returns (the config file, the IPC dir).
+    """
+    ipc_dir = os.path.join(workdir, 'ipc')
+    options = {
+        'DEFAULT': dict({'rpc_zmq_bind_address': '127.0.0.1',
+                         'rpc_zmq_port': 0,
+                         'rpc_zmq_ipc_dir': ipc_dir,
+                         'rpc_zmq_host': host}, **(default or {})),
+        'zmq_receiver': dict(receiver or {}),
+    }
+    return write_config(os.path.join(workdir, 'receiver.conf'),
+                        options), ipc_dir
+
+
 class Receiver(Proc):
     """``python -m zmq_receiver`` on loopback with a throw-away config."""
 
@@ -165,22 +184,14 @@ class Receiver(Proc):
 
     def __init__(self, workdir, deadline, metrics=False):
         """With *metrics*, the metrics endpoint is on (``metrics_url``)."""
-        self.ipc_dir = os.path.join(workdir, 'ipc')
-        config = os.path.join(workdir, 'receiver.conf')
-        with open(config, 'w') as f:
-            # Large limits: the benchmark measures speed, and a drop from a
-            # full backlog would be a failed run rather than a slow one.
-            f.write('[DEFAULT]\n'
-                    'rpc_zmq_bind_address = 127.0.0.1\n'
-                    'rpc_zmq_port = 0\n'
-                    'rpc_zmq_ipc_dir = %s\n'
-                    'rpc_zmq_host = benchhost\n'
-                    'rpc_zmq_topic_backlog = 10000000\n'
-                    '[zmq_receiver]\n'
-                    'max_backlog_bytes = 0\n'
-                    'shutdown_timeout = 2\n' % self.ipc_dir)
-            if metrics:
-                f.write('metrics_port = 0\n')
+        # Large limits: the benchmark measures speed, and a drop from a
+        # full backlog would be a failed run rather than a slow one.
+        receiver = {'max_backlog_bytes': 0, 'shutdown_timeout': 2}
+        if metrics:
+            receiver['metrics_port'] = 0
+        config, self.ipc_dir = receiver_config(
+            workdir, 'benchhost', {'rpc_zmq_topic_backlog': 10000000},
+            receiver)
         super().__init__('receiver', [sys.executable, '-m', 'zmq_receiver',
                                       '--config-file', config], cwd=workdir)
         self.metrics_url = None

@@ -41,10 +41,16 @@ import time
 
 import zmq
 
+from bench.procs import receiver_config
+from tests.consumer_proc import serve
+from tests.support import control_stats, open_files, rss_kib
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BODY = b'["{}", {"method": "soak", "args": {"seq": %d}}]'
 SEQ = re.compile(rb'"seq": (\d+)')
 TIMEOUT = 20.0
+#: Seconds the receiver's control socket may take to answer.
+STATS_TIMEOUT = 5.0
 
 
 # -- the consumer process ------------------------------------------------
@@ -57,39 +63,31 @@ def consume(argv):
     sock = ctx.socket(zmq.PULL)
     sock.setsockopt(zmq.LINGER, 0)
     out = sys.stdout.buffer
-    poller = zmq.Poller()
-    poller.register(sock, zmq.POLLIN)
-    poller.register(0, zmq.POLLIN)
     pending = b''
-    while True:
-        for what, _ in poller.poll():
-            if what == 0:
-                data = os.read(0, 65536)
-                if not data:
-                    return 0
-                pending += data
-                while b'\n' in pending:
-                    line, pending = pending.split(b'\n', 1)
-                    verb, _, endpoint = line.decode().partition(' ')
-                    if verb == 'connect':
-                        sock.connect(endpoint)
-                    elif verb == 'disconnect':
-                        try:
-                            sock.disconnect(endpoint)
-                        except zmq.ZMQError:
-                            pass
-                    out.write(b'ok ' + line + b'\n')
-                    out.flush()
-                continue
-            while True:
+
+    def on_input(data):
+        nonlocal pending
+        pending += data
+        while b'\n' in pending:
+            line, pending = pending.split(b'\n', 1)
+            verb, _, endpoint = line.decode().partition(' ')
+            if verb == 'connect':
+                sock.connect(endpoint)
+            elif verb == 'disconnect':
                 try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                found = SEQ.search(frames[3]) if len(frames) > 3 else None
-                out.write(b'got %s %s\n' % (
-                    frames[1], found.group(1) if found else b'-1'))
-                out.flush()
+                    sock.disconnect(endpoint)
+                except zmq.ZMQError:
+                    pass
+            out.write(b'ok ' + line + b'\n')
+            out.flush()
+
+    def on_message(frames):
+        found = SEQ.search(frames[3]) if len(frames) > 3 else None
+        out.write(b'got %s %s\n' % (
+            frames[1], found.group(1) if found else b'-1'))
+        out.flush()
+
+    return serve(sock, on_message, on_input)
 
 
 # -- the orchestrator ----------------------------------------------------
@@ -241,29 +239,6 @@ class Sender(threading.Thread):
             ctx.term()
 
 
-def proc_figures(pid):
-    """(RSS KiB, open files) of *pid*."""
-    rss = None
-    with open('/proc/%d/status' % pid) as f:
-        for line in f:
-            if line.startswith('VmRSS:'):
-                rss = int(line.split()[1])
-    return rss, len(os.listdir('/proc/%d/fd' % pid))
-
-
-def control_stats(ipc_dir, ctx, timeout=5.0):
-    sock = ctx.socket(zmq.REQ)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.connect('ipc://%s/.zmq-receiver-control' % ipc_dir)
-        sock.send(b'stats')
-        if not sock.poll(timeout * 1000):
-            return None
-        return json.loads(sock.recv())
-    finally:
-        sock.close()
-
-
 def account(sent, ledger, killed):
     """Per-topic accounting: lost, explained by a killed consumer, dups,
     order breaks."""
@@ -299,16 +274,10 @@ def account(sent, ledger, killed):
 
 def run(args):
     workdir = tempfile.mkdtemp(prefix='zrsoak', dir='/tmp')
-    ipc_dir = os.path.join(workdir, 'ipc')
-    config = os.path.join(workdir, 'receiver.conf')
-    with open(config, 'w') as f:
-        f.write('[DEFAULT]\nrpc_zmq_bind_address = 127.0.0.1\n'
-                'rpc_zmq_port = 0\nrpc_zmq_ipc_dir = %s\n'
-                'rpc_zmq_host = soakhost\nrpc_zmq_topic_backlog = %d\n'
-                '[zmq_receiver]\nidle_timeout = %g\nshutdown_timeout = 5\n'
-                'log_interval = 5\n' % (ipc_dir, args.backlog,
-                                        args.idle_timeout))
-    ctx = zmq.Context()
+    config, ipc_dir = receiver_config(
+        workdir, 'soakhost', {'rpc_zmq_topic_backlog': args.backlog},
+        {'idle_timeout': '%g' % args.idle_timeout, 'shutdown_timeout': 5,
+         'log_interval': 5})
     receiver = Lines([sys.executable, '-m', 'zmq_receiver', '--config-file',
                       config], cwd=workdir)
     consumers = []
@@ -388,8 +357,8 @@ def run(args):
                 events.append([round(now - start, 1), 'topic churn'])
                 next_churn = now + args.churn
             if now >= next_sample:
-                stats = control_stats(ipc_dir, ctx) or {}
-                rss, files = proc_figures(receiver.pid)
+                stats = control_stats(ipc_dir, STATS_TIMEOUT) or {}
+                rss, files = rss_kib(receiver.pid), open_files(receiver.pid)
                 sample = {
                     't': round(now - start, 1), 'sent': sender.total(),
                     'received': ledger.count,
@@ -419,8 +388,8 @@ def run(args):
         last = {t: n - 1 for t, n in sender.sent.items()
                 if t in stable or t in churn}
         caught_up = ledger.wait_last(last, TIMEOUT)
-        final = control_stats(ipc_dir, ctx) or {}
-        rss, files = proc_figures(receiver.pid)
+        final = control_stats(ipc_dir, STATS_TIMEOUT) or {}
+        rss, files = rss_kib(receiver.pid), open_files(receiver.pid)
         samples.append({'t': round(time.monotonic() - start, 1),
                         'sent': sender.total(), 'received': ledger.count,
                         'forwarded': final.get('forwarded'),
@@ -441,7 +410,6 @@ def run(args):
         if receiver.proc.poll() is None:
             receiver.proc.kill()
             receiver.proc.wait()
-        ctx.destroy(linger=0)
         shutil.rmtree(workdir, ignore_errors=True)
 
     acct = account(dict(sender.sent), ledger, killed)

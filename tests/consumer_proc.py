@@ -26,23 +26,36 @@ def main(argv):
     out = sys.stdout.buffer
     out.write(b'connected\n')
     out.flush()
+
+    def on_message(frames):
+        body = frames[3] if len(frames) > 3 else b''
+        out.write(b'got ' + body + b'\n')
+        out.flush()
+
+    return serve(sock, on_message)
+
+
+def serve(sock, on_message, on_input=None):
+    """Hand each message of *sock* to *on_message* (its frames) and each
+    chunk read from stdin to *on_input*, until stdin closes: then 0."""
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
     poller.register(0, zmq.POLLIN)
     while True:
         for what, _ in poller.poll():
             if what == 0:
-                if not os.read(0, 4096):
+                data = os.read(0, 65536)
+                if not data:
                     return 0
+                if on_input is not None:
+                    on_input(data)
                 continue
             while True:
                 try:
                     frames = sock.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                body = frames[3] if len(frames) > 3 else b''
-                out.write(b'got ' + body + b'\n')
-                out.flush()
+                on_message(frames)
 
 
 if __name__ == '__main__':

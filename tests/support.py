@@ -272,3 +272,41 @@ def queue_casts(daemon, out, topic, n):
         out.send_multipart(frames)
     daemon.wait_stats(lambda s: s['queued'] == n)
     return sent
+
+
+def wait_until(predicate, what, timeout=TIMEOUT):
+    """Poll *predicate* until true, or fail naming *what*.
+
+    For state that offers no event to wait on (a file appearing, a process
+    that is not our child ending, /proc figures); the timeout bounds it.
+    """
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError('%s did not happen within %.0f s'
+                                 % (what, timeout))
+        time.sleep(0.02)
+
+
+def rss_kib(pid):
+    """The resident set size of process *pid* in KiB (VmRSS)."""
+    with open('/proc/%d/status' % pid) as f:
+        for line in f:
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1])
+    raise AssertionError('no VmRSS for pid %d' % pid)
+
+
+def open_files(pid):
+    """How many file descriptors process *pid* has open."""
+    return len(os.listdir('/proc/%d/fd' % pid))
+
+
+def ipv6_loopback():
+    """True when this machine can bind the IPv6 loopback address ::1."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(('::1', 0))
+        return True
+    except OSError:
+        return False

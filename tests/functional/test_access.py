@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -107,16 +106,8 @@ def test_sender_outside_the_networks_is_refused_counted_and_logged(
     assert len(re.findall('Refused a connection', daemon.log())) == 1
 
 
-def ipv6_loopback():
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(('::1', 0))
-        return True
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not ipv6_loopback(), reason='no IPv6 loopback here')
+@pytest.mark.skipif(not support.ipv6_loopback(),
+                    reason='no IPv6 loopback here')
 @pytest.mark.parametrize('networks, arrives', [
     ('::1/128', True),
     ('192.0.2.0/24, ::/1', True),

@@ -12,9 +12,9 @@ hard limit.
 """
 
 import json
-import os
 
 from tests import support
+from tests.support import open_files, rss_kib
 
 WAVES = 5
 WAVE = 2000
@@ -23,18 +23,6 @@ WAVE = 2000
 RSS_SLACK_KIB = 16 * 1024
 #: The connection of the stats request that is asking, at most.
 FILES_SLACK = 1
-
-
-def rss_kib(pid):
-    with open('/proc/%d/status' % pid) as f:
-        for line in f:
-            if line.startswith('VmRSS:'):
-                return int(line.split()[1])
-    raise AssertionError('no VmRSS for pid %d' % pid)
-
-
-def open_files(pid):
-    return len(os.listdir('/proc/%d/fd' % pid))
 
 
 def test_ten_thousand_topics_come_and_go_without_leaking(ctx, daemons,

@@ -10,13 +10,11 @@ within the bound stated in the test, and a normal cast sent afterwards
 must arrive.
 """
 
-import os
 import resource
 import shutil
 import socket
 import subprocess
 import tempfile
-import time
 
 import hypothesis
 from hypothesis import strategies as st
@@ -25,33 +23,12 @@ import zmq
 
 from tests import support
 from tests.support import assert_balanced, cast, pull, recv
+from tests.support import open_files, rss_kib, wait_until
 
 #: A valid ZMTP 3.0 greeting of a NULL-mechanism client (RFC 23).
 GREETING = (b'\xff' + b'\x00' * 8 + b'\x7f' + b'\x03\x00' +
             b'NULL'.ljust(20, b'\x00') + b'\x00' + b'\x00' * 31)
 assert len(GREETING) == 64
-
-
-def open_files(pid):
-    return len(os.listdir('/proc/%d/fd' % pid))
-
-
-def rss_kib(pid):
-    with open('/proc/%d/status' % pid) as f:
-        for line in f:
-            if line.startswith('VmRSS:'):
-                return int(line.split()[1])
-    raise AssertionError('no VmRSS for %d' % pid)
-
-
-def wait_until(predicate, what, timeout=support.TIMEOUT):
-    """For state with no event to wait on (/proc figures); bounded."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError('%s did not happen within %.0f s'
-                                 % (what, timeout))
-        time.sleep(0.02)
 
 
 class Steady:

@@ -25,7 +25,7 @@ import pytest
 import zmq
 
 from tests import support
-from tests.support import free_port, queue_casts, recv, run_split
+from tests.support import free_port, queue_casts, recv, run_split, wait_until
 from zmq_receiver import errors
 
 PROG = 'oslo-messaging-zmq-receiver'
@@ -60,20 +60,6 @@ def error_line(stderr):
              if line.startswith(PROG + ': error: ')]
     assert len(lines) == 1, 'expected one error line on stderr:\n' + stderr
     return lines[0]
-
-
-def wait_until(predicate, what, timeout=support.TIMEOUT):
-    """Poll *predicate* until true, or fail naming *what*.
-
-    For state that offers no event to wait on (a file appearing, a process
-    that is not our child ending); the timeout bounds it.
-    """
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError('%s did not happen within %.0f s'
-                                 % (what, timeout))
-        time.sleep(0.02)
 
 
 def read(path):

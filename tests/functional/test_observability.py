@@ -485,16 +485,8 @@ def test_metrics_port_in_use_exits_75_with_one_clear_line(short_dir):
     assert 'Traceback' not in output, output
 
 
-def _ipv6_loopback():
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(('::1', 0))
-        return True
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not _ipv6_loopback(), reason='no IPv6 loopback here')
+@pytest.mark.skipif(not support.ipv6_loopback(),
+                    reason='no IPv6 loopback here')
 def test_metrics_on_an_ipv6_address(daemons, short_dir):
     daemon = daemons(short_dir, {
         'zmq_receiver': {'metrics_port': 0, 'metrics_address': '::1'}})
