@@ -171,7 +171,7 @@ def wait_end(consumer, *names):
     """Until the end marker of each sender in *names* arrived."""
     for name in names:
         marker = name + b':end'
-        consumer.wait(lambda: marker in consumer.got[-100:],
+        consumer.wait(lambda: marker in consumer.got,
                       'the end marker of %s' % name.decode())
 
 
