@@ -161,11 +161,30 @@ class Outlets:
         #: errors.ReceiverError.
         self.reclaim = None
         #: The IPC directory's last stat (for its owner and mode once it
-        #: is gone); False while it is gone.
+        #: is gone); False while it is gone (or back, but not ours again).
         try:
             self._dir_stat = os.stat(ipc_dir)
         except OSError:
             self._dir_stat = None
+        #: Whether the last check_files found the directory gone: new
+        #: outlets are refused without trying.
+        self._dir_gone = False
+        #: The directory's (st_dev, st_ino, st_mtime_ns, st_ctime_ns) when
+        #: check_files last looked at its files: any file made or removed
+        #: in it changes them, and so does a new directory.
+        self._dir_key = None
+        #: Whether check_files must look at the files even so (a bind
+        #: failed, or the key may miss a change made in the same instant).
+        self._rescan = True
+        #: Sockets bound beside the outlets (the control socket) whose
+        #: files check_files keeps too: path -> (socket, name, clients),
+        #: as given to keep_bound.
+        self._kept = {}
+        #: (soft RLIMIT_NOFILE, open descriptors) counted once a tick when
+        #: a new outlet needs them (None: to count again), and the outlets
+        #: opened since.
+        self._fds = None
+        self._fds_opened = 0
 
     def __iter__(self):
         return iter(list(self.by_key.values()))
@@ -189,36 +208,10 @@ class Outlets:
         outlet = self.by_key.get(route.key)
         if outlet is not None:
             return outlet
-        if len(self.by_key) >= self.limits.max_topics:
-            self._refuse(metrics.TOO_MANY_TOPICS, route.key,
-                         'already %d outlets (the limit): raise '
-                         '[zmq_receiver] max_topics if this host really '
-                         'serves that many topics' % len(self.by_key))
+        outlet = self._create(route)
+        if isinstance(outlet, tuple):
+            self._refuse(outlet[0], route.key, outlet[1])
             return None
-        short = descriptors_short()
-        if short:
-            self._refuse(metrics.OUT_OF_DESCRIPTORS, route.key,
-                         'a new outlet would leave fewer than %d of the %d '
-                         'descriptors free for connections; %s' % (
-                             short, _nofile(), _fix_for(
-                                 metrics.OUT_OF_DESCRIPTORS, self.ipc_dir)))
-            return None
-        error = None
-        try:
-            outlet = self._open(route)
-        except zmq.ZMQError as exc:
-            error = exc
-        if error is not None:
-            # Refused outside the except block: oslo.log would append the
-            # exception being handled to the warning.
-            reason = _ERRNO_REASONS.get(error.errno, metrics.OUTLET_ERROR)
-            self._refuse(reason, route.key, '%s; %s' % (
-                error.strerror, _fix_for(reason, self.ipc_dir)))
-            return None
-        self.by_key[route.key] = outlet
-        self.counters.outlets_created += 1
-        LOG.info('Opened %s outlet %s', outlet.kind.value.upper(),
-                 outlet.path)
         return outlet
 
     def pin(self, route):
@@ -229,41 +222,77 @@ class Outlets:
         """
         outlet = self.by_key.get(route.key)
         if outlet is None:
-            outlet = self._open_ahead(route)
-            if outlet is None:
+            outlet = self._create(route, ' in advance')
+            if isinstance(outlet, tuple):
+                reason, detail = outlet
+                self.warn.warning(
+                    'pin-' + reason, 'Cannot open outlet %s in advance '
+                    '(%s): %s', routing.socket_path(self.ipc_dir, route.key),
+                    reason, detail)
                 return None
         outlet.pinned = True
         return outlet
 
-    def _open_ahead(self, route):
-        path = routing.socket_path(self.ipc_dir, route.key)
+    def _create(self, route, how=''):
+        """Open a new outlet for *route* and add it; returns it, or
+        ``(reason, detail)`` when it cannot (nothing counted or logged
+        then). *how* ends the line that logs the opening.
+        """
         if len(self.by_key) >= self.limits.max_topics:
-            reason = metrics.TOO_MANY_TOPICS
-            detail = ('already %d outlets (the limit): raise [zmq_receiver] '
-                      'max_topics' % len(self.by_key))
-        elif descriptors_short():
-            reason = metrics.OUT_OF_DESCRIPTORS
-            detail = _fix_for(reason, self.ipc_dir)
-        else:
-            error = None
-            try:
-                outlet = self._open(route)
-            except zmq.ZMQError as exc:
-                error = exc
-            if error is None:
-                self.by_key[route.key] = outlet
-                self.counters.outlets_created += 1
-                LOG.info('Opened %s outlet %s in advance',
-                         outlet.kind.value.upper(), outlet.path)
-                return outlet
-            # Logged outside the except block: oslo.log would append the
+            return metrics.TOO_MANY_TOPICS, (
+                'already %d outlets (the limit): raise [zmq_receiver] '
+                'max_topics if this host really serves that many topics'
+                % len(self.by_key))
+        short = self._descriptors_short()
+        if short:
+            return metrics.OUT_OF_DESCRIPTORS, (
+                'a new outlet would leave fewer than %d of the %d '
+                'descriptors free for connections; %s' % (
+                    short, self._fds[0], _fix_for(
+                        metrics.OUT_OF_DESCRIPTORS, self.ipc_dir)))
+        if self._dir_gone:
+            # Known gone since the last check_files: the bind would fail
+            # the same way, after making (and closing) a socket and its
+            # monitor for each message.
+            return metrics.IPC_DIR_MISSING, '%s; %s' % (
+                os.strerror(errno.ENOENT),
+                _fix_for(metrics.IPC_DIR_MISSING, self.ipc_dir))
+        error = None
+        try:
+            outlet = self._open(route)
+        except zmq.ZMQError as exc:
+            error = exc
+        if error is not None:
+            # Reported outside the except block: oslo.log would append the
             # exception being handled to the warning.
             reason = _ERRNO_REASONS.get(error.errno, metrics.OUTLET_ERROR)
-            detail = '%s; %s' % (error.strerror,
-                                 _fix_for(reason, self.ipc_dir))
-        self.warn.warning('pin-' + reason, 'Cannot open outlet %s in '
-                          'advance (%s): %s', path, reason, detail)
-        return None
+            return reason, '%s; %s' % (error.strerror,
+                                       _fix_for(reason, self.ipc_dir))
+        self.by_key[route.key] = outlet
+        self._fds_opened += 1
+        self.counters.outlets_created += 1
+        LOG.info('Opened %s outlet %s%s', outlet.kind.value.upper(),
+                 outlet.path, how)
+        return outlet
+
+    def _descriptors_short(self):
+        """The reserve a new outlet would cut into (0: there is room).
+
+        Counts the open descriptors in /proc/self/fd at most once a tick
+        (:meth:`tick` asks for a new count), and adds FDS_PER_OUTLET for
+        each outlet opened since: a flood of new topics, refused or not,
+        lists no directory per message. Closed outlets are not taken off
+        until the next count. 0 where /proc is not.
+        """
+        if self._fds is None:
+            self._fds = (_nofile(), _open_descriptors())
+            self._fds_opened = 0
+        limit, used = self._fds
+        if used is None or limit == resource.RLIM_INFINITY:
+            return 0
+        used += self._fds_opened * FDS_PER_OUTLET
+        reserve = min(FD_RESERVE, limit // 8)
+        return reserve if used + FDS_PER_OUTLET + reserve > limit else 0
 
     def unpin(self, key):
         """Let outlet *key* be reaped once idle, from now on."""
@@ -561,8 +590,18 @@ class Outlets:
                      'for %.3g s', outlet.path, now - outlet.last_active)
             self.close(outlet, reason=metrics.NO_CONSUMER)
             self.counters.outlets_reaped += 1
+        self._fds = None
         self.check_files()
         return bool(reaped)
+
+    def keep_bound(self, sock, path, name, clients):
+        """Have :meth:`check_files` bind *sock* at *path* again whenever
+        its file is missing, like an outlet's (the control socket). *name*
+        says what it is and *clients* who connect to it, in the log. A
+        socket whose first bind failed is bound once it can be.
+        """
+        self._kept[path] = (sock, name, clients)
+        self._rescan = True
 
     def check_files(self):
         """Bind again every outlet whose socket file vanished.
@@ -570,16 +609,20 @@ class Outlets:
         Someone may remove the IPC directory (or a file in it) under a
         running receiver: connected consumers keep their connections, but
         no new one can connect. Once a second, one ``stat`` of the
-        directory and one per outlet notice it; once the directory is back
-        each outlet binds its path again, keeping its backlog and order.
-        The old listener is kept, not unbound: unbinding would cut the
-        consumers still connected through it.
+        directory notices it; only when the directory changed since (a
+        file made or removed in it, or a new directory) one ``lstat`` per
+        outlet finds the files that vanished. Once the directory is back
+        each outlet binds its path again, keeping its backlog and order,
+        and so do the sockets of :meth:`keep_bound`. The old listener is
+        kept, not unbound: unbinding would cut the consumers still
+        connected through it.
         """
         try:
             st = os.stat(self.ipc_dir)
         except OSError as exc:
             st, error = None, exc.strerror
         if st is None:
+            self._dir_gone = True
             if self._dir_stat is not False:
                 self._dir_stat, known = False, self._dir_stat
                 fix = ''
@@ -597,6 +640,7 @@ class Outlets:
                     'reconnect by themselves', self.ipc_dir, error,
                     len(self.by_key), metrics.IPC_DIR_MISSING, fix)
             return
+        self._dir_gone = False
         if self._dir_stat is False:
             failure = None
             if self.reclaim is not None:
@@ -617,32 +661,54 @@ class Outlets:
                         'files of %d outlets again', self.ipc_dir,
                         len(self.by_key))
         self._dir_stat = st
+        key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+        if key == self._dir_key and not self._rescan:
+            return
+        self._dir_key = key
+        # A change made within the timestamps' granularity of this stat
+        # would leave them as they are: look again until they are older.
+        self._rescan = time.time_ns() - st.st_mtime_ns < _RACY_NS
         for outlet in list(self.by_key.values()):
-            try:
-                os.lstat(outlet.path)
-                continue
-            except FileNotFoundError:
-                pass
-            except OSError:
-                continue
-            failure = None
-            try:
-                bind_ipc(outlet.socket, outlet.path, self.limits)
-            except OSError as exc:
-                failure = exc
-            if failure is not None:
-                reason = _ERRNO_REASONS.get(failure.errno,
-                                            metrics.OUTLET_ERROR)
-                self.warn.warning(
-                    'rebind-' + reason,
-                    'Socket file %s vanished and cannot be bound again '
-                    '(%s): %s; its consumers cannot connect until then',
-                    outlet.path, failure.strerror,
-                    _fix_for(reason, self.ipc_dir))
+            if not self._rebind(outlet.socket, outlet.path, 'Socket file',
+                                'its consumers'):
                 continue
             LOG.warning('Socket file %s had vanished: bound it again (%d '
                         'messages queued for it); its consumers reconnect '
                         'by themselves', outlet.path, outlet.queued)
+        for path, (sock, name, clients) in list(self._kept.items()):
+            if sock.closed:
+                del self._kept[path]
+            elif self._rebind(sock, path, name, clients):
+                LOG.warning('%s %s was missing: binding it again; %s can '
+                            'connect again', name, path, clients)
+
+    def _rebind(self, sock, path, name, clients):
+        """Bind *sock* at *path* again if its file is missing; whether it
+        was, and is bound again. A failure is logged (*name* and *clients*
+        say what and for whom) and retried on the next check."""
+        try:
+            os.lstat(path)
+            return False
+        except FileNotFoundError:
+            pass
+        except OSError:
+            self._rescan = True
+            return False
+        failure = None
+        try:
+            bind_ipc(sock, path, self.limits)
+        except OSError as exc:
+            failure = exc
+        if failure is None:
+            return True
+        self._rescan = True
+        reason = _ERRNO_REASONS.get(failure.errno, metrics.OUTLET_ERROR)
+        self.warn.warning(
+            'rebind-' + reason,
+            '%s %s vanished and cannot be bound again (%s): %s; %s cannot '
+            'connect until then', name, path, failure.strerror,
+            _fix_for(reason, self.ipc_dir), clients)
+        return False
 
     @property
     def dir_missing(self):
@@ -654,6 +720,10 @@ class Outlets:
         """Whether any backlog or join window still holds a message."""
         return any(o.queued for o in self.by_key.values())
 
+
+#: Nanoseconds within which a directory's mtime may miss a later change
+#: (coarse kernel clocks; filesystems that keep whole seconds).
+_RACY_NS = 2 * 10 ** 9
 
 #: Descriptors one outlet takes: its socket's mailbox, its listener, and
 #: for PUSH the monitor pair's two mailboxes.
@@ -669,21 +739,13 @@ def _nofile():
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def descriptors_short():
-    """The reserve a new outlet would cut into (0: there is room).
-
-    Counts the open descriptors in /proc/self/fd: a new outlet is rare, and
-    this costs far less than the sockets it opens. 0 where /proc is not.
-    """
-    limit = _nofile()
-    if limit == resource.RLIM_INFINITY:
-        return 0
+def _open_descriptors():
+    """The process's open descriptors, from /proc/self/fd; None where
+    /proc is not."""
     try:
-        used = len(os.listdir('/proc/self/fd'))
+        return len(os.listdir('/proc/self/fd'))
     except OSError:
-        return 0
-    reserve = min(FD_RESERVE, limit // 8)
-    return reserve if used + FDS_PER_OUTLET + reserve > limit else 0
+        return None
 
 
 def bind_ipc(sock, path, limits):

@@ -255,37 +255,30 @@ class Receiver:
         return sock
 
     def _bind_control(self):
-        """Answer ``stats`` requests on a socket beside the outlets."""
+        """Answer ``stats`` requests on a socket beside the outlets.
+
+        The outlets keep its file bound like theirs (it vanishes with the
+        IPC directory), and bind it once they can when this first bind
+        fails.
+        """
         path = control_path(self.settings.ipc_dir)
         sock = self.ctx.socket(zmq.REP)
         sock.setsockopt(zmq.LINGER, 0)
+        failure = None
         try:
             # Owned and moded like the outlets: whoever may connect to a
             # topic may also read the stats.
             outlets_mod.bind_ipc(sock, path, self.settings.limits)
         except OSError as exc:
-            sock.close(linger=0)
+            failure = exc
+        if failure is not None:
             LOG.warning('No control socket %s (%s): stats are not available '
-                        'from the admin tool', path, exc.strerror)
-            return
+                        'from the admin tool until it can be bound (tried '
+                        'again every second)', path, failure.strerror)
         self.control = sock
         self.register(sock, zmq.POLLIN, self._on_control)
-
-    def _check_control(self):
-        """Bind the control socket again when its file vanished (the IPC
-        directory was removed and recreated); once, not every tick."""
-        if self.control is None or self.outlets.dir_missing:
-            return
-        path = control_path(self.settings.ipc_dir)
-        if os.path.lexists(path) or not os.path.isdir(
-                self.settings.ipc_dir):
-            return
-        LOG.warning('Control socket %s had vanished: binding it again',
-                    path)
-        self.unregister(self.control)
-        self.control.close(linger=0)
-        self.control = None
-        self._bind_control()
+        self.outlets.keep_bound(sock, path, 'Control socket',
+                                'the admin tool')
 
     def _on_control(self, events):
         while True:
@@ -378,15 +371,14 @@ class Receiver:
                     self.agent.tick()
                 if outlets.tick():
                     self._routes.clear()
-                self._check_control()
                 self.warn.flush()
                 self.notifier.status(self.status_line())
                 self._publish()
                 next_tick = now + TICK
-            else:
-                due = outlets.next_due()
-                if due is not None and now >= due:
-                    outlets.run_due()
+            elif due is not None and now >= due:
+                # What fell due during this turn falls due later than the
+                # earliest one known before the poll.
+                outlets.run_due()
 
     def _on_inbound(self, events):
         self._read(self.inbound, INBOUND_BATCH)
@@ -421,7 +413,9 @@ class Receiver:
             self._reject(metrics.OVERSIZED, frames[1],
                          '%d bytes, more than [zmq_receiver] '
                          'max_message_size (%d)' % (
-                             size, self.settings.max_message_size))
+                             size, self.settings.max_message_size),
+                         'raise max_message_size if a real service sends '
+                         'messages this large')
             return
         topic = frames[1]
         if self.debug:
@@ -442,13 +436,15 @@ class Receiver:
             self._routes[topic] = outlet
         self.outlets.deliver(outlet, frames, size)
 
-    def _reject(self, reason, topic, why):
+    def _reject(self, reason, topic, why,
+                fix='its sender does not speak the legacy protocol or is '
+                    'hostile'):
         self.counters.rejected[reason] += 1
         self.warn.warning('reject-' + reason,
                           'Rejected a message from the network (%s): %s%s; '
-                          'its sender does not speak the legacy protocol '
-                          'or is hostile', reason, why,
-                          '' if topic is None else ', topic %r' % topic[:128])
+                          '%s', reason, why,
+                          '' if topic is None else ', topic %r' % topic[:128],
+                          fix)
 
     # -- signals -----------------------------------------------------------
 
@@ -509,15 +505,20 @@ class Receiver:
                 continue
             try:
                 sock.unbind(endpoint)
-            except zmq.ZMQError:
-                pass
+            except zmq.ZMQError as exc:
+                LOG.warning('Cannot unbind %s (%s): its senders keep '
+                            'sending until the process exits', endpoint,
+                            exc.strerror)
             # libzmq's I/O thread closes the connections after unbind()
             # returns, and what they carried until then still lands in the
             # socket: read until it has been quiet a moment, or it is lost
-            # uncounted (a graceful restart under load lost a few).
-            self._read(sock)
-            while sock.poll(STOP_QUIET_MS):
-                self._read(sock)
+            # uncounted (a graceful restart under load lost a few). Within
+            # the shutdown time, which a sender that is never cut off
+            # would otherwise stretch for ever.
+            self._read(sock, INBOUND_BATCH)
+            while (self.clock() < self._deadline and
+                   sock.poll(STOP_QUIET_MS)):
+                self._read(sock, INBOUND_BATCH)
             self.unregister(sock)
         LOG.info('Stopping: delivering %d queued messages (at most %.1f s)',
                  self.outlets.queued, self.settings.shutdown_timeout)
@@ -551,15 +552,18 @@ class Receiver:
         return snap
 
     def _close(self):
+        def remaining():
+            return (max(0.0, self._deadline - self.clock())
+                    if self._deadline is not None else 0.0)
+
+        if self.agent is not None:
+            # Its removals began with the stop; they may take what is left.
+            self.agent.close(timeout=remaining())
         if self.outlets is not None:
-            remaining = (max(0.0, self._deadline - self.clock())
-                         if self._deadline is not None else 0.0)
             # Messages already handed to libzmq for a connected consumer
-            # get what is left of the shutdown time to leave.
-            self.outlets.close_all(linger=int(remaining * 1000))
-            if self.agent is not None:
-                # Its removals began with the stop; they get the same time.
-                self.agent.close(timeout=remaining)
+            # get what is then left of the shutdown time to leave (the
+            # context's termination below waits for them).
+            self.outlets.close_all(linger=int(remaining() * 1000))
         if self.inbound is not None:
             self.inbound.close(linger=0)
             self.inbound = None

@@ -150,6 +150,15 @@ class InstanceLock:
         *owner* (an Identity) gets the file when we are root, so that a
         later receiver started directly as that user can open it again.
         """
+        fd = self._lock()
+        if owner is not None and os.geteuid() == 0 and owner.uid != 0:
+            os.fchown(fd, owner.uid, owner.gid)
+        self._fd = fd
+        self.update_pid()
+
+    def _lock(self):
+        """A descriptor of the file at the path, locked; raises as
+        :meth:`_try_acquire`."""
         while True:
             fd = self._try_acquire()
             # A stopping receiver unlinks the file it locked; a lock taken
@@ -159,13 +168,8 @@ class InstanceLock:
             except FileNotFoundError:
                 same = False
             if same:
-                break
+                return fd
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, b'%d\n' % os.getpid())
-        if owner is not None and os.geteuid() == 0 and owner.uid != 0:
-            os.fchown(fd, owner.uid, owner.gid)
-        self._fd = fd
 
     def _try_acquire(self):
         try:
@@ -199,11 +203,10 @@ class InstanceLock:
         """
         if self._fd is None:
             return
-        fd = self._try_acquire()
-        os.ftruncate(fd, 0)
-        os.write(fd, b'%d\n' % os.getpid())
+        fd = self._lock()
         os.close(self._fd)
         self._fd = fd
+        self.update_pid()
 
     def fileno(self):
         """The lock's descriptor (to keep it open across daemonizing)."""
