@@ -147,10 +147,18 @@ def test_a_consumer_keeps_its_records_and_they_go_with_it(
                                'compute.testhost.testhost'}
     assert raw.ttl('compute') == -1
     assert all(0 < ttl <= 3 for ttl in ttls)
-    # Kept fresh beyond the TTL: refreshed every heartbeat_freq.
-    first = raw.pttl('compute.testhost')
-    redis_server.wait_until(lambda: raw.pttl('compute.testhost') > first,
-                            what='a refresh of the TTL')
+    # Kept fresh beyond the TTL: refreshed every heartbeat_freq. A refresh
+    # shows as a TTL higher than the first reading less the time since (a
+    # plain "higher than the first" can miss it when the first reading came
+    # right after a refresh).
+    read_at, first = time.monotonic(), raw.pttl('compute.testhost')
+
+    def refreshed():
+        now = time.monotonic()
+        return raw.pttl('compute.testhost') > (
+            first - (now - read_at) * 1000 + 100)
+
+    redis_server.wait_until(refreshed, what='a refresh of the TTL')
     stats = daemon.stats()['agent']
     assert stats['live'] == ['compute']
     assert stats['registry']['up'] is True
