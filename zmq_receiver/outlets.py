@@ -342,8 +342,7 @@ class Outlets:
                         self.clock())
         if route.kind is routing.Kind.PUB:
             self.loop.register(sock, zmq.POLLIN,
-                               lambda events: self._on_pub_events(outlet,
-                                                                  events))
+                               lambda events: self._read_subscriptions(outlet))
         else:
             self.loop.register(sock, 0,
                                lambda events: self._flush(outlet))
@@ -444,13 +443,7 @@ class Outlets:
                 self._retry.add(outlet)
         elif not outlet.polling_out:
             outlet.polling_out = True
-            self.loop.modify(outlet.socket, self._events(outlet))
-
-    def _events(self, outlet):
-        events = zmq.POLLOUT if outlet.polling_out else 0
-        if outlet.kind is routing.Kind.PUB:
-            events |= zmq.POLLIN
-        return events
+            self.loop.modify(outlet.socket, zmq.POLLOUT)
 
     def _drop(self, outlet, reason, count=1):
         outlet.dropped[reason] += count
@@ -473,14 +466,11 @@ class Outlets:
             outlet.forwarded += 1
             self.counters.forwarded += 1
         if outlet.polling_out:
+            # PUSH only: a PUB outlet waits on its retry timer instead.
             outlet.polling_out = False
-            self.loop.modify(outlet.socket, self._events(outlet))
+            self.loop.modify(outlet.socket, 0)
 
     # -- consumers -------------------------------------------------------------
-
-    def _on_pub_events(self, outlet, events):
-        if events & zmq.POLLIN:
-            self._read_subscriptions(outlet)
 
     def _read_subscriptions(self, outlet):
         joined = False

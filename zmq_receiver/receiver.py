@@ -381,23 +381,23 @@ class Receiver:
                 outlets.run_due()
 
     def _on_inbound(self, events):
-        self._read(self.inbound, INBOUND_BATCH)
+        self._read(self.inbound)
 
     def _on_curve_inbound(self, events):
-        self._read(self.curve_inbound, INBOUND_BATCH)
+        self._read(self.curve_inbound)
 
-    def _read(self, sock, batch=None):
-        """Dispatch the messages waiting on inbound *sock*: at most *batch*
-        (so that a busy sender cannot starve the outlets), or all."""
+    def _read(self, sock):
+        """Dispatch the messages waiting on inbound *sock*, at most
+        INBOUND_BATCH, so that a busy sender cannot starve the outlets;
+        returns whether more may be waiting."""
         dispatch = self.dispatch
-        while batch is None or batch > 0:
+        for _ in range(INBOUND_BATCH):
             try:
                 frames = recv_message(sock)
             except zmq.Again:
-                return
+                return False
             dispatch(frames)
-            if batch is not None:
-                batch -= 1
+        return True
 
     def dispatch(self, frames):
         """Route one received message and hand it to its outlet."""
@@ -514,11 +514,14 @@ class Receiver:
             # socket: read until it has been quiet a moment, or it is lost
             # uncounted (a graceful restart under load lost a few). Within
             # the shutdown time, which a sender that is never cut off
-            # would otherwise stretch for ever.
-            self._read(sock, INBOUND_BATCH)
-            while (self.clock() < self._deadline and
-                   sock.poll(STOP_QUIET_MS)):
-                self._read(sock, INBOUND_BATCH)
+            # would otherwise stretch for ever. What libzmq already holds
+            # is always taken in (shutdown_timeout may be 0).
+            while True:
+                while self._read(sock):
+                    pass
+                if (self.clock() >= self._deadline or
+                        not sock.poll(STOP_QUIET_MS)):
+                    break
             self.unregister(sock)
         LOG.info('Stopping: delivering %d queued messages (at most %.1f s)',
                  self.outlets.queued, self.settings.shutdown_timeout)
