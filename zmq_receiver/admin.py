@@ -122,14 +122,16 @@ def ask(ipc_dir, request, timeout):
 def format_table(stats):
     """The stats as a table an operator can read."""
     lines = ['received %d  forwarded %d  rejected %d  dropped %d  queued %d '
-             '(%d bytes)  outlets %d' % (
+             '(%d bytes)  outlets %d  connections %d' % (
                  stats['received'], stats['forwarded'],
                  sum(stats['rejected'].values()),
                  sum(stats['dropped'].values()), stats['queued'],
-                 stats['queued_bytes'], stats['outlets'])]
+                 stats['queued_bytes'], stats['outlets'],
+                 stats.get('connections', 0))]
     for title, counts in (('rejected', stats['rejected']),
                           ('dropped', stats['dropped']),
-                          # Connections, not messages (access control).
+                          # Connections, not messages (access control,
+                          # max_connections).
                           ('denied', stats.get('denied', {}))):
         for reason, count in sorted(counts.items()):
             lines.append('  %s %-24s %d' % (title, reason, count))

@@ -137,7 +137,8 @@ def settings_from(conf):
             max_message_size=group.max_message_size,
             io_threads=conf.rpc_zmq_contexts,
             shutdown_timeout=group.shutdown_timeout,
-            log_interval=group.log_interval)
+            log_interval=group.log_interval,
+            max_connections=group.max_connections)
     except (cfg.Error, ValueError) as exc:
         raise errors.ConfigError(str(exc))
 
@@ -152,9 +153,9 @@ def raise_descriptor_limit(wanted):
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     if target < wanted:
         LOG.warning('The descriptor limit is %d, but [zmq_receiver] '
-                    'max_topics wants up to %d: topics beyond what fits '
-                    'will be refused; raise LimitNOFILE= (ulimit -n)',
-                    target, wanted)
+                    'max_topics and max_connections want up to %d: topics '
+                    'and connections beyond what fits will be refused; '
+                    'raise LimitNOFILE= (ulimit -n)', target, wanted)
     return target
 
 
@@ -238,7 +239,9 @@ def run(argv):
             daemonize.detach(pid_file, [lock.fileno()])
             lock.update_pid()
         limits = settings.limits
-        raise_descriptor_limit(4 * limits.max_topics + 64)
+        raise_descriptor_limit(
+            outlets.descriptors_needed(limits.max_topics) +
+            (settings.max_connections or receiver.DEFAULT_CONNECTIONS))
 
         def reload():
             try:

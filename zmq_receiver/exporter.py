@@ -86,8 +86,11 @@ class Collector:
         yield _by_reason('dropped', 'Messages an outlet dropped, by reason.',
                          snap['dropped'])
         yield _by_reason('denied', 'Connections refused by access control '
-                         '(allowed_networks, CURVE keys), by reason.',
+                         '(allowed_networks, CURVE keys) or over '
+                         'max_connections, by reason.',
                          snap.get('denied', {}))
+        yield _gauge('connections', 'Open TCP connections from senders.',
+                     snap.get('connections', 0))
         yield _gauge('backlog_messages', 'Messages queued in all backlogs.',
                      snap['queued'])
         yield _gauge('backlog_bytes', 'Bytes queued in all backlogs.',

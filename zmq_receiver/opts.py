@@ -193,6 +193,21 @@ receiver_opts = [
              'descriptors.\n\n'
              'Related options:\n\n'
              '* ``idle_timeout``'),
+    cfg.IntOpt(
+        'max_connections',
+        default=0,
+        min=0,
+        help='TCP connections from senders (both ports together) that may '
+             'be open at once. A connection beyond it is closed at once and '
+             'counted (``denied``, reason too_many_connections), so that '
+             'idle connections cannot use up the descriptors the outlets '
+             'need. 0: what the descriptor limit leaves besides the '
+             'outlets\' share (``max_topics``), and at least half of it; '
+             'the receiver raises its soft limit towards the hard one for '
+             'that. A larger value than fits the limit is lowered, with a '
+             'warning.\n\n'
+             'Related options:\n\n'
+             '* ``max_topics``'),
     cfg.FloatOpt(
         'idle_timeout',
         default=300.0,

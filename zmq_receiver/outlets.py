@@ -725,6 +725,11 @@ FDS_PER_OUTLET = 4
 FD_RESERVE = 64
 
 
+def descriptors_needed(max_topics):
+    """Descriptors *max_topics* outlets may use, with the reserve."""
+    return FDS_PER_OUTLET * max_topics + FD_RESERVE
+
+
 def _nofile():
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 

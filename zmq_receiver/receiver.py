@@ -13,12 +13,14 @@ import json
 import logging
 import math
 import os
+import resource
 import signal
 import time
 
 import zmq
 
 from zmq_receiver import access as access_mod
+from zmq_receiver import connections as connections_mod
 from zmq_receiver import errors
 from zmq_receiver import metrics
 from zmq_receiver import notify
@@ -41,6 +43,13 @@ ROUTE_MEMO = 4096
 #: At a stop, how long (ms) the unbound inbound socket must stay quiet
 #: before it is closed (see :meth:`Receiver.stop`).
 STOP_QUIET_MS = 100
+#: At a stop, how long (s) the senders get to close the connections the
+#: receiver half-closed, before it closes them itself (within the shutdown
+#: time). A legacy sender's libzmq closes at once.
+STOP_CLOSE_WAIT = 1.0
+#: Connections the receiver raises its descriptor limit for, when
+#: [zmq_receiver] max_connections is 0 (automatic).
+DEFAULT_CONNECTIONS = 16384
 #: The control socket's file; not a ``zmq_topic_`` name, so no topic hits it.
 CONTROL_NAME = '.zmq-receiver-control'
 
@@ -75,7 +84,7 @@ class Settings:
 
     def __init__(self, bind_address, port, ipc_dir, limits,
                  max_message_size, io_threads=1, shutdown_timeout=10.0,
-                 log_interval=10.0, access=None):
+                 log_interval=10.0, access=None, max_connections=0):
         self.bind_address = bind_address
         self.port = port
         self.ipc_dir = ipc_dir
@@ -86,6 +95,8 @@ class Settings:
         self.log_interval = log_interval
         #: An :class:`access.Policy`, or None: anyone may connect.
         self.access = access
+        #: Inbound TCP connections allowed at once; 0: automatic.
+        self.max_connections = max_connections
 
 
 class Receiver:
@@ -118,6 +129,11 @@ class Receiver:
         self.access = None
         self.curve_inbound = None
         self.curve_endpoint = None
+        #: The inbound sockets' connections (connections.Connections).
+        self.connections = None
+        #: During a stop: until when the senders may take to close their
+        #: connections; None once the inbound sockets are unbound.
+        self._inputs_until = None
         self.poller = zmq.Poller()
         self._handlers = {}
         self._events = {}
@@ -178,6 +194,12 @@ class Receiver:
         self.outlets = outlets_mod.Outlets(
             self.ctx, self, s.ipc_dir, s.limits, self.counters, self.warn,
             self.clock)
+        self.connections = connections_mod.Connections(
+            connections_mod.connection_cap(
+                s.max_connections,
+                resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+                outlets_mod.descriptors_needed(s.limits.max_topics)),
+            self.counters, self.warn)
         policy = s.access
         try:
             if policy is not None:
@@ -198,6 +220,7 @@ class Receiver:
                 self.curve_endpoint = self.curve_inbound.getsockopt_string(
                     zmq.LAST_ENDPOINT)
         except errors.ReceiverError:
+            self.connections.close()
             for sock in (self.inbound, self.curve_inbound):
                 if sock is not None:
                     sock.close(linger=0)
@@ -211,6 +234,10 @@ class Receiver:
         if self.access is not None:
             self.register(self.access.zap_socket, zmq.POLLIN,
                           self.access.on_zap)
+        for monitor in self.connections.monitors:
+            self.register(monitor, zmq.POLLIN,
+                          lambda events, m=monitor:
+                          self.connections.on_events(m))
         self.register(self.inbound, zmq.POLLIN, self._on_inbound)
         if self.curve_inbound is not None:
             self.register(self.curve_inbound, zmq.POLLIN,
@@ -234,9 +261,12 @@ class Receiver:
         sock.setsockopt(zmq.MAXMSGSIZE, s.max_message_size)
         if secure is not None:
             secure(sock)
+        # Before the bind: no connection may go uncounted.
+        monitor = self.connections.watch(sock, port)
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
+            self.connections.unwatch(monitor)
             sock.close(linger=0)
             if exc.errno == errno.EADDRINUSE:
                 raise errors.AddressInUse(
@@ -252,6 +282,9 @@ class Receiver:
                 '%s; set rpc_zmq_bind_address to *, an address of this host '
                 'or one of its interface names' % (
                     endpoint, s.bind_address, option, port, exc.strerror))
+        if port == 0:
+            bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            self.connections.set_port(monitor, int(bound.rsplit(':', 1)[1]))
         return sock
 
     def _bind_control(self):
@@ -328,8 +361,13 @@ class Receiver:
         state = self.state
         outlets = self.outlets
         while not self._stop_now:
-            if self._stopping and not self.outlets.pending():
-                return
+            if self._stopping:
+                if self._inputs_until is not None and (
+                        not self.connections.open or
+                        self.clock() >= self._inputs_until):
+                    self._close_inputs()
+                if self._inputs_until is None and not outlets.pending():
+                    return
             if watchdog is not None and self.clock() >= next_ping:
                 # From the loop itself: a stuck loop stops the pings and
                 # systemd restarts the receiver.
@@ -340,6 +378,9 @@ class Receiver:
                 timeout = min(timeout, max(0.0, next_ping - self.clock()))
             if self._deadline is not None:
                 timeout = min(timeout, max(0.0, self._deadline -
+                                           self.clock()))
+            if self._inputs_until is not None:
+                timeout = min(timeout, max(0.0, self._inputs_until -
                                            self.clock()))
             due = outlets.next_due()
             if due is not None:
@@ -363,7 +404,10 @@ class Receiver:
                 state.busy_seconds += busy
                 if busy > state.max_iteration:
                     state.max_iteration = busy
-            if self._deadline is not None and now >= self._deadline:
+            if (self._deadline is not None and now >= self._deadline and
+                    self._inputs_until is None):
+                # (The inputs are closed first, at the top of the loop:
+                # what libzmq holds is always taken in.)
                 return
             if now >= next_tick:
                 if self.agent is not None:
@@ -487,7 +531,13 @@ class Receiver:
         LOG.info('Counters: %s', metrics.format_snapshot(self.snapshot()))
 
     def stop(self):
-        """Begin a graceful stop: take no more input, drain the backlogs."""
+        """Begin a graceful stop: take no more input, drain the backlogs.
+
+        The senders are asked to close their connections first (a
+        half-close, see :mod:`zmq_receiver.connections`), so that what
+        they already sent is read instead of cut off; the loop closes the
+        inbound sockets once they have, or after STOP_CLOSE_WAIT.
+        """
         if self._stopping:
             return
         self._stopping = True
@@ -496,7 +546,21 @@ class Receiver:
             self.agent.stop()
         self.notifier.stopping()
         self._publish(ready=False)
-        self._deadline = self.clock() + self.settings.shutdown_timeout
+        now = self.clock()
+        self._deadline = now + self.settings.shutdown_timeout
+        self._inputs_until = min(self._deadline, now + STOP_CLOSE_WAIT)
+        self.connections.half_close()
+        LOG.info('Stopping: waiting for %d sender connection(s) to close '
+                 '(at most %.1f s)', self.connections.open,
+                 self._inputs_until - now)
+
+    def _close_inputs(self):
+        """Unbind the inbound sockets, taking in what libzmq holds."""
+        self._inputs_until = None
+        if self.connections.open:
+            LOG.warning('%d sender connection(s) still open after %.1f s: '
+                        'closing them; what they still carry is lost',
+                        self.connections.open, STOP_CLOSE_WAIT)
         # Unbinding closes the listener and the connections it accepted, so
         # senders keep what they have not sent yet instead of losing it here.
         for sock, endpoint in ((self.inbound, self.endpoint),
@@ -509,13 +573,12 @@ class Receiver:
                 LOG.warning('Cannot unbind %s (%s): its senders keep '
                             'sending until the process exits', endpoint,
                             exc.strerror)
-            # libzmq's I/O thread closes the connections after unbind()
-            # returns, and what they carried until then still lands in the
-            # socket: read until it has been quiet a moment, or it is lost
-            # uncounted (a graceful restart under load lost a few). Within
-            # the shutdown time, which a sender that is never cut off
-            # would otherwise stretch for ever. What libzmq already holds
-            # is always taken in (shutdown_timeout may be 0).
+            self.connections.forget(sock)
+            # What the connections carried until they closed may still be
+            # on its way into the socket: read until it has been quiet a
+            # moment, within the shutdown time (a sender that is never cut
+            # off would otherwise stretch it for ever). What libzmq already
+            # holds is always taken in (shutdown_timeout may be 0).
             while True:
                 while self._read(sock):
                     pass
@@ -524,7 +587,8 @@ class Receiver:
                     break
             self.unregister(sock)
         LOG.info('Stopping: delivering %d queued messages (at most %.1f s)',
-                 self.outlets.queued, self.settings.shutdown_timeout)
+                 self.outlets.queued,
+                 max(0.0, self._deadline - self.clock()))
 
     def _publish(self, ready=None):
         """Hand the metrics endpoint a fresh snapshot (once per tick)."""
@@ -550,6 +614,8 @@ class Receiver:
     def snapshot(self):
         """The counters and per-outlet figures as a plain dict."""
         snap = self.counters.snapshot(self.outlets or ())
+        snap['connections'] = (self.connections.open
+                               if self.connections is not None else 0)
         if self.agent is not None:
             snap['agent'] = self.agent.snapshot()
         return snap
@@ -567,6 +633,8 @@ class Receiver:
             # get what is then left of the shutdown time to leave (the
             # context's termination below waits for them).
             self.outlets.close_all(linger=int(remaining() * 1000))
+        if self.connections is not None:
+            self.connections.close()
         if self.inbound is not None:
             self.inbound.close(linger=0)
             self.inbound = None

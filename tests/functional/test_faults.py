@@ -31,9 +31,6 @@ from tests.support import assert_balanced, cast, free_port, pull, recv
 
 #: Messages per second of each fixed-rate sender.
 RATE = 1000
-#: Messages per sender that may be in flight in the kernel when a
-#: receiver stops (see the graceful restart test).
-IN_FLIGHT = 20
 #: How long each phase of a stream lasts (ZR_FAULT_SECONDS for longer).
 PHASE = float(os.environ.get('ZR_FAULT_SECONDS', '0.5'))
 
@@ -252,12 +249,10 @@ def test_graceful_restart_under_legacy_push_senders(daemons, short_dir,
     is dropped and counted (backlog_full); with a backlog sized for rate x
     restart time nothing is.
 
-    The target is zero lost, and it is what an idle machine measures. Under
-    CPU contention a few messages per sender can be in flight in the
-    kernel's socket buffers when the stopping receiver closes its
-    connections: legacy ZMTP has no acknowledgement, so the sender counts
-    them sent. They are bounded (IN_FLIGHT) and must be one run of
-    consecutive messages per sender, at the moment of the stop.
+    Nothing may be lost at the stop itself: the stopping receiver
+    half-closes the senders' connections and reads until they close, so
+    that what was in the kernel's socket buffers arrives (legacy ZMTP has
+    no acknowledgement; closing first lost a few per sender under load).
     """
     key = 'restart.host1'
     options = {'DEFAULT': {'rpc_zmq_port': free_port()}}
@@ -300,15 +295,11 @@ def test_graceful_restart_under_legacy_push_senders(daemons, short_dir,
     # The first receiver delivered all it took in before it stopped.
     assert 'dropped[0]' in stopped, numbers
     assert stats['rejected'] == {}, numbers
-    # Whatever is missing was dropped by the new receiver and counted, or
-    # was in flight at the stop.
-    in_flight = lost - sum(stats['dropped'].values())
-    assert 0 <= in_flight <= IN_FLIGHT * len(sent), numbers
+    # Whatever is missing was dropped by the new receiver, and counted.
+    assert lost == sum(stats['dropped'].values()), numbers
     assert set(stats['dropped']) <= {'backlog_full'}, numbers
     if backlog:
         assert stats['dropped'] == {}, numbers
-        for name, (low, high) in lost_ranges.items():
-            assert high - low < IN_FLIGHT, numbers
     assert_balanced(stats)
 
 

@@ -1,0 +1,197 @@
+"""Connections: the cap on inbound TCP connections and the half-close.
+
+Real libzmq sockets bound on loopback TCP, real peers (plain sockets, so
+that the test sees exactly what a peer sees: libzmq's greeting, then the
+end of the stream), and the monitor events libzmq really sends.
+"""
+
+import logging
+import os
+import socket
+import time
+
+import pytest
+import zmq
+
+from tests.support import TIMEOUT
+from zmq_receiver import connections
+from zmq_receiver import metrics
+from zmq_receiver import ratelimit
+
+
+# -- connection_cap --------------------------------------------------------
+
+
+def test_automatic_cap_leaves_the_outlets_their_share():
+    assert connections.connection_cap(0, 65536, 2112) == 65536 - 2112
+
+
+def test_automatic_cap_is_half_the_limit_when_the_outlets_want_more():
+    assert connections.connection_cap(0, 1024, 2112) == 512
+
+
+def test_configured_cap_is_kept_when_it_fits():
+    assert connections.connection_cap(100, 65536, 2112) == 100
+
+
+def test_configured_cap_too_large_is_lowered_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING):
+        assert connections.connection_cap(5000, 1024, 2112) == 512
+    assert ('max_connections is 5000, but the descriptor limit of 1024 '
+            'leaves room for 512' in caplog.text)
+    assert 'raise LimitNOFILE=' in caplog.text
+
+
+# -- against a real socket -------------------------------------------------
+
+
+class Inbound:
+    """A PULL bound on loopback, its Connections, and a loop of one."""
+
+    def __init__(self, cap):
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.PULL)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.counters = metrics.Counters()
+        self.conns = connections.Connections(
+            cap, self.counters, ratelimit.RateLimitedLog(
+                logging.getLogger('test'), 10.0))
+        self.monitor = self.conns.watch(self.sock, 0)
+        self.sock.bind('tcp://127.0.0.1:0')
+        self.port = int(self.sock.getsockopt_string(
+            zmq.LAST_ENDPOINT).rsplit(':', 1)[1])
+        self.conns.set_port(self.monitor, self.port)
+        self.peers = []
+
+    def connect(self):
+        peer = socket.create_connection(('127.0.0.1', self.port),
+                                        timeout=TIMEOUT)
+        self.peers.append(peer)
+        return peer
+
+    def run_until(self, predicate, what):
+        """Handle monitor events until *predicate*() holds."""
+        deadline = time.monotonic() + TIMEOUT
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError('%s: open %d, denied %s' % (
+                    what, self.conns.open, dict(self.counters.denied)))
+            if self.monitor.poll(100):
+                self.conns.on_events(self.monitor)
+
+    def close(self):
+        for peer in self.peers:
+            peer.close()
+        self.conns.close()
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+
+@pytest.fixture
+def inbound():
+    made = []
+
+    def make(cap=10):
+        made.append(Inbound(cap))
+        return made[-1]
+
+    yield make
+    for each in made:
+        each.close()
+
+
+def read_to_end(peer):
+    """Everything *peer* receives until the end of the stream."""
+    data = b''
+    while True:
+        chunk = peer.recv(4096)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def test_connections_over_the_cap_are_refused_and_counted(inbound):
+    ib = inbound(cap=2)
+    for _ in range(5):
+        ib.connect()
+    ib.run_until(lambda: ib.conns.open + ib.counters.denied[
+        connections.TOO_MANY_CONNECTIONS] == 5, 'five connections seen')
+    assert ib.conns.open == 2
+    assert ib.counters.denied == {connections.TOO_MANY_CONNECTIONS: 3}
+    # The refused ones are cut off: their peers see the end of the stream.
+    ended = 0
+    for peer in ib.peers:
+        peer.settimeout(0.5)
+        try:
+            read_to_end(peer)
+        except socket.timeout:
+            continue  # one of the two kept open
+        ended += 1
+    assert ended == 3
+
+
+def test_a_closed_connection_frees_its_place(inbound):
+    ib = inbound(cap=1)
+    first = ib.connect()
+    ib.run_until(lambda: ib.conns.open == 1, 'the first connection')
+    first.close()
+    ib.run_until(lambda: ib.conns.open == 0, 'the first one gone')
+    ib.connect()
+    ib.run_until(lambda: ib.conns.open == 1, 'the second connection')
+    assert not ib.counters.denied
+
+
+def test_half_close_ends_the_stream_and_waits_for_the_peer(inbound):
+    ib = inbound()
+    peers = [ib.connect() for _ in range(3)]
+    ib.run_until(lambda: ib.conns.open == 3, 'three connections')
+    ib.conns.half_close()
+    for peer in peers:
+        # libzmq's greeting, then the end: the peer may still send.
+        read_to_end(peer)
+        peer.sendall(b'still writable')
+    assert ib.conns.open == 3
+    for peer in peers:
+        peer.close()
+    ib.run_until(lambda: ib.conns.open == 0, 'the peers closing')
+
+
+def test_a_connection_during_the_stop_is_half_closed_at_once(inbound):
+    ib = inbound()
+    ib.conns.half_close()
+    peer = ib.connect()
+    ib.run_until(lambda: ib.conns.open == 1, 'the connection')
+    peer.settimeout(TIMEOUT)
+    read_to_end(peer)
+    peer.close()
+    ib.run_until(lambda: ib.conns.open == 0, 'the peer closing')
+    assert not ib.counters.denied
+
+
+def test_shutdown_touches_only_connections_on_its_port(inbound):
+    ib = inbound()
+    # A descriptor that is no socket, a Unix socket, and a TCP connection
+    # on another port: each may be what a stale event's number now is.
+    read_end, write_end = os.pipe()
+    unix_a, unix_b = socket.socketpair()
+    other = socket.create_server(('127.0.0.1', 0))
+    client = socket.create_connection(other.getsockname())
+    accepted, _ = other.accept()
+    try:
+        for fd in (read_end, unix_a.fileno(), accepted.fileno()):
+            assert not connections._shutdown(fd, ib.port, socket.SHUT_RDWR)
+        # Untouched and still open: data still flows both ways.
+        os.write(write_end, b'x')
+        assert os.read(read_end, 1) == b'x'
+        unix_b.sendall(b'y')
+        assert unix_a.recv(1) == b'y'
+        client.sendall(b'z')
+        assert accepted.recv(1) == b'z'
+    finally:
+        for fd in (read_end, write_end):
+            os.close(fd)
+        for s in (unix_a, unix_b, other, client, accepted):
+            s.close()
+    closed = os.dup(0)
+    os.close(closed)
+    assert not connections._shutdown(closed, ib.port, socket.SHUT_RDWR)
