@@ -1,0 +1,647 @@
+"""zmq_receiver.wire: whole messages on and off real sockets, both ways.
+
+The compiled functions (zmq_receiver._wire) and the pure-Python ones keep
+one contract, so most tests run against both and against each other (one
+sends, the other receives). forward(), the compiled loop, is tested with an
+outlet-like object and real sockets. The leak tests push 100k messages
+through and require memory and object counts to stay level: a zmq_msg_t or
+a reference lost per message would show as megabytes.
+"""
+
+import ctypes
+import errno
+import gc
+import os
+import subprocess
+import sys
+
+import pytest
+import zmq
+
+from tests import support
+from zmq_receiver import wire
+
+fast = pytest.mark.skipif(not wire.FAST, reason='no compiled _wire: %s'
+                          % wire.FAST_PROBLEM)
+
+IMPLS = {
+    'c': (wire.recv_message, wire.send_message) if wire.FAST else None,
+    'py': (wire.py_recv_message, wire.py_send_message),
+}
+
+LARGE = wire.ZERO_COPY_MIN
+
+SHAPES = [
+    [b'only'],
+    [b'id', b'topic'],
+    [b'msg-1', b'compute.host1', b'cast', b'["{}", {"method": "m"}]'],
+    [b'', b'', b'', b''],
+    [b'id', b'topic', b'', b'x' * (LARGE - 1)],
+    [b'id', b'topic', b'', b'y' * LARGE],
+    [b'i' * LARGE, b't' * LARGE, b'', b'z' * 65536],
+    [b'id', b'topic', b'impl_zmq_v2', b'{}', b'oslo.message', b'{}' * 3000,
+     b'oslo.version', b'2.0'],
+]
+
+
+def impl(name):
+    if IMPLS[name] is None:
+        pytest.skip('no compiled _wire: %s' % wire.FAST_PROBLEM)
+    return IMPLS[name]
+
+
+def as_bytes(parts):
+    return [bytes(p) for p in parts]
+
+
+def recv(recv_message, sock, timeout=support.TIMEOUT):
+    """One message through *recv_message*, waiting for it to arrive."""
+    assert sock.poll(timeout * 1000), 'nothing arrived'
+    return recv_message(sock)
+
+
+def pair(ctx, transport, directory, name='a'):
+    """A connected (PUSH, PULL) pair over *transport*."""
+    pull = ctx.socket(zmq.PULL)
+    if transport == 'tcp':
+        port = pull.bind_to_random_port('tcp://127.0.0.1')
+        endpoint = 'tcp://127.0.0.1:%d' % port
+    elif transport == 'ipc':
+        endpoint = 'ipc://%s/%s' % (directory, name)
+        pull.bind(endpoint)
+    else:
+        endpoint = 'inproc://%s-%s' % (name, id(pull))
+        pull.bind(endpoint)
+    push = ctx.socket(zmq.PUSH)
+    push.connect(endpoint)
+    return push, pull
+
+
+@pytest.fixture
+def inproc(ctx):
+    return pair(ctx, 'inproc', None)
+
+
+def test_fast_in_this_environment():
+    # CI and the image install gcc: the compiled path must be there.
+    print('FAST_PROBLEM:', wire.FAST_PROBLEM)
+    assert wire.FAST, wire.FAST_PROBLEM
+    from zmq_receiver import _wire
+    assert wire.recv_message is _wire.recv_message
+    assert _wire.ZERO_COPY_MIN == wire.ZERO_COPY_MIN
+
+
+def test_pure_python_forced_by_environment():
+    code = ('from zmq_receiver import wire; '
+            'print(wire.FAST, wire.recv_message is wire.py_recv_message, '
+            'wire.FAST_PROBLEM)')
+    out = subprocess.run(
+        [sys.executable, '-c', code], capture_output=True, text=True,
+        cwd=support.REPO, env=dict(os.environ, ZMQ_RECEIVER_PURE_PYTHON='1'),
+        timeout=support.TIMEOUT, check=True).stdout
+    assert out.split(None, 2)[:2] == ['False', 'True']
+    assert 'ZMQ_RECEIVER_PURE_PYTHON' in out
+
+
+@fast
+def test_bound_to_the_libzmq_pyzmq_loaded():
+    from zmq_receiver import _wire
+    backend = wire._backend_file()
+    paths = wire._loaded_libzmq(backend)
+    assert os.path.basename(paths[0]).startswith('libzmq')
+    assert paths[-1] == backend
+    # The same library again: nothing changes.
+    _wire.bind(paths[0], zmq.Again, zmq.ZMQError, backend)
+    assert _wire.strerror(errno.EAGAIN) == zmq.strerror(errno.EAGAIN)
+    # Never loads a library itself.
+    with pytest.raises(OSError, match='not loaded'):
+        _wire.bind('/nonexistent/libzmq.so.5', zmq.Again, zmq.ZMQError)
+    # Nor another loaded library once bound.
+    libc = [p for p in maps() if os.path.basename(p).startswith('libc.so')]
+    with pytest.raises(RuntimeError, match='already bound'):
+        _wire.bind(libc[0], zmq.Again, zmq.ZMQError)
+
+
+@fast
+def test_bind_in_a_fresh_process():
+    code = r'''
+import os, zmq
+from zmq_receiver import wire, _wire
+assert not wire.FAST
+ctx = zmq.Context()
+pull = ctx.socket(zmq.PULL)
+try:
+    _wire.recv_message(pull)
+except RuntimeError as e:
+    print('unbound:', e)
+libc = [p for p in open('/proc/self/maps').read().split()
+        if os.path.basename(p).startswith('libc.so')][0]
+try:
+    _wire.bind(libc, zmq.Again, zmq.ZMQError)
+except OSError as e:
+    print('libc:', e)
+# pyzmq's extension finds, through its own links, the libzmq it uses.
+backend = wire._backend_file()
+_wire.bind(backend, zmq.Again, zmq.ZMQError, backend)
+pull.bind('inproc://x')
+push = ctx.socket(zmq.PUSH)
+push.connect('inproc://x')
+_wire.send_message(push, [b'a', b'b'])
+print('bound:', _wire.recv_message(pull))
+'''
+    out = subprocess.run(
+        [sys.executable, '-c', code], capture_output=True, text=True,
+        cwd=support.REPO, env=dict(os.environ, ZMQ_RECEIVER_PURE_PYTHON='1'),
+        timeout=support.TIMEOUT)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == 'unbound: zmq_receiver._wire: bind() was not called'
+    assert lines[1].startswith('libc: ') and 'has no zmq_' in lines[1]
+    assert lines[2] == "bound: [b'a', b'b']"
+
+
+def maps():
+    with open('/proc/self/maps') as f:
+        return {line.split(None, 5)[5].strip() for line in f
+                if len(line.split(None, 5)) == 6}
+
+
+@pytest.mark.parametrize('transport', ['inproc', 'ipc', 'tcp'])
+@pytest.mark.parametrize('receiver', ['c', 'py'])
+@pytest.mark.parametrize('sender', ['c', 'py'])
+def test_round_trip(ctx, short_dir, transport, sender, receiver):
+    send_message = impl(sender)[1]
+    recv_message = impl(receiver)[0]
+    push, pull = pair(ctx, transport, short_dir)
+    for frames in SHAPES:
+        send_message(push, frames)
+    for frames in SHAPES:
+        got = recv(recv_message, pull)
+        assert as_bytes(got) == frames
+        assert type(got[0]) is bytes
+        if len(frames) > 1:
+            assert type(got[1]) is bytes
+        for part, sent in zip(got[2:], frames[2:]):
+            if len(sent) < LARGE:
+                assert type(part) is bytes
+            else:
+                assert type(part) is (wire.Part if receiver == 'c'
+                                      else zmq.Frame)
+                assert len(part) == len(sent)
+    with pytest.raises(zmq.Again):
+        recv_message(pull)
+
+
+@fast
+def test_part_zero_copy_resent(inproc, ctx):
+    push, pull = inproc
+    push2, pull2 = pair(ctx, 'inproc', None, 'b')
+    body = bytes(range(256)) * 256
+    wire.send_message(push, [b'id', b'topic', b'', body])
+    msg = recv(wire.recv_message, pull)
+    part = msg[3]
+    assert isinstance(part, wire.Part)
+    assert len(part) == len(body)
+    assert bytes(part) == body and part.bytes == body
+    view = memoryview(part)
+    assert view.readonly and view.nbytes == len(body) and view == body
+    assert repr(part) == '<_wire.Part 65536 bytes>'
+    # The same message, twice through C and once each through the pure
+    # Python path and pyzmq itself; the part stays whole throughout.
+    wire.send_message(push2, msg)
+    wire.send_message(push2, msg)
+    wire.py_send_message(push2, msg)
+    push2.send_multipart(msg)
+    for _ in range(4):
+        again = recv(wire.recv_message, pull2)
+        assert as_bytes(again) == [b'id', b'topic', b'', body]
+    assert bytes(part) == body
+    del view
+    with pytest.raises(TypeError):
+        wire.Part()
+
+
+@fast
+def test_send_takes_any_buffer(inproc):
+    push, pull = inproc
+    frames = [bytearray(b'id'), memoryview(b'topic'), zmq.Frame(b'x' * 5000),
+              type('B', (bytes,), {})(b'sub')]
+    wire.send_message(push, frames)
+    wire.send_message(push, tuple(frames))
+    for _ in range(2):
+        assert recv(wire.recv_message, pull)[:2] == [b'id', b'topic']
+
+
+@fast
+def test_bad_part_sends_nothing(inproc):
+    push, pull = inproc
+    for bad in ('text', 7, None):
+        with pytest.raises(TypeError):
+            wire.send_message(push, [b'id', b'topic', b'', bad])
+    with pytest.raises(ValueError):
+        wire.send_message(push, [])
+    with pytest.raises(TypeError):
+        wire.send_message(push, b'not a list of parts'[0])
+    wire.send_message(push, [b'id', b'ok'])
+    # Nothing half sent before: the next message arrives whole.
+    assert recv(wire.recv_message, pull) == [b'id', b'ok']
+
+
+@pytest.mark.parametrize('name', ['c', 'py'])
+def test_again_when_no_peer(ctx, name):
+    recv_message, send_message = impl(name)
+    push = ctx.socket(zmq.PUSH)
+    push.bind('inproc://nobody-%s' % name)
+    with pytest.raises(zmq.Again):
+        send_message(push, [b'id', b'topic', b'', b'body'])
+    pull = ctx.socket(zmq.PULL)
+    pull.bind('inproc://empty-%s' % name)
+    with pytest.raises(zmq.Again):
+        recv_message(pull)
+
+
+@pytest.mark.parametrize('name', ['c', 'py'])
+def test_again_when_full_sends_nothing(ctx, name):
+    recv_message, send_message = impl(name)
+    pull = ctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.RCVHWM, 1)
+    pull.bind('inproc://full-%s' % name)
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.SNDHWM, 1)
+    push.connect('inproc://full-%s' % name)
+    sent = 0
+    with pytest.raises(zmq.Again):
+        for sent in range(100):
+            send_message(push, [b'%d' % sent, b'topic', b'', b'b' * 5000])
+    assert 0 < sent < 100
+    for i in range(sent):
+        assert as_bytes(recv(recv_message, pull)) == [
+            b'%d' % i, b'topic', b'', b'b' * 5000]
+    with pytest.raises(zmq.Again):
+        recv_message(pull)
+    # Room again (once the writer hears of it): the message goes whole.
+    assert push.poll(support.TIMEOUT * 1000, zmq.POLLOUT)
+    send_message(push, [b'again', b'topic'])
+    assert recv(recv_message, pull) == [b'again', b'topic']
+
+
+@pytest.mark.parametrize('name', ['c', 'py'])
+def test_closed_socket_raises(ctx, name):
+    recv_message, send_message = impl(name)
+    push, pull = pair(ctx, 'inproc', None)
+    push.close()
+    pull.close()
+    with pytest.raises(zmq.ZMQError) as e:
+        recv_message(pull)
+    assert e.value.errno == errno.ENOTSOCK
+    with pytest.raises(zmq.ZMQError) as e:
+        send_message(push, [b'id', b'topic'])
+    assert e.value.errno == errno.ENOTSOCK
+
+
+# -- forward -----------------------------------------------------------------
+
+
+class Outlet:
+    """What forward() needs of zmq_receiver.outlets.Outlet."""
+
+    __slots__ = ('socket', 'direct', 'forwarded', 'last_active')
+
+    def __init__(self, socket, direct=True):
+        self.socket = socket
+        self.direct = socket.underlying if direct else 0
+        self.forwarded = 0
+        self.last_active = 0.0
+
+
+class Slow:
+    """A slow() that records what it gets, and may raise or act."""
+
+    def __init__(self, action=None):
+        self.calls = []
+        self.action = action
+
+    def __call__(self, parts):
+        self.calls.append(parts)
+        if self.action is not None:
+            self.action(parts)
+
+    @property
+    def got(self):
+        return [as_bytes(parts) for parts in self.calls]
+
+
+@pytest.fixture
+def fwd(ctx):
+    """Inbound (PUSH -> PULL) and one outlet (PUSH -> PULL), inproc."""
+    inbound = pair(ctx, 'inproc', None, 'in')
+    out = pair(ctx, 'inproc', None, 'out')
+    return inbound, out
+
+
+def feed(push, messages):
+    for frames in messages:
+        wire.send_message(push, frames)
+
+
+def drain(pull):
+    got = []
+    while True:
+        try:
+            got.append(as_bytes(wire.recv_message(pull)))
+        except zmq.Again:
+            return got
+
+
+def msg(i, topic=b'compute.host1', body=b'["{}", {}]'):
+    return [b'%d' % i, topic, b'', body]
+
+
+
+@fast
+def test_forward_direct(fwd):
+    (push, pull), (opush, opull) = fwd
+    outlet = Outlet(opush)
+    sent = [msg(i) for i in range(10)] + [msg(10, body=b'L' * 70000)]
+    feed(push, sent)
+    slow = Slow()
+    now = 1234.5
+    assert wire.forward(pull, {b'compute.host1': outlet}, 100, 1 << 20, now,
+                        slow) == 11
+    assert slow.calls == []
+    assert outlet.forwarded == 11
+    assert outlet.last_active is now
+    assert drain(opull) == sent
+    # Nothing waiting: 0, nothing touched.
+    assert wire.forward(pull, {b'compute.host1': outlet}, 100, 1 << 20, 9.0,
+                        slow) == 0
+    assert outlet.last_active is now
+
+
+@fast
+def test_forward_direct_may_be_a_socket(fwd):
+    (push, pull), (opush, opull) = fwd
+    outlet = Outlet(opush)
+    outlet.direct = opush
+    feed(push, [msg(1)])
+    assert wire.forward(pull, {b'compute.host1': outlet}, 10, 1 << 20, 1.0,
+                        Slow()) == 1
+    assert drain(opull) == [msg(1)]
+    outlet.direct = True
+    feed(push, [msg(2)])
+    with pytest.raises(TypeError):
+        wire.forward(pull, {b'compute.host1': outlet}, 10, 1 << 20, 1.0,
+                     Slow())
+
+
+@fast
+def test_forward_interleaved_outlets(ctx, fwd):
+    (push, pull), (opush, opull) = fwd
+    bpush, bpull = pair(ctx, 'inproc', None, 'b')
+    a, b = Outlet(opush), Outlet(bpush)
+    routes = {b'a': a, b'b': b}
+    topics = [b'a', b'b', b'a', b'a', b'b', b'a']
+    sent = [msg(i, t) for i, t in enumerate(topics)]
+    feed(push, sent)
+    assert wire.forward(pull, routes, 100, 1 << 20, 5.0, Slow()) == 6
+    assert (a.forwarded, b.forwarded) == (4, 2)
+    assert drain(opull) == [m for m in sent if m[1] == b'a']
+    assert drain(bpull) == [m for m in sent if m[1] == b'b']
+
+
+@fast
+@pytest.mark.parametrize('case', ['not direct', 'no route', 'too big',
+                                  'one part', 'full', 'many parts'])
+def test_forward_slow(ctx, fwd, case):
+    (push, pull), (opush, opull) = fwd
+    outlet = Outlet(opush)
+    routes = {b'compute.host1': outlet}
+    max_size = 1000
+    frames = msg(1)
+    if case == 'not direct':
+        outlet.direct = 0
+    elif case == 'no route':
+        frames = msg(1, b'elsewhere')
+    elif case == 'too big':
+        # 14 bytes of id and topic: this one is one byte too many, and
+        # one that is just max_size goes straight.
+        frames = msg(1, body=b'x' * (max_size - 13))
+        feed(push, [msg(0, body=b'x' * (max_size - 14))])
+    elif case == 'one part':
+        frames = [b'compute.host1']
+    elif case == 'full':
+        nobody = ctx.socket(zmq.PUSH)
+        nobody.bind('inproc://nobody')
+        outlet = Outlet(nobody)
+        routes = {b'compute.host1': outlet}
+    elif case == 'many parts':
+        frames = msg(1) + [b'p%d' % i for i in range(30)] + [b'L' * LARGE]
+        max_size = 1 << 20
+    feed(push, [frames])
+    slow = Slow()
+    direct = wire.forward(pull, routes, 100, max_size, 1.0, slow)
+    assert direct == (1 if case == 'too big' else 0)
+    assert outlet.forwarded == direct
+    assert slow.got == [frames]
+    parts = slow.calls[0]
+    assert [type(p) for p in parts[:2]] == [bytes] * min(2, len(parts))
+    if case == 'many parts':
+        assert isinstance(parts[-1], wire.Part)
+        assert all(type(p) is bytes for p in parts[:-1])
+
+
+@fast
+def test_forward_batch(fwd):
+    (push, pull), (opush, opull) = fwd
+    outlet = Outlet(opush)
+    routes = {b'compute.host1': outlet}
+    # Slow messages count towards the batch too.
+    sent = [msg(i, b'compute.host1' if i % 2 else b'other')
+            for i in range(10)]
+    feed(push, sent)
+    slow = Slow()
+    assert wire.forward(pull, routes, 3, 1 << 20, 1.0, slow) == 1
+    assert slow.got == [sent[0], sent[2]]
+    assert drain(opull) == [sent[1]]
+    assert drain(pull) == sent[3:]
+    assert wire.forward(pull, routes, 0, 1 << 20, 1.0, slow) == 0
+
+
+@fast
+def test_forward_slow_raises(fwd):
+    (push, pull), (opush, opull) = fwd
+    outlet = Outlet(opush)
+    routes = {b'compute.host1': outlet}
+
+    def fail(parts):
+        raise ValueError('slow failed')
+
+    sent = [msg(0), msg(1), msg(2, b'other'), msg(3), msg(4, b'other')]
+    feed(push, sent)
+    with pytest.raises(ValueError) as e:
+        wire.forward(pull, routes, 100, 1 << 20, 7.0, Slow(fail))
+    # The direct sends before the failure are counted on the outlet and
+    # on the exception.
+    assert e.value.wire_forwarded == 2
+    assert outlet.forwarded == 2 and outlet.last_active == 7.0
+    assert drain(opull) == sent[:2]
+    # The rest still waits, at a message boundary.
+    assert as_bytes(wire.recv_message(pull)) == sent[3]
+    assert wire.forward(pull, routes, 100, 1 << 20, 7.0, Slow()) == 0
+
+
+@fast
+def test_forward_reads_routes_again_after_slow(fwd):
+    (push, pull), (opush, opull) = fwd
+    outlet = Outlet(opush, direct=False)
+    routes = {b'compute.host1': outlet}
+
+    def open_up(parts):
+        # What Outlets.deliver does once the backlog empties.
+        outlet.direct = opush.underlying
+
+    sent = [msg(i) for i in range(4)]
+    feed(push, sent)
+    slow = Slow(open_up)
+    assert wire.forward(pull, routes, 100, 1 << 20, 1.0, slow) == 3
+    assert slow.got == sent[:1]
+    assert drain(opull) == sent[1:]
+
+    def close_down(parts):
+        outlet.direct = 0
+        routes.clear()
+
+    feed(push, [msg(i, b'other') for i in range(1)] + sent)
+    slow = Slow(close_down)
+    assert wire.forward(pull, routes, 100, 1 << 20, 1.0, slow) == 0
+    assert len(slow.calls) == 5
+
+
+@fast
+def test_forward_socket_closed_by_slow(fwd):
+    (push, pull), (opush, opull) = fwd
+    feed(push, [msg(0), msg(1)])
+    slow = Slow(lambda parts: pull.close())
+    assert wire.forward(pull, {}, 100, 1 << 20, 1.0, slow) == 0
+    assert len(slow.calls) == 1
+    with pytest.raises(zmq.ZMQError) as e:
+        wire.forward(pull, {}, 100, 1 << 20, 1.0, slow)
+    assert e.value.errno == errno.ENOTSOCK
+
+
+@fast
+def test_forward_checks_arguments(fwd):
+    (push, pull), (opush, opull) = fwd
+    with pytest.raises(TypeError):
+        wire.forward(pull, [], 1, 1, 1.0, Slow())
+    with pytest.raises(TypeError):
+        wire.forward(pull, {}, 1, 1, 1.0)
+
+
+# -- leaks -------------------------------------------------------------------
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        'arena', 'ordblks', 'smblks', 'hblks', 'hblkhd', 'usmblks',
+        'fsmblks', 'uordblks', 'fordblks', 'keepcost')]
+
+
+def malloc_in_use_kib():
+    """Bytes (KiB) malloc has handed out and not had back: where libzmq
+    keeps message contents. RSS is no measure of that: glibc's moving mmap
+    threshold makes it swing by megabytes with 64 KiB messages."""
+    try:
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+    except AttributeError:
+        pytest.skip('no mallinfo2 (not glibc 2.33+)')
+    mallinfo2.restype = _Mallinfo2
+    info = mallinfo2()
+    return (info.uordblks + info.hblkhd) // 1024
+
+
+def usage():
+    gc.collect()
+    return (malloc_in_use_kib(), sys.getallocatedblocks(),
+            len(gc.get_objects()))
+
+
+def assert_level(run, rounds=5, per_round=20000):
+    """Run *run(per_round)* *rounds* times (100k messages by default):
+    after the first round, what malloc holds, Python's allocated blocks
+    (every object, bytes included) and the objects the collector tracks
+    must stay level."""
+    run(per_round)
+    before = usage()
+    for _ in range(rounds - 1):
+        run(per_round)
+    after = usage()
+    grown = [a - b for a, b in zip(after, before)]
+    assert grown[0] < 256, 'malloc holds %d KiB more' % grown[0]
+    assert grown[1] < 200, '%d more Python blocks' % grown[1]
+    assert grown[2] < 50, '%d more objects' % grown[2]
+
+
+def send_waiting(push, frames):
+    """send_message once *push* may take more: a writer hears that its
+    reader made room only when it processes commands, as poll does."""
+    assert push.poll(support.TIMEOUT * 1000, zmq.POLLOUT)
+    wire.send_message(push, frames)
+
+
+@fast
+def test_no_leak_recv_send(inproc, ctx):
+    push, pull = inproc
+    push2, pull2 = pair(ctx, 'inproc', None, 'b')
+    small = msg(0, body=b'S' * 200)
+    large = msg(0, body=b'L' * 65536)
+
+    def run(n):
+        for i in range(n // 500):
+            frames = large if i % 4 == 0 else small
+            for _ in range(500):
+                send_waiting(push, frames)
+            for _ in range(500):
+                send_waiting(push2, wire.recv_message(pull))
+            for _ in range(500):
+                wire.recv_message(pull2)
+            with pytest.raises(zmq.Again):
+                wire.recv_message(pull)
+
+    assert_level(run)
+
+
+@fast
+def test_no_leak_forward(fwd):
+    (push, pull), (opush, opull) = fwd
+    outlet = Outlet(opush)
+    routes = {b'compute.host1': outlet}
+    messages = [msg(0, body=b'S' * 200), msg(0, b'other', b'S' * 200),
+                msg(0, body=b'L' * 65536), msg(0, b'other', b'L' * 65536),
+                [b'S' * 200]]
+    now = 1.5
+    calls = [0]
+
+    def slow(parts):
+        calls[0] += 1
+        if calls[0] % 1000 == 0:
+            raise ValueError('now and then')
+
+    def run(n):
+        for _ in range(n // 500):
+            for i in range(500):
+                send_waiting(push, messages[i % len(messages)])
+            while True:
+                try:
+                    if not wire.forward(pull, routes, 64, 1 << 20, now,
+                                        slow) and not pull.poll(0):
+                        break
+                except ValueError:
+                    pass
+            drain(opull)
+
+    outlet.last_active = now
+    refs = sys.getrefcount(now), sys.getrefcount(outlet)
+    assert_level(run)
+    assert (sys.getrefcount(now), sys.getrefcount(outlet)) == refs
+    assert outlet.forwarded == 100000 * 2 // 5
