@@ -13,9 +13,11 @@ import subprocess
 import sys
 import time
 
+import pytest
 import zmq
 
 from tests.output import ProcessOutput
+from zmq_receiver import wire
 
 #: Seconds any single wait may take before the test fails.
 TIMEOUT = 10.0
@@ -310,3 +312,20 @@ def ipv6_loopback():
         return True
     except OSError:
         return False
+
+
+@pytest.fixture(name='daemons', params=['compiled', 'pure-python'])
+def daemons_on_both_paths(request, daemons):
+    """conftest's ``daemons``, once with the compiled forwarding loop
+    (zmq_receiver.wire.forward) and once with the pure-Python one it falls
+    back to. Import it into a test module to run that module both ways."""
+    if request.param == 'compiled':
+        # CI installs a compiler: a missing extension is a failure there,
+        # not a silent fallback.
+        assert wire.FAST, wire.FAST_PROBLEM
+        return daemons
+
+    def start(directory, options=None, env=None, **kwargs):
+        env = dict(env or {}, ZMQ_RECEIVER_PURE_PYTHON='1')
+        return daemons(directory, options, env=env, **kwargs)
+    return start

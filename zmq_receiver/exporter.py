@@ -101,6 +101,9 @@ class Collector:
                        snap['outlets_created'])
         yield _counter('outlets_reaped', 'Idle outlets closed since start.',
                        snap['outlets_reaped'])
+        yield _counter('read_pauses', 'Times the loop paused reading the '
+                       'network because all it read went into backlogs '
+                       '(consumers behind).', snap.get('read_pauses', 0))
         agent = snap.get('agent')
         if agent is not None:
             yield _counter('agent_errors', 'Matchmaker agent operations that '

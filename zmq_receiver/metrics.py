@@ -43,6 +43,9 @@ class Counters:
         self.denied = collections.Counter()
         self.outlets_created = 0
         self.outlets_reaped = 0
+        #: Times the loop stopped reading the network for a moment because
+        #: all it read went into backlogs (Receiver._read_paced).
+        self.read_pauses = 0
 
     def snapshot(self, outlets=()):
         """A plain dict of every total and of each outlet in *outlets*."""
@@ -59,6 +62,7 @@ class Counters:
             'outlets': len(per_topic),
             'outlets_created': self.outlets_created,
             'outlets_reaped': self.outlets_reaped,
+            'read_pauses': self.read_pauses,
             'topics': per_topic,
         }
 

@@ -70,7 +70,7 @@ class Outlet:
     __slots__ = ('key', 'kind', 'path', 'socket', 'monitor', 'backlog',
                  'waiting', 'backlog_bytes', 'subscriptions', 'peers',
                  'forwarded', 'dropped', 'last_active', 'polling_out',
-                 'retry_at', 'pinned')
+                 'retry_at', 'pinned', 'direct')
 
     def __init__(self, key, kind, path, socket, monitor, now):
         self.key = key
@@ -95,6 +95,11 @@ class Outlet:
         self.retry_at = None
         #: Kept open even when idle (the matchmaker agent serves its topic).
         self.pinned = False
+        #: The libzmq socket address while a message may be sent straight
+        #: to it, bypassing :meth:`Outlets.deliver` (wire.forward): PUSH
+        #: with an empty backlog. 0 otherwise, and always before the
+        #: socket closes: wire.forward would use a freed socket.
+        self.direct = socket.underlying if kind is routing.Kind.PUSH else 0
 
     @property
     def consumers(self):
@@ -152,6 +157,9 @@ class Outlets:
         self.now = clock()
         #: Bytes held by every backlog together.
         self.buffered_bytes = 0
+        #: Messages ever put in a backlog: the loop paces its reading by
+        #: it (Receiver._read_paced).
+        self.enqueued = 0
         #: PUB outlets holding messages that wait for a subscriber.
         self._waiting = set()
         #: PUB outlets whose subscribers were full: retried on a timer.
@@ -352,6 +360,7 @@ class Outlets:
 
     def close(self, outlet, reason=metrics.SHUTDOWN, linger=0):
         """Close *outlet*, counting what it still held as dropped."""
+        outlet.direct = 0
         if outlet.queued:
             LOG.warning('Outlet %s closed with %d undelivered messages '
                         '(%s)', outlet.path, outlet.queued, reason)
@@ -432,6 +441,9 @@ class Outlets:
         return True
 
     def _enqueue(self, outlet, frames, size):
+        # Later messages must queue behind this one, not overtake it.
+        outlet.direct = 0
+        self.enqueued += 1
         outlet.backlog.append((frames, size))
         self._wait_for_room(outlet)
 
@@ -465,6 +477,8 @@ class Outlets:
             self.buffered_bytes -= size
             outlet.forwarded += 1
             self.counters.forwarded += 1
+        if outlet.kind is routing.Kind.PUSH:
+            outlet.direct = sock.underlying
         if outlet.polling_out:
             # PUSH only: a PUB outlet waits on its retry timer instead.
             outlet.polling_out = False

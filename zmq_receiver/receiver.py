@@ -28,6 +28,7 @@ from zmq_receiver import outlets as outlets_mod
 from zmq_receiver import ratelimit
 from zmq_receiver import routing
 from zmq_receiver import signals
+from zmq_receiver import wire
 from zmq_receiver.wire import recv_message
 
 LOG = logging.getLogger(__name__)
@@ -35,6 +36,11 @@ LOG = logging.getLogger(__name__)
 #: Messages read from the inbound socket before the loop looks at its other
 #: sockets again, so that a busy sender cannot starve outlet flushing.
 INBOUND_BATCH = 256
+#: Bytes the backlogs may hold before the loop stops reading ahead of its
+#: consumers when nothing it reads can be sent on (see _read_paced).
+READ_AHEAD_BYTES = 8 * 1024 * 1024
+#: Longest pause (s) of an inbound socket's reading for that.
+READ_PAUSE = 0.02
 #: Seconds between housekeeping passes (reaping, suppressed warnings).
 TICK = 1.0
 #: Topics whose routing is remembered; past it the memo is cleared, so
@@ -137,6 +143,9 @@ class Receiver:
         self.poller = zmq.Poller()
         self._handlers = {}
         self._events = {}
+        #: Inbound socket -> until when its reading is paused (see
+        #: _read_paced).
+        self._paused = {}
         self.outlets = None
         self._routes = {}
         self._max_key_len = routing.max_key_length(settings.ipc_dir)
@@ -166,6 +175,7 @@ class Receiver:
 
     def unregister(self, sock):
         """Forget *sock*."""
+        self._paused.pop(sock, None)
         if self._events.pop(sock, 0):
             self.poller.unregister(sock)
         self._handlers.pop(sock, None)
@@ -385,6 +395,8 @@ class Receiver:
             due = outlets.next_due()
             if due is not None:
                 timeout = min(timeout, max(0.0, due - self.clock()))
+            for until in self._paused.values():
+                timeout = min(timeout, max(0.0, until - self.clock()))
             # zmq_poll takes whole milliseconds: rounding down would spin
             # through the last fraction of one before every timer.
             ready = poll(math.ceil(timeout * 1000))
@@ -397,6 +409,8 @@ class Receiver:
                 if handler is not None:
                     handler(events)
             now = self.clock()
+            if self._paused:
+                self._resume(now)
             if state is not None:
                 state.last_turn = now
                 state.iterations += 1
@@ -425,15 +439,58 @@ class Receiver:
                 outlets.run_due()
 
     def _on_inbound(self, events):
-        self._read(self.inbound)
+        self._read_paced(self.inbound)
 
     def _on_curve_inbound(self, events):
-        self._read(self.curve_inbound)
+        self._read_paced(self.curve_inbound)
+
+    def _read_paced(self, sock):
+        """:meth:`_read`, then pause reading *sock* when that only filled
+        backlogs.
+
+        When every message of a batch went into a backlog and the backlogs
+        hold more than READ_AHEAD_BYTES, reading on only moves messages
+        from libzmq's bounded queue into this process's memory, at a cost
+        in CPU and memory the consumers would rather have (the receiver
+        ran 600 MiB ahead of one 64 KiB consumer). The socket is then left
+        alone until a backlog sends something or READ_PAUSE has passed:
+        like zmq_proxy, the senders' TCP windows then slow them down.
+        Reading resumes once the backlogs are below the mark again, or after
+        READ_PAUSE. A stuck consumer cannot hold it back for long: once its
+        backlog is full, its messages are dropped, not queued.
+        Topics with a free consumer are not held back: one of their
+        messages in a batch is enough to keep reading.
+        """
+        counters = self.counters
+        outlets = self.outlets
+        received = counters.received
+        forwarded = counters.forwarded
+        enqueued = outlets.enqueued
+        self._read(sock)
+        received = counters.received - received
+        if (received and counters.forwarded == forwarded and
+                outlets.enqueued - enqueued == received and
+                outlets.buffered_bytes > READ_AHEAD_BYTES and
+                not self._stopping):
+            self.modify(sock, 0)
+            self._paused[sock] = self.clock() + READ_PAUSE
+            counters.read_pauses += 1
+
+    def _resume(self, now):
+        """Read the paused inbound sockets again once the backlogs are
+        below the mark, or their pause has ended."""
+        below = self.outlets.buffered_bytes <= READ_AHEAD_BYTES
+        for sock, until in list(self._paused.items()):
+            if below or now >= until or self._stopping:
+                del self._paused[sock]
+                self.modify(sock, zmq.POLLIN)
 
     def _read(self, sock):
         """Dispatch the messages waiting on inbound *sock*, at most
         INBOUND_BATCH, so that a busy sender cannot starve the outlets;
         returns whether more may be waiting."""
+        if wire.forward is not None and not self.debug:
+            return self._read_fast(sock)
         dispatch = self.dispatch
         for _ in range(INBOUND_BATCH):
             try:
@@ -442,6 +499,27 @@ class Receiver:
                 return False
             dispatch(frames)
         return True
+
+    def _read_fast(self, sock):
+        """:meth:`_read` in the compiled loop (wire.forward): a message
+        for a known topic whose PUSH outlet has no backlog goes straight to
+        its socket; every other one comes back to :meth:`dispatch`, which
+        counts it. The ones sent straight are counted here."""
+        counters = self.counters
+        before = counters.received
+        try:
+            direct = wire.forward(sock, self._routes, INBOUND_BATCH,
+                                  self.settings.max_message_size,
+                                  self.outlets.now, self.dispatch)
+        except BaseException as exc:
+            direct = getattr(exc, 'wire_forwarded', 0)
+            counters.received += direct
+            counters.forwarded += direct
+            raise
+        slow = counters.received - before
+        counters.received += direct
+        counters.forwarded += direct
+        return direct + slow >= INBOUND_BATCH
 
     def dispatch(self, frames):
         """Route one received message and hand it to its outlet."""

@@ -20,6 +20,8 @@ import pytest
 from tests import support
 from tests.support import (assert_balanced, cast, pull, queue_casts, recv,
                            sub)
+# Every test here runs on the compiled and the pure-Python path.
+from tests.support import daemons_on_both_paths as daemons  # noqa: F401
 
 
 def topic_stats(stats, key):
@@ -122,6 +124,33 @@ def test_max_backlog_bytes_caps_all_topics_together(ctx, daemons,
 
 
 # -- the PUB join window --
+
+
+def test_reading_pauses_while_all_it_reads_goes_to_backlogs(ctx, daemons,
+                                                           short_dir):
+    """Past READ_AHEAD_BYTES of backlog, a batch that only filled backlogs
+    pauses the reading for a moment (the senders' TCP windows slow them);
+    a message for a topic with a free consumer still gets through, and the
+    backlog is delivered whole once its consumer comes."""
+    daemon = daemons(short_dir, with_backlog(1000, max_backlog_bytes=0))
+    out = support.sender(ctx, daemon)
+    body = b'x' * (1024 * 1024)
+    n = 12  # MiB, over the 8 MiB mark
+    for i in range(n):
+        out.send_multipart(cast('behind.host1', b'%d' % i + body))
+    stats = daemon.wait_stats(lambda s: s['queued'] == n)
+    assert stats['read_pauses'] >= 1, stats
+    # Not held back: a topic whose consumer is there.
+    free = pull(ctx, daemon, 'free.host1')
+    frames = cast('free.host1', b'meanwhile')
+    out.send_multipart(frames)
+    assert recv(free) == frames
+    late = pull(ctx, daemon, 'behind.host1')
+    for i in range(n):
+        assert recv(late)[-1] == b'%d' % i + body
+    stats = daemon.wait_stats(lambda s: s['queued'] == 0)
+    assert stats['dropped'] == {}
+    assert_balanced(stats)
 
 
 def test_fanout_waits_for_a_subscriber_while_push_topics_flow(ctx, daemons,
