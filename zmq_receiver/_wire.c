@@ -615,9 +615,10 @@ run_flush(Run *run, PyObject *now)
 }
 
 PyDoc_STRVAR(forward_doc,
-"forward(sock, routes, batch, max_size, now, slow) -> int\n\n"
+"forward(sock, routes, batch, max_size, now, slow, max_bytes=0) -> int\n\n"
 "Receive up to *batch* messages from *sock* without blocking (stopping\n"
-"when none waits) and send each one that can go straight to its outlet:\n"
+"when none waits, and once they add up to *max_bytes* if that is above\n"
+"0: one more message is always read) and send each one that can go straight to its outlet:\n"
 "at least 2 parts, at most *max_size* bytes in all, ``routes.get(part 1)``\n"
 "(*routes*: a dict of topic bytes to outlet) an outlet whose ``direct`` is\n"
 "a socket handle (int, or a pyzmq Socket; 0 or None: not now), and that\n"
@@ -636,7 +637,10 @@ forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     zmq_msg_t msgs[MAX_PARTS];
     PyObject *sock, *routes, *now, *slow;
-    Py_ssize_t batch, max_size, received = 0, direct = 0;
+    Py_ssize_t batch, max_size, max_bytes = 0, received = 0, direct = 0;
+    /* Bytes read so far: a batch of large messages ends early, so that
+     * one turn of the loop stays short. */
+    size_t read_bytes = 0;
     /* The last topic looked up, and what it gave, for runs of messages to
      * one topic (the common case under load). */
     PyObject *topic = NULL, *outlet = NULL;
@@ -645,9 +649,9 @@ forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     unsigned long handlers_seen = handlers_ran;
     void *handle;
 
-    if (nargs != 6) {
+    if (nargs != 6 && nargs != 7) {
         PyErr_Format(PyExc_TypeError,
-                     "forward() takes 6 arguments (%zd given)", nargs);
+                     "forward() takes 6 or 7 arguments (%zd given)", nargs);
         return NULL;
     }
     sock = args[0];
@@ -664,10 +668,16 @@ forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     max_size = PyLong_AsSsize_t(args[3]);
     if (max_size == -1 && PyErr_Occurred())
         return NULL;
+    if (nargs == 7) {
+        max_bytes = PyLong_AsSsize_t(args[6]);
+        if (max_bytes == -1 && PyErr_Occurred())
+            return NULL;
+    }
     if (check_bound() < 0 || (handle = socket_handle(sock)) == NULL)
         return NULL;
 
-    while (received < batch) {
+    while (received < batch &&
+           (max_bytes <= 0 || read_bytes < (size_t)max_bytes)) {
         size_t total;
         int more, n, err, sent_some;
         PyObject *parts, *res;
@@ -678,6 +688,7 @@ forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (n < 0)
             goto fail;
         received++;
+        read_bytes += total;
         if (handlers_ran != handlers_seen) {
             /* Python signal handlers ran: as after slow(), below. */
             handlers_seen = handlers_ran;

@@ -36,6 +36,10 @@ LOG = logging.getLogger(__name__)
 #: Messages read from the inbound socket before the loop looks at its other
 #: sockets again, so that a busy sender cannot starve outlet flushing.
 INBOUND_BATCH = 256
+#: ... or until they add up to this many bytes (one more message is always
+#: read): a batch of large messages must not hold the loop for long, nor
+#: read far past the mark of READ_AHEAD_BYTES.
+INBOUND_BATCH_BYTES = 1024 * 1024
 #: Bytes the backlogs may hold before the loop stops reading ahead of its
 #: consumers when nothing it reads can be sent on (see _read_paced).
 READ_AHEAD_BYTES = 8 * 1024 * 1024
@@ -492,12 +496,16 @@ class Receiver:
         if wire.forward is not None and not self.debug:
             return self._read_fast(sock)
         dispatch = self.dispatch
+        read = 0
         for _ in range(INBOUND_BATCH):
             try:
                 frames = recv_message(sock)
             except zmq.Again:
                 return False
             dispatch(frames)
+            read += sum(map(len, frames))
+            if read >= INBOUND_BATCH_BYTES:
+                break
         return True
 
     def _read_fast(self, sock):
@@ -510,16 +518,19 @@ class Receiver:
         try:
             direct = wire.forward(sock, self._routes, INBOUND_BATCH,
                                   self.settings.max_message_size,
-                                  self.outlets.now, self.dispatch)
+                                  self.outlets.now, self.dispatch,
+                                  INBOUND_BATCH_BYTES)
         except BaseException as exc:
             direct = getattr(exc, 'wire_forwarded', 0)
             counters.received += direct
             counters.forwarded += direct
             raise
-        slow = counters.received - before
+        read = direct + counters.received - before
         counters.received += direct
         counters.forwarded += direct
-        return direct + slow >= INBOUND_BATCH
+        # A batch may end early at INBOUND_BATCH_BYTES: anything read means
+        # more may wait.
+        return read > 0
 
     def dispatch(self, frames):
         """Route one received message and hand it to its outlet."""

@@ -468,6 +468,26 @@ def test_forward_batch(fwd):
 
 
 @fast
+def test_forward_batch_ends_at_max_bytes(fwd):
+    (push, pull), (opush, opull) = fwd
+    outlet = Outlet(opush)
+    routes = {b'compute.host1': outlet}
+    sent = [[b'%d' % i, b'compute.host1', b'', b'x' * 1000]
+            for i in range(10)]
+    feed(push, sent)
+    slow = Slow()
+    # 1,015 bytes each: the third reaches 3,000, and the batch ends there.
+    assert wire.forward(pull, routes, 100, 1 << 20, 1.0, slow, 3000) == 3
+    assert drain(opull) == sent[:3]
+    # One message at least, however small the cap.
+    assert wire.forward(pull, routes, 100, 1 << 20, 1.0, slow, 1) == 1
+    # 0: no cap.
+    assert wire.forward(pull, routes, 100, 1 << 20, 1.0, slow, 0) == 6
+    assert drain(opull) == sent[3:]
+    assert slow.calls == []
+
+
+@fast
 def test_forward_slow_raises(fwd):
     (push, pull), (opush, opull) = fwd
     outlet = Outlet(opush)
