@@ -232,13 +232,15 @@ part_object(zmq_msg_t *msg, Py_ssize_t index)
  * is there already, so the call is simply made again. */
 static unsigned long handlers_ran = 0;  /* forward() reads state again */
 
+/* zmq_msg_recv or zmq_msg_send (same signature), made again after EINTR. */
 static int
-recv_msg(zmq_msg_t *msg, void *sock, int at_start)
+msg_op(int (*op)(zmq_msg_t *, void *, int), zmq_msg_t *msg, void *sock,
+       int flags, int at_start)
 {
     for (;;) {
         int err;
 
-        if (Z.msg_recv(msg, sock, ZMQ_DONTWAIT) >= 0)
+        if (op(msg, sock, flags) >= 0)
             return 0;
         err = Z.errno_();
         if (err != EINTR)
@@ -252,22 +254,15 @@ recv_msg(zmq_msg_t *msg, void *sock, int at_start)
 }
 
 static int
+recv_msg(zmq_msg_t *msg, void *sock, int at_start)
+{
+    return msg_op(Z.msg_recv, msg, sock, ZMQ_DONTWAIT, at_start);
+}
+
+static int
 send_msg(zmq_msg_t *msg, void *sock, int flags, int at_start)
 {
-    for (;;) {
-        int err;
-
-        if (Z.msg_send(msg, sock, flags) >= 0)
-            return 0;
-        err = Z.errno_();
-        if (err != EINTR)
-            return err;
-        if (at_start) {
-            handlers_ran++;
-            if (PyErr_CheckSignals() < 0)
-                return -1;
-        }
-    }
+    return msg_op(Z.msg_send, msg, sock, flags, at_start);
 }
 
 /* After a failure half way through a message: take in its remaining parts,
