@@ -51,7 +51,7 @@ TICK = 1.0
 #: that a flood of distinct topics costs no memory.
 ROUTE_MEMO = 4096
 #: At a stop, how long (ms) the unbound inbound socket must stay quiet
-#: before it is closed (see :meth:`Receiver.stop`).
+#: before it is closed (see :meth:`Receiver._close_inputs`).
 STOP_QUIET_MS = 100
 #: At a stop, how long (s) the senders get to close the connections the
 #: receiver half-closed, before it closes them itself (within the shutdown
@@ -457,13 +457,12 @@ class Receiver:
         from libzmq's bounded queue into this process's memory, at a cost
         in CPU and memory the consumers would rather have (the receiver
         ran 600 MiB ahead of one 64 KiB consumer). The socket is then left
-        alone until a backlog sends something or READ_PAUSE has passed:
-        like zmq_proxy, the senders' TCP windows then slow them down.
-        Reading resumes once the backlogs are below the mark again, or after
-        READ_PAUSE. A stuck consumer cannot hold it back for long: once its
-        backlog is full, its messages are dropped, not queued.
-        Topics with a free consumer are not held back: one of their
-        messages in a batch is enough to keep reading.
+        alone until the backlogs are below the mark again or READ_PAUSE
+        has passed: like zmq_proxy, the senders' TCP windows slow them
+        down meanwhile. Topics with a free consumer are not held back: one
+        of their messages in a batch keeps the reading going. Nor is a
+        stuck consumer: once its backlog is full, its messages are dropped,
+        not queued.
         """
         counters = self.counters
         outlets = self.outlets
