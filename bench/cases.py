@@ -25,7 +25,7 @@ import time
 import urllib.request
 
 from bench.procs import BenchError, Proc, Receiver, parse_kv, peak_rss_kib
-from bench.procs import thread_cpu
+from bench.procs import rss_kib, thread_cpu
 
 #: The topic of the single-topic cases; an ordinary (PUSH) outlet.
 TOPIC = 'compute.bench'
@@ -144,9 +144,11 @@ def _collect(sinks, deadline, watch):
     return results
 
 
-def throughput(endpoints, tmp_root, case, size, n, timeout, rate=0):
+def throughput(endpoints, tmp_root, case, size, n, timeout, rate=0,
+               sample_rss=0.0):
     """One run of *case*: *n* messages of *size* bytes as fast as they go
-    (or, with *rate*, latency probes at that rate). A result dict."""
+    (or, with *rate*, latency probes at that rate). A result dict; with
+    *sample_rss* (seconds), it holds the receiver's RSS over the run."""
     with Run(endpoints, tmp_root) as run:
         deadline = time.monotonic() + SETUP_TIMEOUT
         endpoint, topics, sinks, watch = _topology(run, case, n, size,
@@ -161,6 +163,9 @@ def throughput(endpoints, tmp_root, case, size, n, timeout, rate=0):
         scraper = None
         if receiver is not None and receiver.metrics_url:
             scraper = Scraper(receiver.metrics_url + '/metrics')
+        sampler = None
+        if receiver is not None and sample_rss:
+            sampler = RssSampler(receiver.pid, sample_rss)
         wall_before = time.monotonic()
         gen.send('go')
         try:
@@ -170,6 +175,8 @@ def throughput(endpoints, tmp_root, case, size, n, timeout, rate=0):
         finally:
             if scraper is not None:
                 scraper.stop()
+            if sampler is not None:
+                sampler.stop()
         wall = time.monotonic() - wall_before
         result = {'case': case, 'size': size, 'n': n,
                   'expected': sum(d['expect'] for d in done),
@@ -181,6 +188,8 @@ def throughput(endpoints, tmp_root, case, size, n, timeout, rate=0):
         if scraper is not None:
             result['scrapes'] = scraper.count
             result['scrape_errors'] = scraper.errors
+        if sampler is not None:
+            result['rss_samples'] = sampler.samples
         if receiver is not None and receiver.proc.poll() is not None:
             result['complete'] = False
             result['receiver'] = {'exited': receiver.proc.returncode}
@@ -217,6 +226,33 @@ def throughput(endpoints, tmp_root, case, size, n, timeout, rate=0):
             result['latency_us'] = {k: d[k] / 1e3 for k in
                                     ('p50', 'p99', 'p999', 'max')}
         return result
+
+
+class RssSampler:
+    """Reads a process's RSS every *interval* seconds from a thread until
+    stopped: (seconds since the start, KiB) pairs in ``samples``."""
+
+    def __init__(self, pid, interval):
+        self.pid = pid
+        self.interval = interval
+        self.samples = []
+        self._start = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        # Event.wait paces the sampling; it synchronises nothing.
+        while not self._stop.wait(self.interval):
+            try:
+                kib = rss_kib(self.pid)
+            except OSError:
+                return
+            self.samples.append((time.monotonic() - self._start, kib))
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(10)
 
 
 class Scraper:

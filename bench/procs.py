@@ -148,13 +148,22 @@ def thread_cpu(pid):
     return out
 
 
-def peak_rss_kib(pid):
-    """VmHWM of *pid* in KiB: the peak resident set size so far."""
+def _status_kib(pid, field):
     with open('/proc/%d/status' % pid) as f:
         for line in f:
-            if line.startswith('VmHWM:'):
+            if line.startswith(field):
                 return int(line.split()[1])
     return None
+
+
+def peak_rss_kib(pid):
+    """VmHWM of *pid* in KiB: the peak resident set size so far."""
+    return _status_kib(pid, 'VmHWM:')
+
+
+def rss_kib(pid):
+    """VmRSS of *pid* in KiB: its resident set size now."""
+    return _status_kib(pid, 'VmRSS:')
 
 
 def receiver_config(workdir, host, default=None, receiver=None):
