@@ -228,37 +228,53 @@ def throughput(endpoints, tmp_root, case, size, n, timeout, rate=0,
         return result
 
 
-class RssSampler:
-    """Reads a process's RSS every *interval* seconds from a thread until
-    stopped: (seconds since the start, KiB) pairs in ``samples``."""
+class Periodic:
+    """Calls :meth:`tick` every *interval* seconds from a thread until
+    stopped, or until it returns False. Subclasses set their state before
+    calling this __init__, which starts the thread."""
 
-    def __init__(self, pid, interval):
-        self.pid = pid
+    def __init__(self, interval):
         self.interval = interval
-        self.samples = []
-        self._start = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self):
-        # Event.wait paces the sampling; it synchronises nothing.
+        # Event.wait paces the work; it synchronises nothing.
         while not self._stop.wait(self.interval):
-            try:
-                kib = rss_kib(self.pid)
-            except OSError:
+            if self.tick() is False:
                 return
-            self.samples.append((time.monotonic() - self._start, kib))
+
+    def tick(self):
+        raise NotImplementedError
 
     def stop(self):
         self._stop.set()
         self._thread.join(10)
 
 
-class Scraper:
-    """GETs a URL every SCRAPE_INTERVAL seconds from a thread until
-    stopped: a Prometheus server 150 times more eager than the usual
-    15 s, to show what serving the metrics costs the loop."""
+class RssSampler(Periodic):
+    """A process's RSS every *interval* seconds: (seconds since the start,
+    KiB) pairs in ``samples``."""
+
+    def __init__(self, pid, interval):
+        self.pid = pid
+        self.samples = []
+        self._start = time.monotonic()
+        super().__init__(interval)
+
+    def tick(self):
+        try:
+            kib = rss_kib(self.pid)
+        except OSError:
+            return False
+        self.samples.append((time.monotonic() - self._start, kib))
+
+
+class Scraper(Periodic):
+    """GETs a URL every SCRAPE_INTERVAL seconds until stopped: a Prometheus
+    server 150 times more eager than the usual 15 s, to show what serving
+    the metrics costs the loop."""
 
     SCRAPE_INTERVAL = 0.1
 
@@ -266,23 +282,15 @@ class Scraper:
         self.url = url
         self.count = 0
         self.errors = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        super().__init__(self.SCRAPE_INTERVAL)
 
-    def _run(self):
-        # Event.wait paces load generation; it synchronises nothing.
-        while not self._stop.wait(self.SCRAPE_INTERVAL):
-            try:
-                with urllib.request.urlopen(self.url, timeout=5) as r:
-                    r.read()
-                self.count += 1
-            except OSError:
-                self.errors += 1
-
-    def stop(self):
-        self._stop.set()
-        self._thread.join(10)
+    def tick(self):
+        try:
+            with urllib.request.urlopen(self.url, timeout=5) as r:
+                r.read()
+            self.count += 1
+        except OSError:
+            self.errors += 1
 
 
 def latency(endpoints, tmp_root, case, n, rate, size=200):
