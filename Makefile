@@ -1,5 +1,5 @@
 # Thin aliases for ./dev, which does the work (and needs no make).
-.PHONY: run test bench soak sample-config
+.PHONY: run test bench soak steady sample-config
 run:
 	./dev run
 test:
@@ -8,5 +8,7 @@ bench:
 	./dev bench
 soak:
 	./dev soak $(SOAK_ARGS)
+steady:
+	./dev steady $(STEADY_ARGS)
 sample-config:
 	./dev sample-config
