@@ -140,7 +140,7 @@ def main(argv=None):
     parser.add_argument('--sizes', default='200,65536',
                         help='body sizes in bytes (default %(default)s)')
     args = parser.parse_args(argv)
-    if not wire.FAST:
+    if not wire.use_compiled():
         print('The compiled zmq_receiver._wire is not in use: %s'
               % wire.FAST_PROBLEM, file=sys.stderr)
         return 1

@@ -9,6 +9,13 @@ import zmq
 
 from tests import redis_server
 from tests import support
+from zmq_receiver import wire
+
+
+def pytest_configure(config):
+    # As the daemon does at start: in-process tests (test_wire) get the
+    # compiled functions, when they were built.
+    wire.use_compiled()
 
 
 @pytest.fixture

@@ -283,7 +283,7 @@ def run(argv):
         if os.geteuid() == 0 and ident.uid != 0:
             _chown_log_files(ident)
         privileges.drop(ident)
-        if wire.FAST:
+        if wire.use_compiled():
             LOG.info('Forwarding loop: compiled (zmq_receiver._wire)')
         else:
             LOG.warning('Forwarding loop: pure Python, at about three times '

@@ -28,7 +28,7 @@ from zmq.utils import monitor as zmq_monitor
 from zmq_receiver import errors
 from zmq_receiver import metrics
 from zmq_receiver import routing
-from zmq_receiver.wire import send_message
+from zmq_receiver import wire
 
 LOG = logging.getLogger(__name__)
 
@@ -413,7 +413,7 @@ class Outlets:
             return
         if not outlet.backlog:
             try:
-                send_message(outlet.socket, frames)
+                wire.send_message(outlet.socket, frames)
             except zmq.Again:
                 pass
             else:
@@ -476,7 +476,7 @@ class Outlets:
         while backlog:
             frames, size = backlog[0]
             try:
-                send_message(sock, frames)
+                wire.send_message(sock, frames)
             except zmq.Again:
                 self._wait_for_room(outlet)
                 return

@@ -29,7 +29,6 @@ from zmq_receiver import ratelimit
 from zmq_receiver import routing
 from zmq_receiver import signals
 from zmq_receiver import wire
-from zmq_receiver.wire import recv_message
 
 LOG = logging.getLogger(__name__)
 
@@ -498,7 +497,7 @@ class Receiver:
         read = 0
         for _ in range(INBOUND_BATCH):
             try:
-                frames = recv_message(sock)
+                frames = wire.recv_message(sock)
             except zmq.Again:
                 return False
             dispatch(frames)

@@ -15,8 +15,9 @@ The compiled extension ``zmq_receiver._wire`` does the same on libzmq
 directly, cheaper still, and adds ``forward``, a whole receive-and-send
 loop. Measured the same way (``python -m bench.wire_micro``), receive and
 send per message: 200 B 4.1 -> 0.65 us (forward 0.33 us), 64 KiB 4.4 ->
-0.84 us (forward 0.54 us). It is used when it was built and
-finds the libzmq that pyzmq loaded: then :data:`FAST` is true and
+0.84 us (forward 0.54 us). :func:`use_compiled` (called once at start;
+nothing happens at import) switches to it when it was built and finds the
+libzmq that pyzmq loaded: then :data:`FAST` is true and
 :func:`recv_message` and :func:`send_message` are its functions (large parts
 are then :class:`zmq_receiver._wire.Part`, not frames). Otherwise
 :data:`FAST_PROBLEM` says why and the pure-Python functions, always
@@ -130,18 +131,33 @@ def _bind():
         '; '.join(problems) or 'none found')
 
 
-_wire, FAST_PROBLEM = _bind()
 #: Whether the compiled functions are in use; if not, FAST_PROBLEM says why.
-FAST = _wire is not None
+FAST = False
+FAST_PROBLEM = 'use_compiled() was not called'
+# The functions in use: callers look them up here at each call
+# (wire.send_message), so that use_compiled() reaches them.
+recv_message = py_recv_message
+send_message = py_send_message
+#: forward(sock, routes, batch, max_size, now, slow, max_bytes): see
+#: _wire.forward; None without the extension.
+forward = None
+#: The compiled type of large received parts; None without the extension.
+Part = None
 
-if FAST:
-    recv_message = _wire.recv_message
-    send_message = _wire.send_message
-    #: forward(sock, routes, batch, max_size, now, slow): see _wire.forward.
-    forward = _wire.forward
-    Part = _wire.Part
-else:
-    recv_message = py_recv_message
-    send_message = py_send_message
-    forward = None
-    Part = None
+
+def use_compiled():
+    """Use the compiled functions from now on, when they can be; returns
+    :data:`FAST`. Call it once at start, before any message is received:
+    parts received by one implementation are sent by either, but a
+    process should not mix them without reason."""
+    global FAST, FAST_PROBLEM, recv_message, send_message, forward, Part
+    if FAST:
+        return True
+    module, FAST_PROBLEM = _bind()
+    if module is not None:
+        FAST = True
+        recv_message = module.recv_message
+        send_message = module.send_message
+        forward = module.forward
+        Part = module.Part
+    return FAST

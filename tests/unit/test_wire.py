@@ -91,8 +91,18 @@ def test_fast_in_this_environment():
     assert _wire.ZERO_COPY_MIN == wire.ZERO_COPY_MIN
 
 
-def test_pure_python_forced_by_environment():
+def test_nothing_is_bound_at_import():
     code = ('from zmq_receiver import wire; '
+            'print(wire.FAST, wire.recv_message is wire.py_recv_message, '
+            'wire.forward)')
+    out = subprocess.run(
+        [sys.executable, '-c', code], capture_output=True, text=True,
+        cwd=support.REPO, timeout=support.TIMEOUT, check=True).stdout
+    assert out.split() == ['False', 'True', 'None']
+
+
+def test_pure_python_forced_by_environment():
+    code = ('from zmq_receiver import wire; wire.use_compiled(); '
             'print(wire.FAST, wire.recv_message is wire.py_recv_message, '
             'wire.FAST_PROBLEM)')
     out = subprocess.run(
