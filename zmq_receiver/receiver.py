@@ -466,12 +466,12 @@ class Receiver:
         counters = self.counters
         outlets = self.outlets
         received = counters.received
-        forwarded = counters.forwarded
         enqueued = outlets.enqueued
         self._read(sock)
         received = counters.received - received
-        if (received and counters.forwarded == forwarded and
-                outlets.enqueued - enqueued == received and
+        # Each message read ends in one place (forwarded, queued, dropped,
+        # rejected): all queued means none could be sent.
+        if (received and outlets.enqueued - enqueued == received and
                 outlets.buffered_bytes > READ_AHEAD_BYTES and
                 not self._stopping):
             self.modify(sock, 0)
