@@ -13,9 +13,16 @@ import collections
 BACKLOG_FULL = 'backlog_full'
 BACKLOG_BYTES_FULL = 'backlog_bytes_full'
 NO_SUBSCRIBER = 'no_subscriber'
-#: Still queued when its outlet was closed for having no consumer.
+#: Still queued when its outlet was closed for having no consumer, or at a
+#: stop, when no consumer was connected to receive it.
 NO_CONSUMER = 'no_consumer'
 SHUTDOWN = 'shutdown'
+#: Sent by a PUB outlet while a matching subscriber was full past
+#: outlets.SLOW_SUBSCRIBER_GRACE: the subscribers with room got it, the
+#: full ones did not (libzmq cannot say how many those were).
+SLOW_SUBSCRIBER = 'slow_subscriber'
+#: Refused by its outlet's socket with an error other than "full" (EAGAIN).
+SEND_FAILED = 'send_failed'
 
 # Reasons, beside routing's, a message is refused before an outlet.
 OVERSIZED = 'oversized_message'
@@ -26,7 +33,7 @@ IPC_DIR_MISSING = 'ipc_dir_missing'
 OUTLET_ERROR = 'outlet_error'
 
 DROP_REASONS = (BACKLOG_FULL, BACKLOG_BYTES_FULL, NO_SUBSCRIBER, NO_CONSUMER,
-                SHUTDOWN)
+                SHUTDOWN, SLOW_SUBSCRIBER, SEND_FAILED)
 
 
 class Counters:

@@ -8,18 +8,32 @@ backlog is empty again. No call here blocks.
 PUB outlets (fanout, replies) bind an XPUB socket so that they learn every
 subscription. A message that no current subscription matches would be lost
 by plain PUB; instead it waits, up to the join window, for a subscriber that
-matches it, without holding up the messages that do have one.
+matches it, without holding up the messages that do have one. A subscriber
+that is full holds a message up for everyone (XPUB_NODROP) only for
+SLOW_SUBSCRIBER_GRACE: then the messages go on to the subscribers with
+room, and count as dropped (slow_subscriber) for as long as a subscriber
+does not read (see :meth:`Outlets._past_full_subscriber`).
+
+Nothing a socket says when sent to ends the loop: a full socket keeps the
+message in the backlog (so does a PUSH whose consumer left half way through
+a message: libzmq takes the parts back, and the message goes again, whole),
+any other error drops it, counted.
 
 Consumers of PUSH outlets are counted from the socket's monitor (accepted
-and disconnected connections); an outlet with no consumer, no queued
+and disconnected connections; for PUB outlets it gives the subscribers'
+descriptors); an outlet with no consumer, no queued
 message and no traffic for the idle timeout is closed and its file removed.
 """
 
 import collections
 import errno
+import fcntl
 import logging
 import os
 import resource
+import socket
+import struct
+import termios
 import time
 
 import zmq
@@ -41,6 +55,17 @@ LOG = logging.getLogger(__name__)
 #: nothing, so that a stuck subscriber costs few turns of the loop.
 PUB_RETRY = 0.001
 PUB_RETRY_MAX = 0.016
+
+#: Seconds a PUB outlet lets a full subscriber hold up a message for every
+#: subscriber (XPUB_NODROP refuses it for all, and libzmq cannot say which
+#: one is full) before it sends the message anyway, without NODROP. Sooner
+#: when the outlet's backlog is full. A subscriber that paused only loses
+#: nothing; a stalled one (a hung service, a suspended admin tap) costs the
+#: others this delay once per stall, not at every message.
+SLOW_SUBSCRIBER_GRACE = 1.0
+#: Seconds between two looks at the subscribers' connections while one
+#: does not read (see Outlets._skipping).
+STALL_CHECK = 0.01
 
 _MONITOR_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 
@@ -75,7 +100,8 @@ class Outlet:
     __slots__ = ('key', 'kind', 'path', 'socket', 'monitor', 'backlog',
                  'waiting', 'backlog_bytes', 'subscriptions', 'peers',
                  'forwarded', 'dropped', 'last_active', 'polling_out',
-                 'retry_at', 'retry_delay', 'pinned', 'direct')
+                 'retry_at', 'retry_delay', 'pinned', 'direct',
+                 'blocked_since', 'slow', 'stall_checked', 'fds')
 
     def __init__(self, key, kind, path, socket, monitor, now):
         self.key = key
@@ -103,11 +129,21 @@ class Outlet:
         self.retry_delay = PUB_RETRY
         #: Kept open even when idle (the matchmaker agent serves its topic).
         self.pinned = False
-        #: The libzmq socket address while a message may be sent straight
-        #: to it, bypassing :meth:`Outlets.deliver` (wire.forward): PUSH
-        #: with an empty backlog. 0 otherwise, and always before the
-        #: socket closes: wire.forward would use a freed socket.
-        self.direct = socket.underlying if kind is routing.Kind.PUSH else 0
+        #: The socket while a message may be sent straight to it,
+        #: bypassing :meth:`Outlets.deliver` (wire.forward): PUSH with an
+        #: empty backlog. None otherwise. Always the pyzmq Socket, never
+        #: its libzmq address: that would outlive the socket.
+        self.direct = socket if kind is routing.Kind.PUSH else None
+        #: PUB only: when a full subscriber began to hold up the messages
+        #: (None: the last send went); whether messages go past one that
+        #: does not read (see Outlets._past_full_subscriber), and when its
+        #: connection was last looked at.
+        self.blocked_since = None
+        self.slow = False
+        self.stall_checked = 0.0
+        #: The descriptors of the connected consumers, from the monitor,
+        #: and (PUB, while slow) the bytes unread on each at the last look.
+        self.fds = {}
 
     @property
     def consumers(self):
@@ -339,10 +375,9 @@ class Outlets:
         monitor = None
         try:
             sock.setsockopt(zmq.LINGER, 0)
-            if route.kind is routing.Kind.PUSH:
-                # Before the bind: a consumer that connects at once must be
-                # counted, or its outlet would be reaped under it.
-                monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
+            # Before the bind: a consumer that connects at once must be
+            # counted, or its outlet would be reaped under it.
+            monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
             bind_ipc(sock, path, self.limits)
         except (OSError, zmq.ZMQError) as exc:
             # ZMQError is no OSError: a failed outlet used to stay open,
@@ -362,16 +397,18 @@ class Outlets:
         else:
             self.loop.register(sock, 0,
                                lambda events: self._flush(outlet))
-            self.loop.register(monitor, zmq.POLLIN,
-                               lambda events: self._on_monitor(outlet))
+        self.loop.register(monitor, zmq.POLLIN,
+                           lambda events: self._on_monitor(outlet))
         return outlet
 
     def close(self, outlet, reason=metrics.SHUTDOWN, linger=0):
         """Close *outlet*, counting what it still held as dropped."""
-        outlet.direct = 0
+        outlet.direct = None
         if outlet.queued:
             LOG.warning('Outlet %s closed with %d undelivered messages '
-                        '(%s)', outlet.path, outlet.queued, reason)
+                        '(%s)%s', outlet.path, outlet.queued, reason,
+                        ': no consumer was connected to receive them'
+                        if reason == metrics.NO_CONSUMER else '')
             self._drop(outlet, reason, outlet.queued)
         self.buffered_bytes -= outlet.backlog_bytes
         outlet.backlog.clear()
@@ -391,9 +428,11 @@ class Outlets:
         outlet.socket.close(linger=linger)
 
     def close_all(self, linger=0):
-        """Close every outlet (at exit)."""
+        """Close every outlet (at exit). What an outlet with no consumer
+        holds is dropped as ``no_consumer``: nobody could have taken it."""
         for outlet in self:
-            self.close(outlet, linger=linger)
+            self.close(outlet, linger=linger, reason=metrics.SHUTDOWN
+                       if outlet.consumers else metrics.NO_CONSUMER)
 
     # -- the message path --------------------------------------------------
 
@@ -411,17 +450,136 @@ class Outlets:
                      size))
                 self._waiting.add(outlet)
             return
+        if (outlet.backlog and outlet.kind is routing.Kind.PUB and
+                outlet.queued >= self.limits.backlog):
+            # Full behind a full subscriber: send the oldest past it,
+            # instead of dropping the newest for every subscriber.
+            self._flush(outlet)
         if not outlet.backlog:
-            try:
-                wire.send_message(outlet.socket, frames)
-            except zmq.Again:
-                pass
-            else:
+            sent = self._send(outlet, frames)
+            if sent:
                 outlet.forwarded += 1
                 self.counters.forwarded += 1
                 return
+            if sent is None:
+                return
         if self._admit(outlet, size):
             self._enqueue(outlet, frames, size)
+
+    def _send(self, outlet, frames):
+        """Send *frames* on *outlet*'s socket now: True when sent; False
+        when it cannot take them now, and the caller keeps them; None when
+        they are dropped (counted). Whatever the socket says is the
+        outlet's event, never an exception for the loop."""
+        try:
+            wire.send_message(outlet.socket, frames)
+        except zmq.Again:
+            error = None
+        except zmq.ZMQError as exc:
+            error = exc
+        else:
+            outlet.blocked_since = None
+            if outlet.slow and self._skipping(outlet):
+                self._drop(outlet, metrics.SLOW_SUBSCRIBER)
+                return None
+            return True
+        # Outside the except blocks: oslo.log would append the exception
+        # being handled to any warning logged there.
+        if error is not None:
+            self._send_failed(outlet, error)
+            return None
+        if outlet.kind is routing.Kind.PUB:
+            return self._past_full_subscriber(outlet, frames)
+        return False
+
+    def _past_full_subscriber(self, outlet, frames):
+        """A PUB send that XPUB_NODROP refused, a matching subscriber being
+        full: False to keep the message for now, or, once that lasted
+        SLOW_SUBSCRIBER_GRACE (at once when the backlog is full), None:
+        sent without NODROP, so that libzmq gives it to every subscriber
+        with room and none to a full one, and counted as dropped
+        (slow_subscriber).
+
+        From then on libzmq sends that subscriber nothing until it has read
+        half its queue, and says nothing about it: the outlet is *slow*,
+        and every message it sends counts as dropped too, for as long as a
+        subscriber's connection holds bytes its peer does not read
+        (:meth:`_skipping`).
+
+        What the count can say, since libzmq keeps no count per subscriber:
+        messages that at least one subscriber missed, not copies (the
+        subscribers with room got them). It is exact for a subscriber that
+        stopped reading. It counts too many when a full subscriber's
+        subscription does not match them, and too few (at most half a
+        queue, 500 messages by default) for one that reads again, slowly,
+        while libzmq still skips it.
+        """
+        now = self.clock()
+        if outlet.blocked_since is None:
+            outlet.blocked_since = now
+        if (outlet.queued < self.limits.backlog and
+                now - outlet.blocked_since < SLOW_SUBSCRIBER_GRACE):
+            # (Even when slow: libzmq skips the stalled subscriber by now,
+            # so this one may be a subscriber that only paused.)
+            return False
+        sock = outlet.socket
+        error = None
+        try:
+            sock.setsockopt(zmq.XPUB_NODROP, 0)
+            try:
+                wire.send_message(sock, frames)
+            finally:
+                sock.setsockopt(zmq.XPUB_NODROP, 1)
+        except zmq.ZMQError as exc:
+            error = exc
+        if error is not None:
+            self._send_failed(outlet, error)
+            return None
+        if not outlet.slow:
+            outlet.slow = True
+            outlet.stall_checked = now
+            for fd in outlet.fds:
+                outlet.fds[fd] = None
+        self._drop(outlet, metrics.SLOW_SUBSCRIBER)
+        self.warn.warning(
+            'slow-subscriber',
+            'A subscriber of outlet %s is full and has not taken a message '
+            'for %.1f s: sending on to the other subscribers without it, '
+            'and counting what it misses as dropped (slow_subscriber); '
+            'check the services subscribed to it (a hung one, a suspended '
+            'admin tap)', outlet.path, now - outlet.blocked_since)
+        return None
+
+    def _skipping(self, outlet):
+        """Whether libzmq may still skip a subscriber of slow *outlet*:
+        one of its connections holds bytes that its peer did not read
+        since the last look (every STALL_CHECK; at the first look, bytes
+        at all). Ends the slow state otherwise."""
+        now = self.clock()
+        if now - outlet.stall_checked >= STALL_CHECK:
+            outlet.stall_checked = now
+            stalled = False
+            fds = outlet.fds
+            for fd, before in fds.items():
+                unread = _unread(fd)
+                fds[fd] = unread
+                if unread and before in (None, unread):
+                    stalled = True
+            if not stalled:
+                outlet.slow = False
+                LOG.info('Every subscriber of outlet %s reads again: '
+                         'messages go to all of them again', outlet.path)
+        return outlet.slow
+
+    def _send_failed(self, outlet, error):
+        # Reported here, outside the except block: oslo.log would append
+        # the exception being handled to the warning.
+        self._drop(outlet, metrics.SEND_FAILED)
+        self.warn.warning(
+            'send-failed',
+            'Outlet %s refused a message (%s, errno %d): dropped it '
+            '(send_failed); if it goes on, restart the receiver and report '
+            'it', outlet.path, error.strerror, error.errno)
 
     def _admit(self, outlet, size):
         """Whether the backlogs have room for one more message of *size*."""
@@ -450,7 +608,7 @@ class Outlets:
 
     def _enqueue(self, outlet, frames, size):
         # Later messages must queue behind this one, not overtake it.
-        outlet.direct = 0
+        outlet.direct = None
         self.enqueued += 1
         outlet.backlog.append((frames, size))
         self._wait_for_room(outlet)
@@ -475,18 +633,18 @@ class Outlets:
         sock = outlet.socket
         while backlog:
             frames, size = backlog[0]
-            try:
-                wire.send_message(sock, frames)
-            except zmq.Again:
+            sent = self._send(outlet, frames)
+            if sent is False:
                 self._wait_for_room(outlet)
                 return
             backlog.popleft()
             outlet.backlog_bytes -= size
             self.buffered_bytes -= size
-            outlet.forwarded += 1
-            self.counters.forwarded += 1
+            if sent:
+                outlet.forwarded += 1
+                self.counters.forwarded += 1
         if outlet.kind is routing.Kind.PUSH:
-            outlet.direct = sock.underlying
+            outlet.direct = sock
         if outlet.polling_out:
             # PUSH only: a PUB outlet waits on its retry timer instead.
             outlet.polling_out = False
@@ -540,8 +698,10 @@ class Outlets:
                 break
             if event['event'] == zmq.EVENT_ACCEPTED:
                 outlet.peers += 1
+                outlet.fds[int(event['value'])] = None
             elif event['event'] == zmq.EVENT_DISCONNECTED:
                 outlet.peers = max(0, outlet.peers - 1)
+                outlet.fds.pop(int(event['value']), None)
             outlet.last_active = self.clock()
 
     # -- time ------------------------------------------------------------------
@@ -737,8 +897,16 @@ class Outlets:
         return self._dir_stat is False
 
     def pending(self):
-        """Whether any backlog or join window still holds a message."""
-        return any(o.queued for o in self.by_key.values())
+        """Whether an outlet with a consumer still holds a message for it
+        (a stop waits for those only: what has no consumer, or waits for a
+        subscriber that has not joined, cannot be delivered)."""
+        return any(o.backlog and o.consumers for o in self.by_key.values())
+
+    @property
+    def deliverable(self):
+        """Messages that :meth:`pending` waits for."""
+        return sum(len(o.backlog) for o in self.by_key.values()
+                   if o.consumers)
 
 
 #: Nanoseconds within which a directory's mtime may miss a later change
@@ -746,7 +914,7 @@ class Outlets:
 _RACY_NS = 2 * 10 ** 9
 
 #: Descriptors one outlet takes: its socket's mailbox, its listener, and
-#: for PUSH the monitor pair's two mailboxes.
+#: the monitor pair's two mailboxes.
 FDS_PER_OUTLET = 4
 #: Descriptors kept free for connections (consumers, senders, the admin
 #: tool), at most an eighth of the limit: libzmq 4.3 aborts the whole
@@ -792,6 +960,25 @@ def bind_ipc(sock, path, limits):
     os.chmod(path, limits.socket_mode)
     if limits.socket_gid != -1:
         os.chown(path, -1, limits.socket_gid)
+
+
+def _unread(fd):
+    """Bytes sent on unix stream socket *fd* (libzmq's: only borrowed)
+    that its peer has not read yet (SIOCOUTQ); 0 for any other
+    descriptor, or one closed meanwhile."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return 0
+    try:
+        if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+            return 0
+        return struct.unpack(
+            'i', fcntl.ioctl(fd, termios.TIOCOUTQ, b'\0\0\0\0'))[0]
+    except OSError:
+        return 0
+    finally:
+        sock.detach()
 
 
 def remove_socket_file(path):

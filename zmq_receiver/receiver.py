@@ -673,9 +673,15 @@ class Receiver:
                         not sock.poll(STOP_QUIET_MS)):
                     break
             self.unregister(sock)
-        LOG.info('Stopping: delivering %d queued messages (at most %.1f s)',
-                 self.outlets.queued,
-                 max(0.0, self._deadline - self.clock()))
+        # Only to a consumer that is there: a backlog with none (or a
+        # message still waiting for its first subscriber) would hold the
+        # stop for the whole shutdown time, to be dropped at its end.
+        deliverable = self.outlets.deliverable
+        LOG.info('Stopping: delivering %d queued messages to connected '
+                 'consumers (at most %.1f s); %d more have no consumer to '
+                 'take them and are dropped at exit', deliverable,
+                 max(0.0, self._deadline - self.clock()),
+                 self.outlets.queued - deliverable)
 
     def _publish(self, ready=None):
         """Hand the metrics endpoint a fresh snapshot (once per tick)."""
@@ -703,6 +709,9 @@ class Receiver:
         snap = self.counters.snapshot(self.outlets or ())
         snap['connections'] = (self.connections.open
                                if self.connections is not None else 0)
+        # Consumers that left half way through a message being sent to
+        # them: each such message was taken back by libzmq and sent again.
+        snap['send_rollbacks'] = wire.rollbacks()
         if self.agent is not None:
             snap['agent'] = self.agent.snapshot()
         return snap
