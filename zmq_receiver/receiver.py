@@ -727,8 +727,10 @@ class Receiver:
         if self.outlets is not None:
             # Messages already handed to libzmq for a connected consumer
             # get what is then left of the shutdown time to leave (the
-            # context's termination below waits for them).
-            self.outlets.close_all(linger=int(remaining() * 1000))
+            # context's termination below waits for them); none after a
+            # second stop request, which must not wait for a stalled one.
+            self.outlets.close_all(
+                linger=0 if self._stop_now else int(remaining() * 1000))
         if self.connections is not None:
             self.connections.close()
         if self.inbound is not None:
