@@ -420,7 +420,10 @@ class Outlets:
         self.loop.unregister(outlet.socket)
         if outlet.monitor is not None:
             self.loop.unregister(outlet.monitor)
-            outlet.socket.disable_monitor()
+            try:
+                outlet.socket.disable_monitor()
+            except zmq.ZMQError:
+                pass  # the context is ending (ETERM): it goes anyway
             outlet.monitor.close(linger=0)
         # libzmq leaves the file behind. Removing it before the close, not
         # after, can never remove the file of a newer outlet of the same key.
@@ -543,11 +546,12 @@ class Outlets:
         self._drop(outlet, metrics.SLOW_SUBSCRIBER)
         self.warn.warning(
             'slow-subscriber',
-            'A subscriber of outlet %s is full and has not taken a message '
-            'for %.1f s: sending on to the other subscribers without it, '
-            'and counting what it misses as dropped (slow_subscriber); '
-            'check the services subscribed to it (a hung one, a suspended '
-            'admin tap)', outlet.path, now - outlet.blocked_since)
+            'A subscriber of outlet %s is full and holds up the others '
+            '(%d messages queued, for %.1f s): sending on to the others '
+            'without it, counting what it misses as dropped '
+            '(slow_subscriber); check the services subscribed to it (a '
+            'hung one, a suspended admin tap)', outlet.path, outlet.queued,
+            now - outlet.blocked_since)
         return None
 
     def _skipping(self, outlet):
