@@ -247,6 +247,32 @@ RESTART_RATE = 5000
 RESTART_RUNS = int(os.environ.get('ZR_RESTART_RUNS', '10'))
 
 
+class QueuedPeak(threading.Thread):
+    """The most a daemon held queued (messages, bytes), sampled from its
+    counters until :meth:`finish`: a measurement, not synchronisation."""
+
+    def __init__(self, daemon):
+        super().__init__(daemon=True)
+        self.target = daemon
+        self.messages = self.bytes = 0
+        self.halt = threading.Event()
+
+    def run(self):
+        while not self.halt.is_set():
+            try:
+                stats = self.target.stats(timeout=1.0)
+            except AssertionError:
+                continue
+            self.messages = max(self.messages, stats['queued'])
+            self.bytes = max(self.bytes, stats['queued_bytes'])
+            self.halt.wait(0.05)
+
+    def finish(self):
+        self.halt.set()
+        self.join(support.TIMEOUT)
+        return self.messages, self.bytes
+
+
 def restart_run(daemons, directory, consumers, topics, names, options,
                 phase):
     """One graceful restart under load, measured.
@@ -272,6 +298,8 @@ def restart_run(daemons, directory, consumers, topics, names, options,
     first_dropped = re.search(r'dropped\[(\d+)\]', stopped)
     second = daemons(directory, options)
     assert second.endpoint == first.endpoint
+    peak = QueuedPeak(second)
+    peak.start()
     at_restart = {key: len(c.got) for key, c in got.items()}
     # The consumers reconnect to the new socket files by themselves.
     for key, consumer in got.items():
@@ -280,6 +308,7 @@ def restart_run(daemons, directory, consumers, topics, names, options,
     for consumer in got.values():
         wait_end(consumer, *sent)
     stats = second.wait_stats(lambda s: s['queued'] == 0)
+    peak_messages, peak_bytes = peak.finish()
     assert second.stop() == 0
     lost = dup = 0
     for name, n in sent.items():
@@ -297,6 +326,7 @@ def restart_run(daemons, directory, consumers, topics, names, options,
         dropped_first=int(first_dropped.group(1)) if first_dropped else -1,
         dropped=sum(stats['dropped'].values()),
         dropped_by_reason=stats['dropped'], rejected=stats['rejected'],
+        peak_queued=peak_messages, peak_queued_bytes=peak_bytes,
         balanced=stats['received'] == stats['forwarded'] + sum(
             stats['rejected'].values()) + sum(stats['dropped'].values()) +
         stats['queued'])
@@ -305,11 +335,13 @@ def restart_run(daemons, directory, consumers, topics, names, options,
 def restart_table(case, runs):
     """The runs as a table for the test output (pytest -rA shows it)."""
     lines = ['RESTART %s' % case,
-             ' run    sent   lost  dropped  dup  first-dropped  rejected']
+             ' run    sent   lost  dropped  dup  first-dropped  '
+             'peak-queued  peak-KiB  rejected']
     for i, r in enumerate(runs, 1):
-        lines.append('%4d %7d %6d %8d %4d %14d  %s' % (
+        lines.append('%4d %7d %6d %8d %4d %14d %12d %9d  %s' % (
             i, r['sent'], r['lost'], r['dropped'], r['duplicated'],
-            r['dropped_first'], r['rejected'] or '-'))
+            r['dropped_first'], r['peak_queued'],
+            r['peak_queued_bytes'] // 1024, r['rejected'] or '-'))
     lines.append('total %6d %6d %8d' % (
         sum(r['sent'] for r in runs), sum(r['lost'] for r in runs),
         sum(r['dropped'] for r in runs)))
