@@ -228,7 +228,16 @@ receiver_opts = [
              'when it arrives before any has subscribed to it; it is '
              'delivered as soon as one joins, or dropped and counted when '
              'the window ends. 0 delivers immediately with plain PUB '
-             'semantics (the message is lost when nobody listens).'),
+             'semantics (the message is lost when nobody listens).\n\n'
+             'It is also how long a new PUSH outlet is joining: its '
+             'consumers are still reconnecting (after a restart, say), so '
+             'its backlog may hold more than rpc_zmq_topic_backlog, within '
+             'max_backlog_bytes and as many messages as all outlets\' '
+             'backlogs together; at the end one that no consumer joined '
+             'keeps rpc_zmq_topic_backlog. 0: no joining.\n\n'
+             'Related options:\n\n'
+             '* ``[DEFAULT] rpc_zmq_topic_backlog``\n'
+             '* ``max_backlog_bytes``'),
     cfg.IntOpt(
         'max_message_size',
         default=64 * 1024 * 1024,

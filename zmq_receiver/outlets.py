@@ -189,6 +189,10 @@ class Outlets:
         self.now = clock()
         #: Bytes held by every backlog together.
         self.buffered_bytes = 0
+        #: Messages held by every backlog together (what :attr:`queued`
+        #: counts): whatever takes a message out of a backlog takes it
+        #: off, as it takes its size off buffered_bytes.
+        self.held = 0
         #: Messages ever put in a backlog: the loop paces its reading by
         #: it (Receiver._read_paced).
         self.enqueued = 0
@@ -412,6 +416,7 @@ class Outlets:
                         '(%s)', outlet.path, outlet.queued, reason)
             self._drop(outlet, reason, outlet.queued)
         self.buffered_bytes -= outlet.backlog_bytes
+        self.held -= outlet.queued
         outlet.backlog.clear()
         outlet.waiting.clear()
         outlet.backlog_bytes = 0
@@ -464,9 +469,17 @@ class Outlets:
             self._enqueue(outlet, frames, size)
 
     def _admit(self, outlet, size):
-        """Whether the backlogs have room for one more message of *size*."""
-        if (outlet.queued >= self.limits.backlog and
-                outlet.joining_until is None):
+        """Whether the backlogs have room for one more message of *size*.
+
+        A joining outlet may hold more than the backlog limit while all of
+        them together hold fewer messages than every outlet's backlog could
+        (rpc_zmq_topic_backlog x max_topics): within the bounds of memory
+        the receiver always had, counted in messages and in bytes.
+        """
+        limits = self.limits
+        if outlet.queued >= limits.backlog and (
+                outlet.joining_until is None or
+                self.held >= limits.backlog * limits.max_topics):
             self._drop(outlet, metrics.BACKLOG_FULL)
             self.warn.warning(
                 'backlog-full',
@@ -487,6 +500,7 @@ class Outlets:
             return False
         outlet.backlog_bytes += size
         self.buffered_bytes += size
+        self.held += 1
         return True
 
     def _enqueue(self, outlet, frames, size):
@@ -527,6 +541,7 @@ class Outlets:
             backlog.popleft()
             outlet.backlog_bytes -= size
             self.buffered_bytes -= size
+            self.held -= 1
             outlet.forwarded += 1
             self.counters.forwarded += 1
         if outlet.kind is routing.Kind.PUSH:
@@ -630,6 +645,7 @@ class Outlets:
                 size = waiting.popleft()[2]
                 outlet.backlog_bytes -= size
                 self.buffered_bytes -= size
+                self.held -= 1
                 expired += 1
             if expired:
                 self._drop(outlet, metrics.NO_SUBSCRIBER, expired)
@@ -660,6 +676,7 @@ class Outlets:
                 size = outlet.backlog.pop()[1]
                 outlet.backlog_bytes -= size
                 self.buffered_bytes -= size
+                self.held -= 1
             self._drop(outlet, metrics.BACKLOG_FULL, excess)
             self.warn.warning(
                 'join-backlog-full',

@@ -190,6 +190,26 @@ def test_new_push_outlet_joining_stays_within_max_backlog_bytes(
     assert_balanced(stats)
 
 
+def test_new_push_outlets_joining_hold_no_more_than_all_backlogs_could(
+        ctx, daemons, short_dir):
+    """In messages too (each costs memory beyond its bytes): joining
+    outlets together hold at most rpc_zmq_topic_backlog x max_topics."""
+    daemon = daemons(short_dir, with_backlog(2, max_topics=3))
+    out = support.sender(ctx, daemon)
+    for i in range(10):
+        out.send_multipart(cast('many.a', b'%d' % i))
+    stats = daemon.wait_stats(lambda s: s['received'] == 10)
+    assert stats['queued'] == 6
+    assert stats['dropped'] == {'backlog_full': 4}
+    # Another new outlet still gets its own backlog's worth.
+    for i in range(3):
+        out.send_multipart(cast('many.b', b'%d' % i))
+    stats = daemon.wait_stats(lambda s: s['received'] == 13)
+    assert topic_stats(stats, 'many.b')['backlog'] == 2
+    assert stats['dropped'] == {'backlog_full': 5}
+    assert_balanced(stats)
+
+
 def test_new_push_outlet_deals_out_to_the_consumers_already_retrying(
         ctx, daemons, short_dir):
     """oslo.messaging's test_multiple_servers: two servers connect before
@@ -459,7 +479,9 @@ IDLE_TURNS = 1000
 
 def test_stalled_push_consumer_does_not_make_the_loop_spin(ctx, daemons,
                                                           short_dir):
-    daemon = daemons(short_dir, with_backlog(5, metrics_port=0))
+    # join_window 0: the new outlet's backlog holds 5 from the start.
+    daemon = daemons(short_dir, with_backlog(5, metrics_port=0,
+                                             join_window=0))
     out = support.sender(ctx, daemon)
     out.send_multipart(cast('stalled.host1', b'0 first'))
     daemon.wait_stats(lambda s: 'stalled.host1' in s['topics'])
