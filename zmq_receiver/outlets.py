@@ -18,9 +18,10 @@ A new PUSH outlet is *joining* for its first join window: after a restart
 the senders' queued bursts arrive before the consumers, which retry the
 socket file every 100 to 200 ms, have found it, and one sender's burst may
 come after another's was delivered; a backlog capped at its usual length
-would drop most of them. While joining, only the byte limit of all
-backlogs together bounds it; at the end, one that no consumer joined keeps
-the usual number. Its first SETTLE seconds it sends nothing, so that every
+would drop most of them. While joining, it is bounded by what all
+backlogs together may hold (max_backlog_bytes, and as many messages as
+every outlet's backlog), not by its own length; at the end, one that no
+consumer joined keeps the usual number. Its first SETTLE seconds it sends nothing, so that every
 consumer already retrying its path is connected before the backlog is
 dealt out among them.
 """
