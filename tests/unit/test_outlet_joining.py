@@ -15,17 +15,10 @@ from zmq_receiver import outlets
 from zmq_receiver import ratelimit
 from zmq_receiver import routing
 from tests.unit.test_outlet_files import Loop
+from tests.unit.test_ratelimit import Clock
 
 BACKLOG = 4
 WINDOW = 5.0
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
 
 
 @pytest.fixture
@@ -62,7 +55,7 @@ def test_joining_outlet_keeps_a_burst_then_the_usual_backlog(made, clock):
     assert outlet.queued == 3 * BACKLOG
     assert made.counters.dropped == {}
     assert_held(made)
-    clock.now += WINDOW
+    clock.advance(WINDOW)
     made.tick()
     # Nobody joined: the newest beyond the backlog go, as on arrival.
     assert outlet.joining_until is None
