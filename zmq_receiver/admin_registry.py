@@ -10,6 +10,7 @@ prepared before it is switched on.
 import json
 import sys
 
+from zmq_receiver import admin_ring_build
 from zmq_receiver import errors
 from zmq_receiver import matchmaker
 from zmq_receiver import opts
@@ -39,6 +40,8 @@ def add_parsers(subparsers):
     from_redis.add_argument('--allow-empty', action='store_true',
                             help='write even when Redis holds no live '
                                  'registration')
+    for module in _RING_MODULES:
+        module.add_parser(actions)
 
     redis_parser = subparsers.add_parser(
         'redis', help='read or change the Redis registrations')
@@ -81,6 +84,10 @@ def add_parsers(subparsers):
 #: An operator waits for the answer: a short retry, not the agent's.
 RETRIES = 2
 
+#: Modules of ``ring`` actions of their own: each adds its actions with
+#: ``add_parser`` and runs them with ``run``.
+_RING_MODULES = (admin_ring_build,)
+
 
 def _ring_path(conf, command):
     return command.file or conf[opts.RING_GROUP].ringfile
@@ -91,6 +98,9 @@ def _ring_path(conf, command):
 
 def ring_command(conf, command, out=sys.stdout, err=sys.stderr):
     """The ``ring`` subcommands; the exit status."""
+    for module in _RING_MODULES:
+        if command.action in module.ACTIONS:
+            return module.run(conf, command, out, err)
     if command.action == 'from-redis':
         return ring_from_redis(conf, command, out, err)
     path = _ring_path(conf, command)
