@@ -10,6 +10,7 @@ prepared before it is switched on.
 import json
 import sys
 
+from zmq_receiver import admin_learn
 from zmq_receiver import admin_ring_build
 from zmq_receiver import errors
 from zmq_receiver import matchmaker
@@ -86,7 +87,7 @@ RETRIES = 2
 
 #: Modules of ``ring`` actions of their own: each adds its actions with
 #: ``add_parser`` and runs them with ``run``.
-_RING_MODULES = (admin_ring_build,)
+_RING_MODULES = (admin_ring_build, admin_learn)
 
 
 def _ring_path(conf, command):

@@ -1,11 +1,7 @@
 """``ring build`` from small inventories of every form, with renames read
-from a project's real config file, and the command as an operator runs it.
+from a project's real config file (the command itself: in
+tests/functional/test_ring_data.py).
 """
-
-import json
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -13,8 +9,6 @@ from tests import support
 from zmq_receiver import admin_ring_build
 from zmq_receiver import catalog as catalog_mod
 from zmq_receiver import inventory
-
-ADMIN = [sys.executable, '-m', 'zmq_receiver.admin']
 
 SIMPLE_INI = """\
 # host -> services
@@ -130,73 +124,3 @@ def test_renames_come_from_the_projects_config_file(tmp_path, catalog):
     assert built['conductor-eu'] == ['c1']
     assert built['monitor-info'] == ['m1']
     assert 'compute' not in built
-
-
-def _admin(*args):
-    env = dict(os.environ, PYTHONPATH=support.REPO)
-    return subprocess.run(ADMIN + list(args), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, env=env,
-                          timeout=support.TIMEOUT * 3)
-
-
-def test_command_writes_one_validated_ring_per_project(tmp_path):
-    inv = _write(tmp_path, 'inv.ini', SIMPLE_INI + (
-        '[net1]\nservices = neutron-server, neutron-l3-agent\n'))
-    out = tmp_path / 'rings'
-    out.mkdir()
-    result = _admin('ring', 'build', inv, '--release', 'kilo',
-                    '--output-dir', str(out))
-    assert result.returncode == 0, result.stderr
-    assert sorted(os.listdir(out)) == ['neutron_matchmaker_ring.json',
-                                       'nova_matchmaker_ring.json']
-    nova = out / 'nova_matchmaker_ring.json'
-    text = nova.read_text()
-    # Stable: sorted keys, indented, so that it diffs well.
-    assert text == json.dumps(json.loads(text), indent=2,
-                              sort_keys=True) + '\n'
-    assert json.loads(text) == WANTED
-    check = _admin('ring', 'validate', str(nova))
-    assert check.returncode == 0, check.stderr
-    assert 'OK' in check.stdout
-    # The same twice: byte for byte.
-    again = _admin('ring', 'build', inv, '--project', 'nova')
-    assert again.stdout == text
-
-
-def test_command_with_groups_and_project_config(tmp_path):
-    inv = _write(tmp_path, 'hosts', ANSIBLE_INI)
-    conf = support.write_config(str(tmp_path / 'nova.conf'), {
-        'DEFAULT': {'scheduler_topic': 'sched'}})
-    result = _admin('ring', 'build', inv, '--project', 'nova',
-                    '--group', 'computes=nova-compute',
-                    '--project-config', 'nova=' + conf)
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {
-        'conductor': ['ctl1', 'ctl2'], 'sched': ['ctl1'], 'compute': ['cmp1']}
-    assert 'controllers' in result.stderr
-
-
-@pytest.mark.parametrize('args,message', [
-    (['--project', 'swift'], "Unknown project 'swift'"),
-    (['--project', 'sahara', '--release', 'icehouse'],
-     'no sahara for release'),
-    (['--project-config', 'nova=/nonexistent/nova.conf', '--project',
-      'nova'], 'cannot be read'),
-])
-def test_command_errors_name_the_fix(tmp_path, args, message):
-    inv = _write(tmp_path, 'inv.ini', SIMPLE_INI)
-    result = _admin('ring', 'build', inv, *args)
-    assert result.returncode == 1, result.stderr
-    assert message in result.stderr
-
-
-def test_several_projects_need_an_output_dir(tmp_path):
-    inv = _write(tmp_path, 'inv.ini', SIMPLE_INI + (
-        '[net1]\nservices = neutron-server\n'))
-    result = _admin('ring', 'build', inv)
-    assert result.returncode == 1
-    assert '--output-dir' in result.stderr
-    result = _admin('ring', 'build', inv, '--project', 'all')
-    assert result.returncode == 0, result.stderr
-    ring = json.loads(result.stdout)
-    assert ring['q-plugin'] == ['net1'] and ring['compute'] == ['cmp1']
