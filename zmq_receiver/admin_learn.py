@@ -133,13 +133,7 @@ def parse_target(text, default_port):
         port = int(port)
     except ValueError:
         raise errors.ConfigError('%r: the port must be a number' % text)
-    return Target(name or (host if sep or not _is_address(host) else None),
-                  host, port)
-
-
-def _is_address(host):
-    return any(c.isdigit() for c in host) and all(
-        c.isdigit() or c in '.:abcdefABCDEF' for c in host)
+    return Target(name or None, host, port)
 
 
 def targets(conf, command, listed_hosts=()):
@@ -186,7 +180,10 @@ def fetch(target, timeout):
                                    'metrics port?' % target.url)
     if (not isinstance(doc, dict) or doc.get('format') != topics_doc.FORMAT
             or not isinstance(doc.get('host'), str)
-            or not isinstance(doc.get('topics'), dict)):
+            or not isinstance(doc.get('topics'), dict)
+            or not all(isinstance(e, dict) and
+                       isinstance(e.get('consumers'), int)
+                       for e in doc['topics'].values())):
         raise errors.ReceiverError('%s answered a document of another form '
                                    '(not a /topics of format %d)' % (
                                        target.url, topics_doc.FORMAT))

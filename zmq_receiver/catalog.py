@@ -9,7 +9,7 @@ A project's topics are keyed by their default name. A topic may carry the
 config option that renames it (``compute_topic`` in ``[DEFAULT]``,
 ``topic`` in ``[conductor]``...): :meth:`Catalog.renames` reads them from
 the project's own config file with oslo.config, as the service does, and
-:meth:`Catalog.topic_names` applies them.
+:func:`admin_ring_build.build` applies them.
 """
 
 import json
@@ -155,10 +155,6 @@ class Catalog:
             if names != [key]:
                 result[key] = names
         return result
-
-    def topic_names(self, project, key, renames=None):
-        """The names topic *key* of *project* goes by, after *renames*."""
-        return list((renames or {}).get(key, [key]))
 
     def consumers(self, topic_key):
         """[(project, service, topic)] of every service consuming the
