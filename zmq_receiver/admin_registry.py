@@ -1,7 +1,8 @@
 """``ring`` and ``redis``: read, check and maintain the matchmaker's data.
 
 ``ring validate|show|from-redis`` work on a ring file (the one given, or
-``[matchmaker_ring] ringfile``); ``redis show|register|unregister|prune|
+``[matchmaker_ring] ringfile``; ``build``, ``learn`` and ``diff`` are in
+modules of their own); ``redis show|register|unregister|prune|
 import-ring`` on the registry that ``[matchmaker_redis]`` names, whatever
 ``rpc_zmq_matchmaker`` says, so that a move from ring to Redis can be
 prepared before it is switched on.
