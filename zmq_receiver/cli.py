@@ -40,6 +40,7 @@ from zmq_receiver import privileges
 from zmq_receiver import receiver
 from zmq_receiver import routing
 from zmq_receiver import rundir
+from zmq_receiver import topics_doc
 from zmq_receiver import wire
 
 LOG = logging.getLogger(__name__)
@@ -265,9 +266,16 @@ def run(argv):
         state = None
         if group.metrics_port is not None:
             state = exporter_mod.LoopState()
+            topics = None
+            networks = access.parse_networks(group.topics_allowed_networks,
+                                             'topics_allowed_networks')
+            if networks:
+                topics = topics_doc.TopicsApp(
+                    state, opts.rpc_zmq_host(conf), conf.rpc_zmq_port,
+                    networks)
             exporter = exporter_mod.Exporter(
                 group.metrics_address, group.metrics_port, state,
-                group.metrics_top_topics)
+                group.metrics_top_topics, topics=topics)
         recv = receiver.Receiver(settings, reload=reload, notifier=notifier,
                                  state=state, agent=agent)
         # Bind first: a port below 1024 needs root.
@@ -276,10 +284,16 @@ def run(argv):
         # runs, the receiver locks it again before it binds there.
         recv.outlets.reclaim = lock.reacquire
         if exporter is not None:
+            if exporter.topics is not None:
+                # rpc_zmq_port may be 0: the port it got.
+                exporter.topics.port = int(endpoint.rsplit(':', 1)[1])
             url = exporter.bind()
             exporter.start()
             LOG.info('Metrics on %s/metrics, health on %s/healthz and '
                      '%s/readyz', url, url, url)
+            if exporter.topics is not None:
+                LOG.info('Topics document on %s/topics for %s', url,
+                         ', '.join(str(n) for n in exporter.topics.networks))
         if os.geteuid() == 0 and ident.uid != 0:
             _chown_log_files(ident)
         privileges.drop(ident)

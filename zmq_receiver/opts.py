@@ -324,6 +324,19 @@ receiver_opts = [
         help='Topics reported by name in the per-topic metrics: the '
              'busiest ones; the others are summed under ``other``, so a '
              'flood of topics cannot flood the metrics.'),
+    cfg.ListOpt(
+        'topics_allowed_networks',
+        default=['127.0.0.0/8', '::1'],
+        help='Networks whose hosts may read ``/topics`` on the metrics '
+             'endpoint: the JSON document of this host\'s topics and their '
+             'consumers that ``oslo-messaging-zmq-admin ring learn`` and '
+             '``ring diff`` collect. It tells which service runs where, so '
+             'by default only this host may read it: add the network of '
+             'the host that runs ``ring learn``. Empty: no ``/topics``.\n\n'
+             'Possible values:\n\n'
+             '* ``192.0.2.0/24, 2001:db8::/32, 127.0.0.1``\n\n'
+             'Related options:\n\n'
+             '* ``metrics_port``, ``metrics_address``'),
     cfg.FloatOpt(
         'log_interval',
         default=10.0,
