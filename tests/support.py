@@ -24,6 +24,49 @@ TIMEOUT = 10.0
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+#: The caller's variables a process started by a test inherits; anything
+#: else (NOTIFY_SOCKET from a notify service, OS_* from a shell) would change
+#: what the process does.
+INHERITED = ('PATH', 'HOME', 'LANG', 'LC_ALL', 'TMPDIR')
+#: Variables that make the receiver behave as under systemd or socket
+#: activation: a process has them only when its test set them.
+SERVICE_MANAGER = ('NOTIFY_SOCKET', 'JOURNAL_STREAM', 'LISTEN_FDS',
+                   'LISTEN_PID', 'LISTEN_FDNAMES', 'WATCHDOG_USEC',
+                   'WATCHDOG_PID', 'INVOCATION_ID')
+
+
+def clean_env(extra=None, **more):
+    """The environment for a process a test starts: :data:`INHERITED` from
+    the caller, PYTHONPATH to this checkout, then *extra* and *more* (what
+    the test itself sets). Never the whole of os.environ."""
+    env = {name: os.environ[name] for name in INHERITED
+           if name in os.environ}
+    env['PYTHONPATH'] = REPO
+    env.update(extra or {})
+    env.update(more)
+    return env
+
+
+def process_env(pid):
+    """The environment process *pid* was started with ({} once it ended)."""
+    try:
+        with open('/proc/%d/environ' % pid, 'rb') as f:
+            raw = f.read()
+    except OSError:
+        return {}
+    pairs = (item.partition(b'=') for item in raw.split(b'\0') if item)
+    return {k.decode(): v.decode('utf-8', 'replace') for k, _, v in pairs}
+
+
+def check_not_inherited(pid, asked):
+    """Fail when process *pid* has a :data:`SERVICE_MANAGER` variable that
+    its test did not put in *asked*: it came from the caller."""
+    leaked = sorted(name for name in process_env(pid)
+                    if name in SERVICE_MANAGER and name not in asked)
+    if leaked:
+        raise AssertionError('process %d inherited %s from the caller\'s '
+                             'environment' % (pid, ', '.join(leaked)))
+
 
 def write_config(path, options):
     """Write an ini file from {section: {option: value}}."""
@@ -63,8 +106,7 @@ class Daemon:
         if config:
             write_config(self.config_file, merged)
             self.args = ['--config-file', self.config_file] + self.args
-        self.env = dict(os.environ, **(env or {}))
-        self.env['PYTHONPATH'] = REPO
+        self.env = clean_env(env)
         self.proc = None
         self.endpoint = None
         self.output = None
@@ -82,6 +124,7 @@ class Daemon:
             stdin=subprocess.DEVNULL, env=self.env, text=True,
             cwd=self.directory, **kwargs)
         self.output = ProcessOutput(self.proc)
+        check_not_inherited(self.proc.pid, self.env)
         if wait_ready:
             match = self.wait_for(r'listening on (tcp://\S+),')
             self.endpoint = match.group(1)
@@ -180,7 +223,7 @@ def _run(args, stderr, env, cwd, timeout):
         [sys.executable, '-m', 'zmq_receiver'] + list(args),
         stdout=subprocess.PIPE, stderr=stderr,
         stdin=subprocess.DEVNULL, text=True, timeout=timeout, cwd=cwd,
-        env=dict(os.environ, PYTHONPATH=REPO, **(env or {})))
+        env=clean_env(env))
 
 
 def run_receiver(args, env=None, cwd=None, timeout=TIMEOUT):

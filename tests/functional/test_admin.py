@@ -38,7 +38,7 @@ def admin(*args, timeout=support.TIMEOUT):
     return subprocess.run(
         ADMIN + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL, text=True, timeout=timeout,
-        env=dict(os.environ, PYTHONPATH=support.REPO))
+        env=support.clean_env())
 
 
 class Background:
@@ -48,7 +48,7 @@ class Background:
         self.proc = subprocess.Popen(
             ADMIN + list(args), stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-            env=dict(os.environ, PYTHONPATH=support.REPO))
+            env=support.clean_env())
         # stderr is where it talks; stdout is its result, read at the end.
         self.errors = ProcessOutput(self.proc, self.proc.stderr)
         self._out = []

@@ -757,7 +757,7 @@ def test_hup_right_after_the_bind_does_not_kill(short_dir, system_user):
     proc = subprocess.Popen(
         [sys.executable, '-m', 'zmq_receiver', '--config-file', conf],
         stdout=w, stderr=w, stdin=subprocess.DEVNULL,
-        env=dict(os.environ, PYTHONPATH=support.REPO))
+        env=support.clean_env())
     os.close(w)
     drained = []
     try:

@@ -35,8 +35,8 @@ def test_readme_starts_with_the_run_and_test_commands():
 def test_the_readme_run_command_forwards(ctx, short_dir):
     run = readme_commands()[0]
     ipc_dir = os.path.join(short_dir, 'ipc')
-    env = dict(os.environ, OS_DEFAULT__RPC_ZMQ_PORT='0',
-               OS_DEFAULT__RPC_ZMQ_IPC_DIR=ipc_dir)
+    env = support.clean_env(OS_DEFAULT__RPC_ZMQ_PORT='0',
+                            OS_DEFAULT__RPC_ZMQ_IPC_DIR=ipc_dir)
     proc = subprocess.Popen(run.split(), cwd=support.REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, text=True)
