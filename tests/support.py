@@ -83,11 +83,13 @@ class Daemon:
     """``python -m zmq_receiver`` on loopback with its IPC dir in *directory*.
 
     *options* ({section: {option: value}}) is merged over a config that binds
-    127.0.0.1 on a port the kernel picks.
+    127.0.0.1 on a port the kernel picks. With *journal*, its stdout and
+    stderr are one pipe that ``JOURNAL_STREAM`` names, as systemd's stream
+    to journald is.
     """
 
     def __init__(self, directory, options=None, args=(), env=None,
-                 config=True):
+                 config=True, journal=False):
         self.directory = directory
         self.ipc_dir = os.path.join(directory, 'ipc')
         merged = {
@@ -107,6 +109,7 @@ class Daemon:
             write_config(self.config_file, merged)
             self.args = ['--config-file', self.config_file] + self.args
         self.env = clean_env(env)
+        self.journal = journal
         self.proc = None
         self.endpoint = None
         self.output = None
@@ -119,11 +122,22 @@ class Daemon:
     def start(self, wait_ready=True):
         """Start the process; by default wait until it listens."""
         argv, kwargs = self.command()
-        self.proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env=self.env, text=True,
-            cwd=self.directory, **kwargs)
-        self.output = ProcessOutput(self.proc)
+        stream = None
+        out = subprocess.PIPE
+        if self.journal:
+            read_end, out = os.pipe()
+            st = os.fstat(out)
+            self.env['JOURNAL_STREAM'] = '%d:%d' % (st.st_dev, st.st_ino)
+            stream = os.fdopen(read_end, 'r')
+        try:
+            self.proc = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env=self.env, text=True,
+                cwd=self.directory, **kwargs)
+        finally:
+            if self.journal:
+                os.close(out)
+        self.output = ProcessOutput(self.proc, stream)
         check_not_inherited(self.proc.pid, self.env)
         if wait_ready:
             match = self.wait_for(r'listening on (tcp://\S+),')
