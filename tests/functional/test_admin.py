@@ -435,6 +435,48 @@ def test_check_tells_whether_the_service_user_may_connect(setup):
     assert setup.check('--service-user', 'nobody').returncode == 0
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason='needs root to own the '
+                    'directory as another user')
+def test_check_as_root_assumes_the_receiver_runs_as_the_directory_owner(
+        setup, system_user):
+    # A unit with User=<name> and no [zmq_receiver] user: the config does
+    # not say who runs the receiver; the directory's owner does.
+    name, uid, gid = system_user
+    os.chown(setup.ipc_dir, uid, gid)
+    result = setup.check('--service-user', name)
+    assert result.returncode == 0, result.stdout
+    lines = report(result)
+    assert ('PASS', 'user', 'the receiver runs as %s (the owner of %s, as '
+            '[zmq_receiver] user is unset; give --receiver-user if the '
+            'unit\'s User= says otherwise)' % (name, setup.ipc_dir)) in lines
+    assert ('PASS', 'service', '%s may connect to the sockets (group %s, '
+            'mode 0660)' % (name, _group_name(gid))) in lines
+    # Told that root runs it, the sockets are root's: the old answer.
+    result = setup.check('--service-user', name, '--receiver-user', 'root')
+    assert result.returncode == 1
+    assert ('PASS', 'user', 'the receiver runs as root (--receiver-user)'
+            ) in report(result)
+    assert failures(result) == [(
+        'service', '{0} may not connect: the sockets will be owned by root, '
+        'group root, mode 0660; fix: add {0} to group root (usermod -a -G '
+        'root {0}), or set [zmq_receiver] socket_group to a group of {0}'
+        .format(name))]
+
+def test_check_says_whom_it_assumes_without_a_directory(setup):
+    os.rmdir(setup.ipc_dir)
+    result = setup.check()
+    assert result.returncode == 0, result.stdout
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    assert ('PASS', 'user', 'the receiver runs as %s (the user running this '
+            'check, as [zmq_receiver] user is unset and %s does not exist; '
+            'give --receiver-user if the unit\'s User= says otherwise)'
+            % (me, setup.ipc_dir)) in report(result)
+    unknown = setup.check('--receiver-user', 'zrnosuchuser')
+    assert failures(unknown) == [(
+        'user', '--receiver-user = zrnosuchuser: no such user on this host; '
+        'create it (useradd --system zrnosuchuser) or fix the name')]
+
+
 def _group_name(gid):
     import grp
     return grp.getgrgid(gid).gr_name
