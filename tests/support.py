@@ -7,10 +7,12 @@ and a timeout fails the test.
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -254,6 +256,47 @@ def run_split(args, env=None, cwd=None, timeout=TIMEOUT):
     """
     proc = _run(args, subprocess.PIPE, env, cwd, timeout)
     return proc.returncode, proc.stdout, proc.stderr
+
+
+#: /etc/hosts as a stock Debian 12 writes it, with the IPv6 line before or
+#: after the IPv4 one: glibc may give ::1 first either way.
+DEBIAN_HOSTS = {
+    'ipv6-first': '::1\tlocalhost ip6-localhost ip6-loopback\n'
+                  '127.0.0.1\tlocalhost\n',
+    'ipv6-last': '127.0.0.1\tlocalhost\n127.0.1.1\tdebian\n\n'
+                 '# The following lines are desirable for IPv6 capable hosts\n'
+                 '::1     localhost ip6-localhost ip6-loopback\n'
+                 'ff02::1 ip6-allnodes\nff02::2 ip6-allrouters\n',
+}
+
+
+def run_with_hosts(hosts, argv, env=None, cwd=None, timeout=TIMEOUT):
+    """Run *argv* to completion with *hosts* (text) as its /etc/hosts:
+    bound over the real one in a mount namespace of its own, which ends
+    with it. Skips, saying why, where that cannot be done."""
+    unshare = shutil.which('unshare')
+    if unshare is None or os.geteuid() != 0:
+        pytest.skip('needs root and unshare (util-linux) to give a process '
+                    'an /etc/hosts of its own')
+    directory = tempfile.mkdtemp(prefix='zrhosts')
+    path = os.path.join(directory, 'hosts')
+    with open(path, 'w') as f:
+        f.write(hosts)
+    wrap = [unshare, '--mount', 'sh', '-c',
+            'mount --bind "$0" /etc/hosts || exit 125; exec "$@"', path]
+    try:
+        probe = subprocess.run(wrap + ['cat', '/etc/hosts'],
+                               capture_output=True, text=True,
+                               timeout=timeout)
+        if probe.returncode != 0 or probe.stdout != hosts:
+            pytest.skip('cannot bind-mount a hosts file in a mount namespace '
+                        'here: %s' % (probe.stderr.strip() or probe.stdout))
+        return subprocess.run(
+            wrap + list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL, text=True, timeout=timeout, cwd=cwd,
+            env=clean_env(env))
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def recv(sock, timeout=TIMEOUT):

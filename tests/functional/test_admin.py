@@ -6,6 +6,7 @@ on real files and a real Redis; ``send`` and ``tap`` through a running
 receiver.
 """
 
+import functools
 import json
 import os
 import pwd
@@ -720,7 +721,16 @@ def test_tap_gives_up_after_its_timeout(receiver, background):
     assert tap.finish() == (1, [])
 
 
-def test_send_through_the_ring_matchmaker(ctx, daemons, short_dir):
+def admin_with_hosts(hosts, *args):
+    """admin() with *hosts* as its /etc/hosts (support.run_with_hosts)."""
+    return support.run_with_hosts(hosts, ADMIN + list(args))
+
+
+@pytest.mark.parametrize('hosts', [None] + sorted(support.DEBIAN_HOSTS))
+def test_send_through_the_ring_matchmaker(ctx, daemons, short_dir, hosts):
+    # The receiver listens on 127.0.0.1 only, as ./dev run's does.
+    run = admin if hosts is None else functools.partial(
+        admin_with_hosts, support.DEBIAN_HOSTS[hosts])
     ring_file = os.path.join(short_dir, 'ring.json')
     with open(ring_file, 'w') as f:
         json.dump({'compute': ['localhost']}, f)
@@ -731,14 +741,14 @@ def test_send_through_the_ring_matchmaker(ctx, daemons, short_dir):
     subscriber = sub(ctx, daemon, 'fanout~compute')
     args = ('--config-file', daemon.config_file, 'send', 'compute',
             '--port', str(daemon.port), '--method', 'ping')
-    sent = admin(*args)
+    sent = run(*args)
     assert sent.returncode == 0, sent.stdout + sent.stderr
     assert sent.stdout == ('sent cast ping to compute.localhost at '
                            'tcp://localhost:%d\n' % daemon.port)
     assert recv(consumer) == [
         b'0', b'compute.localhost', b'cast',
         b'["{}", {"method": "ping", "args": {}}]']
-    fanout = admin(*args + ('--fanout',))
+    fanout = run(*args + ('--fanout',))
     assert fanout.returncode == 0, fanout.stdout + fanout.stderr
     assert recv(subscriber)[:3] == [b'0', b'fanout~compute.localhost',
                                     b'cast']
