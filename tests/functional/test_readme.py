@@ -70,3 +70,13 @@ def test_the_readme_run_command_forwards(ctx, short_dir):
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=support.TIMEOUT)
     assert proc.returncode == 0, output.log()
+
+
+def test_every_podman_build_keeps_the_health_check():
+    # podman's default (OCI) image format drops HEALTHCHECK.
+    with open(os.path.join(support.REPO, 'Containerfile')) as f:
+        containerfile = f.read()
+    builds = re.findall(r'podman build .*', readme_text() + containerfile)
+    assert len(builds) >= 2, builds
+    for build in builds:
+        assert '--format docker' in build, build
