@@ -38,7 +38,7 @@ def priority(levelno):
 
 def _journal_stream():
     """(device, inode) from ``JOURNAL_STREAM``, or None."""
-    device, sep, inode = os.environ.get('JOURNAL_STREAM', '').partition(':')
+    device, _, inode = os.environ.get('JOURNAL_STREAM', '').partition(':')
     try:
         return int(device), int(inode)
     except ValueError:
