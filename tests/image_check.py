@@ -22,6 +22,7 @@ Exit status 0 when every step passed, 1 otherwise.
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -37,6 +38,14 @@ IMAGE = 'localhost/oslo-messaging-zmq-receiver:image-test'
 #: An arbitrary uid with no passwd entry, as OpenShift assigns.
 UID = 4242421
 STOP_LIMIT = 1.0
+HOST_CA = '/etc/ssl/certs/ca-certificates.crt'
+#: crun refuses a host whose cgroups are in hybrid mode (v1 controllers
+#: with a v2 hierarchy beside them); runc runs there.
+PODMAN = ['podman'] + (['--runtime', 'runc'] if shutil.which('runc') else [])
+#: podman asks for limits above the host's own by default, which a host
+#: without CAP_SYS_RESOURCE (a sandbox) refuses: ask for what it has.
+LIMITS = ['--ulimit', 'nofile=%d:%d' % ((resource.getrlimit(
+    resource.RLIMIT_NOFILE)[1],) * 2), '--ulimit', 'nproc=4096:4096']
 
 
 class Steps:
@@ -58,9 +67,9 @@ def run(argv, check=True, **kwargs):
     """Run *argv*; its CompletedProcess (text, output captured)."""
     result = subprocess.run(argv, capture_output=True, text=True, **kwargs)
     if check and result.returncode != 0:
-        raise SystemExit('image-test: %s failed (status %d):\n%s%s' % (
-            ' '.join(argv), result.returncode, result.stdout,
-            result.stderr))
+        said = (result.stdout + result.stderr).splitlines()
+        raise SystemExit('image-test: %s failed (status %d):\n%s' % (
+            ' '.join(argv), result.returncode, '\n'.join(said[-40:])))
     return result
 
 
@@ -98,12 +107,16 @@ def debian_tree():
 
 def import_base(tree, fresh):
     """``podman import`` of *tree* as :data:`BASE`, unless already there."""
-    if not fresh and run(['podman', 'image', 'exists', BASE],
+    if not fresh and run(PODMAN + ['image', 'exists', BASE],
                          check=False).returncode == 0:
         return
+    # The host's CA bundle: where a proxy re-signs TLS (pip's PyPI), the
+    # build needs its CA too, as a site's own base image would have it.
+    if os.path.exists(HOST_CA):
+        shutil.copyfile(HOST_CA, os.path.join(tree, HOST_CA.lstrip('/')))
     tar = subprocess.Popen(['tar', '-C', tree, '--numeric-owner', '-c', '.'],
                            stdout=subprocess.PIPE)
-    run(['podman', 'import', '--change', 'CMD ["/bin/bash"]', '-', BASE],
+    run(PODMAN + ['import', '--change', 'CMD ["/bin/bash"]', '-', BASE],
         stdin=tar.stdout)
     tar.stdout.close()
     if tar.wait() != 0:
@@ -111,20 +124,19 @@ def import_base(tree, fresh):
 
 
 def build(image_format, tag):
-    return run(['podman', 'build', '--format', image_format,
-                '--network', 'host', '--build-arg', 'BASE=' + BASE,
-                '-t', tag, '-f', 'Containerfile', '.'], cwd=REPO,
-               timeout=1800)
+    return run(PODMAN + ['build', '--format', image_format] + LIMITS + [
+        '--network', 'host', '--build-arg', 'BASE=' + BASE,
+        '-t', tag, '-f', 'Containerfile', '.'], cwd=REPO, timeout=1800)
 
 
 def health_check_of(image):
-    data = json.loads(run(['podman', 'image', 'inspect', image]).stdout)[0]
+    data = json.loads(run(PODMAN + ['image', 'inspect', image]).stdout)[0]
     config = data.get('Config') or {}
     return config.get('Healthcheck') or data.get('HealthCheck')
 
 
 def logs(name):
-    result = run(['podman', 'logs', name], check=False)
+    result = run(PODMAN + ['logs', name], check=False)
     return result.stdout + result.stderr
 
 
@@ -140,17 +152,17 @@ def wait_for_log(name, text, timeout):
 
 
 def health_status(name):
-    state = json.loads(run(['podman', 'inspect', name]).stdout)[0]['State']
+    state = json.loads(run(PODMAN + ['inspect', name]).stdout)[0]['State']
     health = state.get('Health') or state.get('Healthcheck') or {}
     return health.get('Status')
 
 
 def run_container(steps, ipc_dir):
     name = 'zr-image-test-%d' % os.getpid()
-    run(['podman', 'run', '-d', '--name', name, '--user', '%d:0' % UID,
-         '--read-only', '--network', 'none',
-         '-v', '%s:/var/run/openstack' % ipc_dir,
-         '-e', 'OS_DEFAULT__RPC_ZMQ_HOST=imagetest', IMAGE])
+    run(PODMAN + ['run', '-d', '--name', name, '--user', '%d:0' % UID] +
+        LIMITS + ['--read-only', '--network', 'none',
+                  '-v', '%s:/var/run/openstack' % ipc_dir,
+                  '-e', 'OS_DEFAULT__RPC_ZMQ_HOST=imagetest', IMAGE])
     try:
         said, took = timed(wait_for_log, name, 'listening on', 60)
         if not steps.result(said is not None, 'the receiver listens', took):
@@ -158,7 +170,7 @@ def run_container(steps, ipc_dir):
             return
         steps.result('Forwarding loop: compiled' in said,
                      'it runs the compiled forwarding loop')
-        probe = run(['podman', 'exec', name, 'sh', '-c',
+        probe = run(PODMAN + ['exec', name, 'sh', '-c',
                      'id -u; touch /probe 2>&1 || true'], check=False)
         lines = probe.stdout.splitlines()
         steps.result(lines[:1] == [str(UID)],
@@ -167,22 +179,22 @@ def run_container(steps, ipc_dir):
         steps.result('Read-only file system' in probe.stdout,
                      'its root file system is read-only: %s' % (
                          ' '.join(lines[1:]) or 'writable'))
-        check, took = timed(run, ['podman', 'healthcheck', 'run', name],
+        check, took = timed(run, PODMAN + ['healthcheck', 'run', name],
                             check=False)
         status = health_status(name)
         steps.result(check.returncode == 0 and status == 'healthy',
                      'health check: status %d, reported %s' % (
                          check.returncode, status), took)
         start = time.monotonic()
-        run(['podman', 'kill', '--signal', 'TERM', name])
-        waited = run(['podman', 'wait', '--interval', '20ms', name])
+        run(PODMAN + ['kill', '--signal', 'TERM', name])
+        waited = run(PODMAN + ['wait', '--interval', '20ms', name])
         took = time.monotonic() - start
         code = waited.stdout.strip()
         steps.result(code == '0' and took < STOP_LIMIT,
                      'SIGTERM: exit status %s in under %.0f s' % (
                          code, STOP_LIMIT), took)
     finally:
-        run(['podman', 'rm', '-f', name], check=False)
+        run(PODMAN + ['rm', '-f', name], check=False)
 
 
 def main(argv=None):
@@ -204,7 +216,7 @@ def main(argv=None):
     _, took = timed(build, 'oci', oci)
     print('note  podman build --format oci (the default) leaves the '
           'HEALTHCHECK out: %s (%.2f s)' % (health_check_of(oci), took))
-    run(['podman', 'rmi', oci], check=False)
+    run(PODMAN + ['rmi', oci], check=False)
     ipc_dir = tempfile.mkdtemp(prefix='zr-image-ipc')
     try:
         os.chown(ipc_dir, UID, 0)
