@@ -131,8 +131,8 @@ def build(image_format, tag):
 
 def health_check_of(image):
     data = json.loads(run(PODMAN + ['image', 'inspect', image]).stdout)[0]
-    config = data.get('Config') or {}
-    return config.get('Healthcheck') or data.get('HealthCheck')
+    return data.get('Healthcheck') or (data.get('Config') or {}).get(
+        'Healthcheck')
 
 
 def logs(name):
