@@ -80,11 +80,13 @@ def test_a_config_error_before_the_logging_setup_is_an_error_line(
     assert 'rpc_zmq_port' in daemon.lines[0]
 
 
-def test_an_inherited_variable_that_names_another_stream_changes_nothing(
-        short_dir, started):
+@pytest.mark.parametrize('env', [{}, {'JOURNAL_STREAM': '1:1'}],
+                         ids=['unset', 'another-stream'])
+def test_without_the_journal_stream_the_format_is_unchanged(
+        short_dir, started, env):
     # A shell started from a unit inherits JOURNAL_STREAM; its output is a
     # terminal or pipe of its own.
-    daemon = support.Daemon(short_dir, env={'JOURNAL_STREAM': '1:1'})
+    daemon = support.Daemon(short_dir, env=env)
     started.append(daemon)
     daemon.start()
     assert daemon.stop() == errors.EXIT_OK
