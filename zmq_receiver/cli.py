@@ -33,6 +33,7 @@ from zmq_receiver import agent as agent_mod
 from zmq_receiver import daemonize
 from zmq_receiver import errors
 from zmq_receiver import exporter as exporter_mod
+from zmq_receiver import journal
 from zmq_receiver import notify
 from zmq_receiver import opts
 from zmq_receiver import outlets
@@ -48,6 +49,9 @@ PROG = 'oslo-messaging-zmq-receiver'
 
 #: Whether oslo.log is set up: before, errors go to stderr only.
 _logging_ready = False
+#: Whether the log goes to systemd's journal stream (JOURNAL_STREAM): then
+#: an error logged is not printed on stderr, the same stream, again.
+_log_in_journal = False
 
 
 def load_config(argv):
@@ -198,10 +202,11 @@ def run(argv):
             '--daemon under systemd (NOTIFY_SOCKET is set): systemd '
             'supervises the process itself; remove --daemon from the unit')
     notifier = notify.Notifier()
-    global _logging_ready
+    global _logging_ready, _log_in_journal
     try:
         oslo_log.setup(conf, PROG, __version__)
         _logging_ready = True
+        _log_in_journal = journal.adopt(keep_format=conf.use_json)
     except OSError as exc:
         raise errors.PermissionProblem(
             'Cannot open the log file: %s: %s; create its directory and '
@@ -326,6 +331,7 @@ def main(argv=None):
     """Console entry point; returns the exit status."""
     if argv is None:
         argv = sys.argv[1:]
+    journal.start_handler()
     try:
         return run(argv)
     except errors.ReceiverError as exc:
@@ -338,5 +344,7 @@ def main(argv=None):
     if _logging_ready:
         LOG.error('%s', error)
     # The log may be a file or stdout; the operator reads stderr.
-    print('%s: error: %s' % (PROG, error), file=sys.stderr)
+    if not _log_in_journal:
+        print(journal.error_line('%s: error: %s' % (PROG, error),
+                                 sys.stderr), file=sys.stderr)
     return error.exit_code

@@ -198,7 +198,7 @@ def admin(*args):
     return subprocess.run(
         ADMIN + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL, text=True, timeout=support.TIMEOUT * 2,
-        env=dict(os.environ, PYTHONPATH=support.REPO))
+        env=support.clean_env())
 
 
 class Keys:

@@ -49,7 +49,7 @@ class ConsumerProc:
             [sys.executable, '-m', 'tests.consumer_proc', endpoint, kind],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, cwd=support.REPO,
-            env=dict(os.environ, PYTHONPATH=support.REPO))
+            env=support.clean_env())
         self.got = []
         self.other = []
         self._cond = threading.Condition()

@@ -164,7 +164,7 @@ def admin(daemon, *args, timeout=support.TIMEOUT):
     return subprocess.run(
         [ADMIN, '--config-file', daemon.config_file] + list(args),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        stdin=subprocess.DEVNULL, timeout=timeout)
+        stdin=subprocess.DEVNULL, timeout=timeout, env=support.clean_env())
 
 
 def admin_json(daemon):
@@ -584,7 +584,7 @@ def test_stats_watch_refreshes(ctx, receiver):
     proc = subprocess.Popen(
         [ADMIN, '--config-file', receiver.config_file, 'stats', '--watch',
          '0.2'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL, text=True)
+        stdin=subprocess.DEVNULL, text=True, env=support.clean_env())
     clear = '\x1b[H\x1b[2J'  # each refresh starts by clearing the screen
     tables = queue.Queue()
 
