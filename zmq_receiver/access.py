@@ -135,7 +135,9 @@ class NetworkCheck:
         a refusal is counted and logged."""
         if allowed(peer, self.networks):
             return True
-        refused_network(self.counters, self.warn, peer)
+        # 192.0.2.7 rather than ::ffff:192.0.2.7 (a dual-stack socket's).
+        refused_network(self.counters, self.warn,
+                        peer_address(peer) or peer)
         return False
 
 

@@ -34,6 +34,9 @@ import struct
 
 import zmq
 
+from zmq_receiver import errors
+from zmq_receiver import opts
+
 # Classic BPF (linux/filter.h, linux/bpf_common.h).
 _LD_W_ABS = 0x20
 _LD_H_ABS = 0x28
@@ -58,6 +61,8 @@ _DROP = 0
 SO_ATTACH_FILTER = 26
 #: libzmq's default ZMQ_BACKLOG.
 BACKLOG = 100
+#: The most instructions the kernel takes in one filter (BPF_MAXINSNS).
+MAX_INSTRUCTIONS = 4096
 
 
 def _insn(code, k=0, jt=0, jf=0):
@@ -130,12 +135,28 @@ def program(networks):
 
 
 def attach(sock, networks):
-    """Attach the filter of *networks* to the Python socket *sock*."""
+    """Attach the filter of *networks* to the Python socket *sock*.
+
+    Raises :class:`errors.ConfigError` when the kernel refuses it.
+    """
     insns = program(networks)
+    if len(insns) > MAX_INSTRUCTIONS:
+        raise errors.ConfigError(
+            '[%s] allowed_networks lists %d networks, more than the '
+            'kernel socket filter that enforces them can hold; merge them '
+            'into fewer, wider networks' % (opts.GROUP, len(networks)))
     filters = ctypes.create_string_buffer(
         b''.join(struct.pack('=HBBI', *i) for i in insns))
     fprog = struct.pack('@HP', len(insns), ctypes.addressof(filters))
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+    except OSError as exc:
+        raise errors.ConfigError(
+            'Cannot attach the socket filter that enforces [%s] '
+            'allowed_networks (SO_ATTACH_FILTER: %s); run the receiver '
+            'where the kernel allows it (a container\'s seccomp profile '
+            'may forbid it), or unset allowed_networks and filter with a '
+            'firewall' % (opts.GROUP, exc.strerror)) from None
 
 
 def _resolve(ctx, endpoint, ipv6):
@@ -158,7 +179,8 @@ def bind(sock, endpoint, ipv6, networks):
     socket filtered for *networks*; returns the port bound.
 
     Raises :class:`zmq.ZMQError` with the errno of whatever failed, as
-    ``sock.bind`` would.
+    ``sock.bind`` would, or :class:`errors.ConfigError` when the filter
+    cannot be attached.
     """
     host = _resolve(sock.context, endpoint, ipv6)
     address = ipaddress.ip_address(host.split('%', 1)[0])
@@ -183,7 +205,7 @@ def bind(sock, endpoint, ipv6, networks):
     except OSError as exc:
         listener.close()
         raise zmq.ZMQError(exc.errno or errno.EINVAL) from None
-    except zmq.ZMQError:
+    except (zmq.ZMQError, errors.ReceiverError):
         listener.close()
         raise
     # libzmq owns the descriptor now and closes it when it unbinds.

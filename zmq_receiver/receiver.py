@@ -291,6 +291,10 @@ class Receiver:
                 sock.bind(endpoint)
                 bound = int(sock.getsockopt_string(
                     zmq.LAST_ENDPOINT).rsplit(':', 1)[1])
+        except errors.ReceiverError:
+            self.connections.unwatch(monitor)
+            sock.close(linger=0)
+            raise
         except zmq.ZMQError as exc:
             self.connections.unwatch(monitor)
             sock.close(linger=0)

@@ -21,6 +21,7 @@ from tests import support
 from tests.functional.test_access import ALLOWED_SOURCE, DENIED_SOURCE
 from tests.functional.test_access import denied, pull, sender_from
 from tests.support import cast, recv
+from zmq_receiver import errors
 
 ZMTP_PUSH = 0x08
 #: Refused connections per case: enough that a message slipping through
@@ -208,3 +209,52 @@ def test_networks_refuse_every_protocol_at_once(ctx, daemons, short_dir,
     got = sorted(recv(consumer)[3] for _ in range(2))
     assert got == [b'v1', b'v2']
     assert support.nothing_arrives(consumer, 0.5)
+
+
+@pytest.mark.parametrize('bind_address', ['*', 'lo'])
+def test_filter_follows_the_bind_address(ctx, daemons, short_dir, peers,
+                                         bind_address):
+    """Every address and IPv6 (dual stack), or an interface name: the
+    listener the receiver makes for the filter is the one libzmq would."""
+    daemon = daemons(short_dir, {
+        'DEFAULT': {'rpc_zmq_bind_address': bind_address},
+        'zmq_receiver': {'allowed_networks': '127.0.0.1'}})
+    consumer = pull(ctx, daemon, 'compute.host1')
+    outcast = peers(2, daemon.port, DENIED_SOURCE)
+    outcast.send(cast('compute.host1', b'refused'), greeting=True)
+    assert outcast.closed_by_receiver()
+    daemon.wait_stats(lambda s: denied(s) == 1)
+    # The IPv4 address, also from a dual-stack socket.
+    daemon.wait_for(r'Refused a connection from 127\.0\.0\.2: ')
+    peers(1, daemon.port, ALLOWED_SOURCE).send(
+        cast('compute.host1', b'allowed'), greeting=True)
+    assert recv(consumer)[3] == b'allowed'
+    assert support.nothing_arrives(consumer, 0.3)
+
+
+def run_with_networks(short_dir, **defaults):
+    config = {'DEFAULT': dict({'rpc_zmq_ipc_dir': short_dir + '/ipc',
+                               'rpc_zmq_bind_address': '127.0.0.1'},
+                              **defaults),
+              'zmq_receiver': {'allowed_networks': '127.0.0.1'}}
+    return support.run_split(['--config-file', support.write_config(
+        short_dir + '/receiver.conf', config)], cwd=short_dir)
+
+
+def test_filtered_port_in_use_is_still_a_temporary_failure(short_dir):
+    with socket.socket() as taken:
+        taken.bind(('127.0.0.1', 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        status, out, err = run_with_networks(short_dir, rpc_zmq_port=port)
+    assert status == errors.EXIT_ADDRESS_IN_USE, out + err
+    assert 'tcp://127.0.0.1:%d is already in use' % port in err, err
+    assert len(err.splitlines()) == 1, err
+
+
+def test_filtered_bad_interface_is_a_config_error(short_dir):
+    status, out, err = run_with_networks(
+        short_dir, rpc_zmq_port=support.free_port(),
+        rpc_zmq_bind_address='nosuchif0')
+    assert status == errors.EXIT_CONFIG, out + err
+    assert 'rpc_zmq_bind_address=nosuchif0' in err, err
