@@ -275,16 +275,18 @@ class AccessControl(zmq.auth.Authenticator):
         self._request = None
 
     def start(self):
-        """Bind the ZAP socket and load the CURVE client keys."""
+        """Bind the ZAP socket and load the CURVE client keys; without a
+        CURVE port nothing asks ZAP, and :attr:`zap_socket` stays None."""
+        curve = self.policy.curve
+        if curve is None:
+            return
         super().start()
         # A handshake waiting on an answer must not hold up the exit.
         self.zap_socket.linger = 0
-        curve = self.policy.curve
-        if curve is not None:
-            if curve.clients_dir:
-                self.certs[CURVE_DOMAIN] = load_client_keys(curve.clients_dir)
-            else:
-                self.configure_curve(CURVE_DOMAIN, zmq.auth.CURVE_ALLOW_ANY)
+        if curve.clients_dir:
+            self.certs[CURVE_DOMAIN] = load_client_keys(curve.clients_dir)
+        else:
+            self.configure_curve(CURVE_DOMAIN, zmq.auth.CURVE_ALLOW_ANY)
 
     def describe(self):
         """One line for the startup log."""

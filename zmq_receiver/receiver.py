@@ -248,7 +248,7 @@ class Receiver:
             self.ctx.term()
             self.ctx = None
             raise
-        if self.access is not None:
+        if self.access is not None and self.access.zap_socket is not None:
             self.register(self.access.zap_socket, zmq.POLLIN,
                           self.access.on_zap)
         for monitor in self.connections.monitors:
