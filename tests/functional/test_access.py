@@ -301,6 +301,19 @@ def test_legacy_sender_cannot_use_the_curve_port(ctx, daemons, short_dir,
     assert support.nothing_arrives(consumer, 0.3)
 
 
+def test_refused_admin_send_names_allowed_networks(daemons, short_dir):
+    # The legacy port refuses by closing the connection (no ZAP there).
+    daemon = daemons(short_dir, {'zmq_receiver': {
+        'allowed_networks': '10.0.0.0/8'}})
+    sent = send(daemon, daemon.endpoint, '--timeout', '1')
+    assert sent.returncode == 1
+    assert 'closed every connection before the handshake ended' in (
+        sent.stdout), sent.stdout
+    assert "this host's address may not be in its [zmq_receiver] " \
+        'allowed_networks' in sent.stdout
+    assert 'CURVE' not in sent.stdout
+
+
 def test_client_keys_rotate_on_sighup(ctx, daemons, short_dir, keys):
     daemon = daemons(short_dir, keys.options())
     endpoint = curve_endpoint(daemon)
