@@ -129,7 +129,9 @@ def test_allowed_legacy_sender_is_forwarded(ctx, daemons, short_dir, peers,
     peer = peers(version, daemon.port, ALLOWED_SOURCE)
     sent = [cast('compute.host1', b'first'),
             cast('compute.host1', LONG),
-            [b'7', b'compute.host1', b'cast', b'a', b'b', LONG]]
+            [b'7', b'compute.host1', b'cast', b'a', b'b', LONG],
+            # Many large TCP segments through the kernel filter.
+            cast('compute.host1', b'y' * (4 << 20))]
     peer.send(*sent, greeting=True)
     assert [recv(consumer) for _ in sent] == sent
     # Later writes on the same connection too.
