@@ -213,6 +213,18 @@ def wait_accepted(sock, monitor, url, timeout, curve):
                         url, event['value'],
                         ', or our client key is not in its '
                         'curve_allowed_clients_dir' if curve else ''))
+        if (not curve and
+                event['event'] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+            # The legacy port checks allowed_networks by closing the
+            # connection as soon as it is accepted, not through ZAP. (A
+            # CURVE port's mechanism mismatch, once seen, says more.)
+            why = why or (
+                'the receiver at %s closed every connection before the '
+                'handshake ended, for %.1f s: this host\'s address may not '
+                'be in its [zmq_receiver] allowed_networks (its log and its '
+                'denied counter say), or it has max_connections open' % (
+                    url, timeout))
+            continue
         why = 'the security handshake with %s failed for %.1f s: %s' % (
             url, timeout,
             'check that --curve-server-key is the receiver\'s current '
