@@ -20,6 +20,7 @@ from zmq_receiver import metrics
 from zmq_receiver import outlets
 from zmq_receiver import ratelimit
 from zmq_receiver import routing
+from tests.unit.test_ratelimit import Clock
 
 
 class Loop:
@@ -84,26 +85,21 @@ def test_failed_outlet_leaves_no_socket_open(made, ctx):
     assert [s for s in ctx._sockets if not s.closed] == []
 
 
-def test_direct_is_the_socket_or_none(made):
-    push = made.get(routing.route(b'a.host1', 100))
-    pub = made.get(routing.route(b'fanout~a.host1', 100))
-    # The Socket itself, never its libzmq address, which outlives it.
-    assert push.direct is push.socket
-    assert pub.direct is None
-    made.close(push)
-    assert push.direct is None
-
-
 def test_a_send_error_drops_and_counts_the_message(short_dir, caplog):
     ipc_dir = os.path.join(short_dir, 'ipc')
     os.mkdir(ipc_dir)
     context = zmq.Context()
     counters = metrics.Counters()
+    clock = Clock()
     made = outlets.Outlets(context, Loop(), ipc_dir,
                            outlets.Limits(10, 0, 10, 300, 5), counters,
                            ratelimit.RateLimitedLog(
-                               logging.getLogger('test_outlet_files'), 10))
+                               logging.getLogger('test_outlet_files'), 10,
+                               clock), clock)
     outlet = made.get(routing.route(b'a.host1', 100))
+    # Settled (see test_outlet_joining): it sends at once from now on.
+    clock.now = outlet.settle_until
+    made.run_due()
     # Every send fails with ETERM once the context is being terminated.
     term = threading.Thread(target=context.term)
     term.start()
