@@ -17,9 +17,10 @@ NO_SUBSCRIBER = 'no_subscriber'
 #: stop, when no consumer was connected to receive it.
 NO_CONSUMER = 'no_consumer'
 SHUTDOWN = 'shutdown'
-#: Sent by a PUB outlet while a matching subscriber was full past
-#: outlets.SLOW_SUBSCRIBER_GRACE: the subscribers with room got it, the
-#: full ones did not (libzmq cannot say how many those were).
+#: Sent by a PUB outlet past a subscriber that was full for
+#: outlets.SLOW_SUBSCRIBER_GRACE, or while one does not read: the
+#: subscribers with room got it, that one did not (once per message, not
+#: per subscriber: see outlets.Outlets._past_full_subscriber).
 SLOW_SUBSCRIBER = 'slow_subscriber'
 #: Refused by its outlet's socket with an error other than "full" (EAGAIN).
 SEND_FAILED = 'send_failed'

@@ -41,6 +41,9 @@ _MORE = int(zmq.SNDMORE) | _NOBLOCK
 #: Parts at least this long are forwarded as frames, without a copy.
 ZERO_COPY_MIN = 4096
 
+#: Messages py_send_message found cut after their first part.
+_py_rollbacks = 0
+
 
 def py_recv_message(sock):
     """The next whole message on *sock* as a list of parts.
@@ -85,9 +88,6 @@ def py_send_message(sock, frames):
     except zmq.ZMQError:
         _py_rollbacks += 1
         raise
-
-
-_py_rollbacks = 0
 
 
 def rollbacks():
