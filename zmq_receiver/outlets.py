@@ -21,8 +21,8 @@ any other error drops it, counted.
 
 Consumers of PUSH outlets are counted from the socket's monitor (accepted
 and disconnected connections; for PUB outlets it gives the subscribers'
-descriptors); an outlet with no consumer, no queued
-message and no traffic for the idle timeout is closed and its file removed.
+descriptors); an outlet with no consumer, no queued message and no traffic
+for the idle timeout is closed and its file removed.
 
 A new PUSH outlet is *joining* for its first join window: after a restart
 the senders' queued bursts arrive before the consumers, which retry the
