@@ -13,6 +13,7 @@ container that refuses), the module is skipped with the reason. The time
 each part takes is printed at the end.
 """
 
+import contextlib
 import fcntl
 import os
 import re
@@ -61,16 +62,13 @@ class Timings:
     def __init__(self):
         self.parts = []
 
+    @contextlib.contextmanager
     def measure(self, name):
-        timings = self
-
-        class Part:
-            def __enter__(self):
-                self.start = time.monotonic()
-
-            def __exit__(self, *exc):
-                timings.parts.append((name, time.monotonic() - self.start))
-        return Part()
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.parts.append((name, time.monotonic() - start))
 
     def report(self):
         return 'real-systemd test timings: ' + ', '.join(
@@ -81,10 +79,18 @@ class Timings:
 def timings(request):
     timings = Timings()
     yield timings
-    reporter = request.config.pluginmanager.get_plugin('terminalreporter')
-    if timings.parts and reporter is not None:
-        reporter.write_line('')
-        reporter.write_line(timings.report())
+    if timings.parts:
+        capture = request.config.pluginmanager.get_plugin('capturemanager')
+        # Past the capture: the numbers are part of every run's output.
+        with capture.global_and_fixture_disabled():
+            print('\n' + timings.report())
+
+
+@pytest.fixture(autouse=True)
+def timed(request, timings, installed):
+    """Each check's own time (after the install), in the report."""
+    with timings.measure(request.node.name.replace('test_', '', 1)):
+        yield
 
 
 def skip(reason):
