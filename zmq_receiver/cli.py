@@ -212,6 +212,8 @@ def run(argv):
         raise errors.ConfigError(
             '--daemon under systemd (NOTIFY_SOCKET is set): systemd '
             'supervises the process itself; remove --daemon from the unit')
+    # Connected now, before the privilege drop: see zmq_receiver.notify.
+    notifier = notify.Notifier()
     global _logging_ready
     try:
         oslo_log.setup(conf, PROG, __version__)
@@ -221,8 +223,6 @@ def run(argv):
             'Cannot open the log file: %s: %s; create its directory and '
             'make it writable for the receiver\'s user'
             % (exc.filename, exc.strerror))
-    # Connected now, as root: see zmq_receiver.notify.
-    notifier = notify.Notifier()
     agent = None
     if group.matchmaker_agent:
         # Before the directory and the lock: a matchmaker mistake is a
