@@ -165,7 +165,8 @@ class NotifySocket:
 
     def __init__(self, directory, abstract=False):
         if abstract:
-            self.path = '@zrtest-notify-' + secrets.token_hex(6)
+            # Unique as the directory is (mkdtemp).
+            self.path = '@zrtest-notify-' + os.path.basename(directory)
             address = '\0' + self.path[1:]
         else:
             self.path = address = os.path.join(directory, 'notify')

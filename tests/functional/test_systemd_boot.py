@@ -534,6 +534,9 @@ def test_errors_reach_the_journal_as_errors(installed):
     box = installed
     log = box.journal(UNIT % 'glance', priority='warning')
     assert 'rpc_zmq_port' in log, log
+    # And an info line is not a warning.
+    log = box.journal(UNIT % 'nova', priority='warning')
+    assert 'listening on' not in log, log
 
 
 def test_a_missing_program_or_user_is_not_restarted(installed):
