@@ -3,10 +3,17 @@
 A Debian 12 tree made by debootstrap (cached outside the checkout, in
 ``/var/cache/oslo-messaging-zmq-receiver/bookworm``, so only the first run
 pays for it) is booted with ``systemd-nspawn -b --private-network`` on a
-throwaway overlay; commands run inside it through ``nsenter`` into its
-PID 1's namespaces. The package is installed from a wheelhouse built on
-this host (the container has no network), with the README's own command
-lines: each command run here is looked up in the README first.
+throwaway overlay (``--register=no --keep-unit``: no machined or host
+systemd to register with where CI runs); commands run inside it through
+``nsenter`` into its PID 1's namespaces (machinectl needs the
+registration). The package is installed from a wheelhouse built on this
+host by a venv of /usr/bin/python3, the tree's Python version (the
+container has no network), with the README's own command lines: each
+command run here is looked up in the README first.
+
+Everything but the watchdog uses the shipped unit as it is; the watchdog
+check shortens WatchdogSec= to 3 s with a runtime drop-in, not to wait
+the shipped 30 s.
 
 Where nspawn cannot boot (no root, no debootstrap, no mirror, a kernel or
 container that refuses), the module is skipped with the reason. The time
@@ -202,9 +209,12 @@ class Machine:
             except OSError:
                 return None
             for pid in pids:
-                with open('/proc/%s/comm' % pid) as f:
-                    if f.read().strip() == 'systemd':
-                        self.leader = int(pid)
+                try:
+                    with open('/proc/%s/comm' % pid) as f:
+                        if f.read().strip() == 'systemd':
+                            self.leader = int(pid)
+                except OSError:
+                    pass  # gone already
             if self.leader is None:
                 # nspawn forks its child and then execs systemd in it:
                 # nothing to wait on but the child's name.
