@@ -456,10 +456,11 @@ def test_reload_applies_a_changed_option(installed):
     box.sh(readme('systemctl reload %s' % unit))
     assert box.show(unit, 'MainPID')['MainPID'] == pid
     # Five casts to a topic nobody consumes: two are kept, three dropped.
-    sender = ('import zmq; s = zmq.Context().socket(zmq.PUSH); '
+    # term() waits until they are sent: pyzmq does not at exit.
+    sender = ('import zmq; c = zmq.Context(); s = c.socket(zmq.PUSH); '
               's.connect("tcp://127.0.0.1:9501"); '
               '[s.send_multipart([b"%d", b"reload.host1", b"cast", b"[]"]) '
-              'for i in range(5)]; s.close(linger=10000)')
+              'for i in range(5)]; s.close(linger=10000); c.term()')
     box.sh('%s/bin/python -c %s' % (VENV, shlex.quote(sender)), user='nova')
     box.wait_unit(unit, ['StatusText'],
                   lambda s: 'dropped 3' in s['StatusText'],
