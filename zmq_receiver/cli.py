@@ -86,6 +86,8 @@ def load_config(argv):
             'Config file not found or unreadable: %s; check the '
             '--config-file path and its permissions'
             % ', '.join(exc.config_files))
+    except cfg.ConfigFilesPermissionDeniedError as exc:
+        raise unreadable_config(exc.config_files)
     except cfg.ConfigFileParseError as exc:
         raise errors.ConfigError('Config file %s cannot be parsed: %s'
                                  % (exc.config_file, exc.msg))
@@ -94,6 +96,20 @@ def load_config(argv):
     sys.stderr.write(captured.getvalue())
     check_values(conf)
     return conf
+
+
+def unreadable_config(paths):
+    """The PermissionProblem for config files we may not read."""
+    who = privileges.current()
+    groups = sorted(os.getgroups() or [who.gid])
+    return errors.PermissionProblem(
+        'Config file %s: permission denied for %s (groups %s); make it '
+        'readable for one of them (for example chgrp %s %s; chmod 0640 '
+        '%s), and under systemd add a group with SupplementaryGroups= '
+        'rather than Group=, which replaces the user\'s own group' % (
+            ', '.join(paths), who.label,
+            ', '.join(privileges.group_label(gid) for gid in groups),
+            privileges.group_label(who.gid), paths[0], paths[0]))
 
 
 def check_values(conf):
@@ -201,6 +217,7 @@ def run(argv):
         raise errors.ConfigError(
             '--daemon under systemd (NOTIFY_SOCKET is set): systemd '
             'supervises the process itself; remove --daemon from the unit')
+    # Connected now, before the privilege drop: see zmq_receiver.notify.
     notifier = notify.Notifier()
     global _logging_ready, _log_in_journal
     try:
@@ -257,6 +274,10 @@ def run(argv):
                 raise errors.ConfigError(
                     'Config file not found or unreadable: %s; restore it '
                     'and send SIGHUP again' % ', '.join(exc.config_files))
+            except cfg.ConfigFilesPermissionDeniedError as exc:
+                raise errors.ConfigError('%s; then send SIGHUP again'
+                                         % unreadable_config(
+                                             exc.config_files))
             except (cfg.Error, SystemExit) as exc:
                 # argparse (under oslo.config) exits on some parse errors.
                 raise errors.ConfigError(

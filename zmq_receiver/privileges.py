@@ -84,6 +84,14 @@ def resolve(user, group=None):
     return ident
 
 
+def group_label(gid):
+    """The name of group *gid*, or ``gid N`` without a group entry."""
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return 'gid %d' % gid
+
+
 def group_id(group, option):
     """The gid of *group* (a name or a number) from option *option*."""
     if group.isdigit():
