@@ -538,9 +538,6 @@ def test_a_broken_config_exits_78_and_is_not_restarted(installed):
     assert 'rpc_zmq_port' in box.journal(UNIT % 'glance')
 
 
-@pytest.mark.xfail(reason='journal priorities: issue 14 point 5, another '
-                          'branch (dep-code); passes once it is merged',
-                   strict=False)
 def test_errors_reach_the_journal_as_errors(installed):
     box = installed
     log = box.journal(UNIT % 'glance', priority='warning')
