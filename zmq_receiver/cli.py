@@ -33,6 +33,7 @@ from zmq_receiver import agent as agent_mod
 from zmq_receiver import daemonize
 from zmq_receiver import errors
 from zmq_receiver import exporter as exporter_mod
+from zmq_receiver import logfile
 from zmq_receiver import notify
 from zmq_receiver import opts
 from zmq_receiver import outlets
@@ -178,12 +179,21 @@ def check_pid_file(path, ident):
                 path, directory, ident.label, ident.label))
 
 
-def _chown_log_files(ident):
-    """Give the open log files to *ident*, who must reopen them later."""
-    for handler in logging.getLogger().handlers:
-        path = getattr(handler, 'baseFilename', None)
-        if path:
-            os.chown(path, ident.uid, ident.gid)
+def setup_logging(conf, ident):
+    """oslo.log's setup, its log file opened as :mod:`logfile` says:
+    made ready by root, opened by oslo.log with *ident*'s rights."""
+    path = logfile.path_of(conf) if os.geteuid() == 0 else None
+    held = logfile.prepare(path, ident) if path else None
+    acting = (privileges.acting_as(ident) if held is not None
+              else contextlib.nullcontext())
+    try:
+        with acting:
+            oslo_log.setup(conf, PROG, __version__)
+    except OSError as exc:
+        raise logfile.cannot_open(exc.filename, exc.strerror)
+    finally:
+        if held is not None:
+            os.close(held)
 
 
 def run(argv):
@@ -198,14 +208,8 @@ def run(argv):
             'supervises the process itself; remove --daemon from the unit')
     notifier = notify.Notifier()
     global _logging_ready
-    try:
-        oslo_log.setup(conf, PROG, __version__)
-        _logging_ready = True
-    except OSError as exc:
-        raise errors.PermissionProblem(
-            'Cannot open the log file: %s: %s; create its directory and '
-            'make it writable for the receiver\'s user'
-            % (exc.filename, exc.strerror))
+    setup_logging(conf, ident)
+    _logging_ready = True
     agent = None
     if group.matchmaker_agent:
         # Before the directory and the lock: a matchmaker mistake is a
@@ -280,8 +284,6 @@ def run(argv):
             exporter.start()
             LOG.info('Metrics on %s/metrics, health on %s/healthz and '
                      '%s/readyz', url, url, url)
-        if os.geteuid() == 0 and ident.uid != 0:
-            _chown_log_files(ident)
         privileges.drop(ident)
         if wire.use_compiled():
             LOG.info('Forwarding loop: compiled (zmq_receiver._wire)')

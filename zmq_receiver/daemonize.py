@@ -6,6 +6,7 @@ not survive ``fork``.
 
 import logging
 import os
+import tempfile
 
 import daemon
 
@@ -23,11 +24,27 @@ class PidFile:
         self.path = path
 
     def __enter__(self):
-        tmp = self.path + '.tmp'
-        with open(tmp, 'w') as f:
-            f.write('%d\n' % os.getpid())
-        # Atomic: a reader never sees an empty or half-written pid.
-        os.replace(tmp, self.path)
+        # Root writes it, in a directory the run-as user may write (the
+        # IPC directory by default): a new file of a name no one can guess
+        # (mkstemp: O_EXCL | O_NOFOLLOW), written through its descriptor,
+        # so no link planted there is followed. The old fixed name
+        # <pid_file>.tmp, opened with 'w', truncated whatever the user had
+        # linked it to.
+        fd, tmp = tempfile.mkstemp(
+            prefix='.%s.' % os.path.basename(self.path), suffix='.tmp',
+            dir=os.path.dirname(self.path))
+        try:
+            os.fchmod(fd, 0o644)
+            os.write(fd, b'%d\n' % os.getpid())
+            # Atomic, and it replaces a link at the path rather than
+            # following it: a reader never sees an empty or half-written
+            # pid.
+            os.replace(tmp, self.path)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        finally:
+            os.close(fd)
         return self
 
     def __exit__(self, *exc_info):
@@ -36,6 +53,13 @@ class PidFile:
         except OSError as exc:
             LOG.warning('Cannot remove pid file %s: %s', self.path,
                         exc.strerror)
+
+
+def _unlink_quietly(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def detach(pid_file, preserve_fds):
