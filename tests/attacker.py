@@ -12,13 +12,14 @@ Actions:
     exclusive lock on it, waiting for it as long as it takes, print
     ``locked`` and hold it until stdin closes.
 
-``swap DIRECTORY PATTERN TARGET``
+``swap DIRECTORY PATTERN TARGET [CPU]``
     Watch DIRECTORY with inotify; whenever an entry whose name matches the
     regular expression PATTERN is made or moved in, rename a symlink to
     TARGET over it at once (the race a bind-then-chmod loses). A directory
     is renamed away first (rename cannot replace one with a symlink).
     Prints ``watching``, then runs until stdin closes and prints
-    ``swapped N``.
+    ``swapped N``: how many entries it replaced. With CPU, it runs on that
+    CPU only.
 """
 
 import fcntl
@@ -44,11 +45,17 @@ def hold_lock(path):
     sys.stdin.read()
 
 
-def swap(directory, pattern, target):
+def swap(directory, pattern, target, cpu=None):
+    if cpu is not None:
+        # On the CPU of the receiver's loop: woken by inotify, the swapper
+        # may run before the loop's next system call, as a real attacker
+        # arranges it.
+        os.sched_setaffinity(0, {int(cpu)})
     names = re.compile(pattern)
     watcher = inotify_simple.INotify()
     watcher.add_watch(directory, inotify_simple.flags.CREATE |
                       inotify_simple.flags.MOVED_TO)
+    planter = Planter(directory, target)
     say('watching')
     swapped = 0
     while True:
@@ -58,29 +65,41 @@ def swap(directory, pattern, target):
         if watcher not in ready:
             continue
         for event in watcher.read(timeout=0):
-            if not names.fullmatch(event.name):
-                continue
-            swapped += _swap_one(directory, event.name, target, swapped)
+            if names.fullmatch(event.name):
+                swapped += planter.swap(event)
     say('swapped %d' % swapped)
 
 
-def _swap_one(directory, name, target, n):
-    path = os.path.join(directory, name)
-    link = os.path.join(directory, '.planted.%d.%d' % (os.getpid(), n))
-    try:
-        if os.path.isdir(path) and not os.path.islink(path):
-            os.rename(path, os.path.join(directory, '.stolen.%d.%d' % (
-                os.getpid(), n)))
-        os.symlink(target, link)
-        os.rename(link, path)
-        return 1
-    except OSError:
-        # Lost the race this time (the entry moved on already).
+class Planter:
+    """Symlinks to *target* in *directory*, the next one made before it is
+    needed, so that a swap is a single rename."""
+
+    def __init__(self, directory, target):
+        self.directory = directory
+        self.target = target
+        self.made = 0
+        self.ready = self._make()
+
+    def _make(self):
+        self.made += 1
+        link = os.path.join(self.directory, '.planted.%d.%d' % (
+            os.getpid(), self.made))
+        os.symlink(self.target, link)
+        return link
+
+    def swap(self, event):
+        """1 when a symlink now stands at the entry of *event*, else 0 (a
+        directory gone already, or the sticky bit refused)."""
+        path = os.path.join(self.directory, event.name)
         try:
-            os.unlink(link)
+            if event.mask & inotify_simple.flags.ISDIR:
+                # rename cannot put a symlink over a directory: move it.
+                os.rename(path, path + '.stolen')
+            os.rename(self.ready, path)
         except OSError:
-            pass
-        return 0
+            return 0
+        self.ready = self._make()
+        return 1
 
 
 def say(line):
@@ -94,7 +113,7 @@ def main(argv):
     if action == 'flock':
         hold_lock(argv[4])
     elif action == 'swap':
-        swap(argv[4], argv[5], argv[6])
+        swap(*argv[4:8])
     else:
         raise SystemExit('unknown action %r' % action)
     return 0

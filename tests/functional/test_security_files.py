@@ -306,6 +306,31 @@ def shared_dir(home, accounts):
     return path
 
 
+#: The CPU the swapper and the receiver's loop share.
+RACE_CPU = min(os.sched_getaffinity(0))
+
+
+def start_swapper(attackers, accounts, shared_dir, target):
+    """Another project's user (in the shared group) renaming a symlink to
+    *target* over every new entry of the receiver in *shared_dir*."""
+    swapper = attackers(
+        accounts.other, 'swap', shared_dir,
+        r'zmq_topic_.*|\.zmq-receiver-control|\.zmq-receiver-bind\..*',
+        target.path, str(RACE_CPU), groups=[accounts.shared.gr_gid])
+    swapper.wait_for('watching')
+    return swapper
+
+
+def swapped_daemon(daemons, home, accounts, options=None):
+    """The receiver on the shared directory, its loop on the swapper's
+    CPU."""
+    daemon = daemons(home, as_service(accounts, dict(
+        options or {}, socket_group=accounts.shared.gr_name)))
+    # The main thread's id is the pid: the loop, which binds the sockets.
+    os.sched_setaffinity(daemon.proc.pid, {RACE_CPU})
+    return daemon
+
+
 def test_socket_files_survive_a_swapper_racing_every_new_file(
         ctx, daemons, home, accounts, shared_dir, attackers):
     # A private file of the receiver's user: what the old chmod/chown by
@@ -315,14 +340,8 @@ def test_socket_files_survive_a_swapper_racing_every_new_file(
                        0o700)
     target = Target(os.path.join(secret, 'id_rsa'),
                     accounts.service.pw_uid, accounts.service.pw_gid)
-    swapper = attackers(
-        accounts.other, 'swap', shared_dir,
-        r'zmq_topic_.*|\.zmq-receiver-control|\.zmq-receiver-bind\..*',
-        target.path, groups=[accounts.shared.gr_gid])
-    swapper.wait_for('watching')
-    daemon = daemons(home, as_service(
-        accounts, {'socket_group': accounts.shared.gr_name,
-                   'max_topics': 2000}))
+    swapper = start_swapper(attackers, accounts, shared_dir, target)
+    daemon = swapped_daemon(daemons, home, accounts, {'max_topics': 2000})
     out = support.sender(ctx, daemon)
     topics = ['race%d.host1' % i for i in range(1500)]
     for topic in topics:
@@ -332,6 +351,8 @@ def test_socket_files_survive_a_swapper_racing_every_new_file(
     swapped = int(swapper.wait_for(r'swapped (\d+)').group(1))
     # The attack ran: it saw the new files and replaced them.
     assert swapped > 0, swapper.output.log()
+    print('swapper: %d entries replaced; rejected: %s' % (
+        swapped, stats['rejected']))
     target.assert_untouched()
     support.assert_balanced(stats)
     assert daemon.proc.poll() is None
@@ -343,6 +364,29 @@ def test_socket_files_survive_a_swapper_racing_every_new_file(
             assert stat.S_IMODE(st.st_mode) == 0o660, name
             assert st.st_gid == accounts.shared.gr_gid, name
     forwards(ctx, daemon, 'after.host1')
+    target.assert_untouched()
+
+
+def test_sticky_shared_directory_stops_the_swapper(
+        ctx, daemons, home, accounts, shared_dir, attackers):
+    # SECURITY.md's advice: chmod +t, and members of the group can no
+    # longer rename or remove the receiver's files.
+    os.chmod(shared_dir, 0o3775)
+    target = Target(os.path.join(home, 'shadow'))
+    swapper = start_swapper(attackers, accounts, shared_dir, target)
+    daemon = swapped_daemon(daemons, home, accounts)
+    out = support.sender(ctx, daemon)
+    topics = ['sticky%d.host1' % i for i in range(200)]
+    for topic in topics:
+        out.send_multipart(cast(topic))
+    stats = daemon.wait_stats(lambda s: s['received'] == len(topics))
+    assert swapper.finish() == 0
+    assert swapper.wait_for(r'swapped (\d+)').group(1) == '0'
+    assert stats['outlets'] == len(topics), stats
+    for topic in topics:
+        st = os.lstat(daemon.path(topic))
+        assert stat.S_ISSOCK(st.st_mode) and st.st_mode & 0o777 == 0o660
+    forwards(ctx, daemon, 'sticky0.host1')
     target.assert_untouched()
 
 
