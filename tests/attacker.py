@@ -22,6 +22,7 @@ Actions:
     CPU only.
 """
 
+import collections
 import fcntl
 import os
 import re
@@ -79,6 +80,8 @@ class Planter:
         self.target = target
         self.made = 0
         self.ready = self._make()
+        #: Names whose next event is our own rename into them.
+        self.ours = collections.Counter()
 
     def _make(self):
         self.made += 1
@@ -90,14 +93,19 @@ class Planter:
     def swap(self, event):
         """1 when a symlink now stands at the entry of *event*, else 0 (a
         directory gone already, or the sticky bit refused)."""
+        if self.ours[event.name]:
+            self.ours[event.name] -= 1
+            return 0
         path = os.path.join(self.directory, event.name)
         try:
             if event.mask & inotify_simple.flags.ISDIR:
                 # rename cannot put a symlink over a directory: move it.
-                os.rename(path, path + '.stolen')
+                os.rename(path, os.path.join(
+                    self.directory, '.stolen.%d' % self.made))
             os.rename(self.ready, path)
         except OSError:
             return 0
+        self.ours[event.name] += 1
         self.ready = self._make()
         return 1
 

@@ -31,51 +31,80 @@ import zmq
 PREFIX = '.zmq-receiver-bind.'
 
 
+#: Private directories tried before a bind gives up: each one may be
+#: renamed away and replaced by a user who may rename entries in the IPC
+#: directory, in the instant between its mkdir and its open.
+ATTEMPTS = 8
+
+
 def bind(sock, path, mode, gid=-1):
     """Bind *sock* at *path* with *mode* and group *gid* (-1: the group the
     directory gives). Raises OSError (a zmq.ZMQError is turned into one
     with the same errno).
     """
-    directory, final = os.path.split(path)
-    private = tempfile.mkdtemp(prefix=PREFIX, dir=directory)
+    directory = os.path.dirname(path)
+    for _ in range(ATTEMPTS):
+        private = tempfile.mkdtemp(prefix=PREFIX, dir=directory)
+        try:
+            fd = _open_private(private)
+            if fd is not None:
+                try:
+                    return _bind_in(sock, fd, private, path, mode, gid)
+                finally:
+                    os.close(fd)
+        finally:
+            _rmdir_quietly(private)
+    raise OSError(errno.EBUSY, 'the private directory the receiver made '
+                  'for the bind was replaced before it could enter it, %d '
+                  'times: a user who may rename entries in %s did it (chmod '
+                  '+t %s stops that)' % (ATTEMPTS, directory, directory))
+
+
+def _open_private(private):
+    """A descriptor of the new directory *private*, or None when it is no
+    longer the one this process made."""
     try:
         fd = os.open(private, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW |
                      os.O_CLOEXEC)
-    except OSError:
-        _rmdir_quietly(private)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a symlink now
+            return None
         raise
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o077:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _bind_in(sock, fd, private, path, mode, gid):
     # Unique, never reused: a libzmq that unlinked its bound path when the
     # socket closes would find nothing there, whenever that happens.
     name = os.path.basename(private)[len(PREFIX):]
+    # libzmq needs a path: through the descriptor, it leads to this very
+    # directory even if someone renames it meanwhile. Without /proc, the
+    # private path: should it lead elsewhere by then, the chmod below,
+    # relative to the descriptor, finds no file and the bind fails.
+    base = '/proc/self/fd/%d' % fd
+    if not os.path.isdir(base):
+        base = private
+    inner = os.path.join(base, name)
+    _bind_narrow(sock, inner, mode)
     try:
-        st = os.fstat(fd)
-        if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o077:
-            # Renamed away and replaced before the open: not ours.
-            raise OSError(errno.EACCES, 'the private directory %s was '
-                          'replaced before the receiver could use it, by a '
-                          'user who may rename files in %s (chmod +t %s '
-                          'stops that)' % (private, directory, directory))
-        # Through the descriptor: even if someone renames the private
-        # directory meanwhile, this path still leads to it and nowhere
-        # else. /proc is there on Linux; without it, the private path.
-        base = '/proc/self/fd/%d' % fd
-        if not os.path.isdir(base):
-            base = private
-        inner = os.path.join(base, name)
-        _bind_narrow(sock, inner, mode)
-        try:
-            os.chmod(inner, mode)
-            if gid != -1:
-                os.chown(inner, -1, gid)
-            os.rename(name, path, src_dir_fd=fd)
-        except OSError:
-            # Or an outlet bound again after a failure would keep one more
-            # listener (and descriptor) for each try.
-            _unbind_quietly(sock, inner)
-            raise
-    finally:
-        os.close(fd)
-        _rmdir_quietly(private)
+        # Relative to the descriptor, in a directory only this process may
+        # write: the entry is the socket just bound, never a symlink.
+        os.chmod(name, mode, dir_fd=fd)
+        if gid != -1:
+            os.chown(name, -1, gid, dir_fd=fd)
+        # rename replaces whatever is at *path*, and follows nothing.
+        os.rename(name, path, src_dir_fd=fd)
+    except OSError:
+        # Or an outlet bound again after a failure would keep one more
+        # listener (and descriptor) for each try.
+        _unbind_quietly(sock, inner, name, fd)
+        raise
 
 
 def _bind_narrow(sock, path, mode):
@@ -90,13 +119,13 @@ def _bind_narrow(sock, path, mode):
         os.umask(old_umask)
 
 
-def _unbind_quietly(sock, path):
+def _unbind_quietly(sock, inner, name, fd):
     try:
-        sock.unbind('ipc://' + path)
+        sock.unbind('ipc://' + inner)
     except zmq.ZMQError:
         pass
     try:
-        os.unlink(path)
+        os.unlink(name, dir_fd=fd)
     except OSError:
         pass
 

@@ -315,7 +315,9 @@ def start_swapper(attackers, accounts, shared_dir, target):
     *target* over every new entry of the receiver in *shared_dir*."""
     swapper = attackers(
         accounts.other, 'swap', shared_dir,
-        r'zmq_topic_.*|\.zmq-receiver-control|\.zmq-receiver-bind\..*',
+        # Every file of the receiver's but the sentinel's (see below).
+        r'zmq_topic_(?!sentinel).*|\.zmq-receiver-control|'
+        r'\.zmq-receiver-bind\..*',
         target.path, str(RACE_CPU), groups=[accounts.shared.gr_gid])
     swapper.wait_for('watching')
     return swapper
@@ -342,12 +344,17 @@ def test_socket_files_survive_a_swapper_racing_every_new_file(
                     accounts.service.pw_uid, accounts.service.pw_gid)
     swapper = start_swapper(attackers, accounts, shared_dir, target)
     daemon = swapped_daemon(daemons, home, accounts, {'max_topics': 2000})
+    # The swapper takes the control socket's file too: the sentinel,
+    # sent last by the same sender, says when every topic was handled.
+    sentinel = support.pull(ctx, daemon, 'sentinel.host1')
     out = support.sender(ctx, daemon)
     topics = ['race%d.host1' % i for i in range(1500)]
-    for topic in topics:
+    for topic in topics + ['sentinel.host1']:
         out.send_multipart(cast(topic))
-    stats = _wait_received(daemon, len(topics))
+    recv(sentinel, timeout=120)
     assert swapper.finish() == 0
+    stats = _stats_without_the_swapper(daemon)
+    assert stats['received'] == len(topics) + 1, stats
     swapped = int(swapper.wait_for(r'swapped (\d+)').group(1))
     # The attack ran: it saw the new files and replaced them.
     assert swapped > 0, swapper.output.log()
@@ -390,23 +397,14 @@ def test_sticky_shared_directory_stops_the_swapper(
     target.assert_untouched()
 
 
-def _wait_received(daemon, n):
-    """The stats once *n* messages were read. The control socket's file
-    may be the attacker's symlink now: ask through the fresh one that the
-    receiver binds again once its file is missing."""
-    def answered():
-        stats = support.control_stats(daemon.ipc_dir, timeout=1)
-        if stats is not None and stats['received'] >= n:
-            found.append(stats)
-            return True
-        control = os.path.join(daemon.ipc_dir, '.zmq-receiver-control')
-        if os.path.islink(control):
-            os.unlink(control)
-        return False
-
-    found = []
-    wait_until(answered, '%d messages read' % n, timeout=60)
-    return found[0]
+def _stats_without_the_swapper(daemon):
+    """The stats, once the swapper stopped: the control socket's file may
+    be its symlink, which the operator removes; the receiver then binds
+    the file again (within a second)."""
+    control = os.path.join(daemon.ipc_dir, '.zmq-receiver-control')
+    if os.path.islink(control):
+        os.unlink(control)
+    return daemon.stats()
 
 
 # -- the lock ------------------------------------------------------------
