@@ -233,15 +233,21 @@ def run(argv):
             settings.ipc_dir, '.zmq-receiver.pid'))
         check_pid_file(pid_file, ident)
     lock = rundir.InstanceLock(settings.ipc_dir)
-    lock.acquire(owner=ident)
+    # In the directory with the run-as user's rights, root's own once
+    # privileges are dropped: it is the user's, and whoever may write its
+    # parent could have made the path lead anywhere since prepare() looked.
+    with privileges.acting_as(ident):
+        lock.acquire(owner=ident)
     try:
-        stale = rundir.remove_stale_sockets(
-            settings.ipc_dir, (routing.SOCKET_PREFIX, receiver.CONTROL_NAME))
+        with privileges.acting_as(ident):
+            stale = rundir.remove_stale_sockets(
+                settings.ipc_dir,
+                (routing.SOCKET_PREFIX, receiver.CONTROL_NAME))
         if stale:
             LOG.warning('Removed %d socket files left in %s by a receiver '
                         'that did not stop in order', stale, settings.ipc_dir)
         if conf.daemon:
-            daemonize.detach(pid_file, [lock.fileno()])
+            daemonize.detach(pid_file, [lock.fileno()], ident)
             lock.update_pid()
         limits = settings.limits
         raise_descriptor_limit(

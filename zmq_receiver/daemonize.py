@@ -10,6 +10,8 @@ import tempfile
 
 import daemon
 
+from zmq_receiver import privileges
+
 LOG = logging.getLogger(__name__)
 
 
@@ -20,16 +22,24 @@ class PidFile:
     second receiver out, and a file left by a killed daemon is overwritten.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, ident=None):
         self.path = path
+        #: Whose rights the file is written with (None: the process's).
+        self.ident = ident
 
     def __enter__(self):
-        # Root writes it, in a directory the run-as user may write (the
-        # IPC directory by default): a new file of a name no one can guess
-        # (mkstemp: O_EXCL | O_NOFOLLOW), written through its descriptor,
-        # so no link planted there is followed. The old fixed name
-        # <pid_file>.tmp, opened with 'w', truncated whatever the user had
-        # linked it to.
+        if self.ident is None:
+            return self._write()
+        with privileges.acting_as(self.ident):
+            return self._write()
+
+    def _write(self):
+        # In a directory the run-as user may write (the IPC directory by
+        # default), so with its rights, and even so through a new file of
+        # a name no one can guess (mkstemp: O_EXCL | O_NOFOLLOW), written
+        # through its descriptor. The old fixed name <pid_file>.tmp,
+        # opened by root with 'w', truncated whatever the user had linked
+        # it to.
         fd, tmp = tempfile.mkstemp(
             prefix='.%s.' % os.path.basename(self.path), suffix='.tmp',
             dir=os.path.dirname(self.path))
@@ -62,8 +72,10 @@ def _unlink_quietly(path):
         pass
 
 
-def detach(pid_file, preserve_fds):
-    """Fork into the background; only *preserve_fds* and log files stay."""
+def detach(pid_file, preserve_fds, ident=None):
+    """Fork into the background; only *preserve_fds* and log files stay.
+    The pid file is written with *ident*'s rights (it removes the file
+    after the privilege drop, so it may write where it is)."""
     preserve = list(preserve_fds)
     for handler in logging.getLogger().handlers:
         stream = getattr(handler, 'stream', None)
@@ -75,7 +87,7 @@ def detach(pid_file, preserve_fds):
     context = daemon.DaemonContext(
         working_directory='/',
         umask=0o022,
-        pidfile=PidFile(pid_file),
+        pidfile=PidFile(pid_file, ident),
         detach_process=True,
         files_preserve=preserve,
         # The receiver handles its signals in its own loop.

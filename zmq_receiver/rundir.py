@@ -165,15 +165,23 @@ def remove_stale_sockets(path, prefixes):
     left by an earlier receiver that did not stop in order.
     """
     removed = 0
-    with os.scandir(path) as entries:
-        for entry in entries:
-            if (entry.name.startswith(prefixes) and
-                    stat.S_ISSOCK(entry.stat(follow_symlinks=False).st_mode)):
-                try:
-                    os.unlink(entry.path)
-                    removed += 1
-                except FileNotFoundError:
-                    pass
+    try:
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if (entry.name.startswith(prefixes) and stat.S_ISSOCK(
+                        entry.stat(follow_symlinks=False).st_mode)):
+                    try:
+                        os.unlink(entry.path)
+                        removed += 1
+                    except FileNotFoundError:
+                        pass
+    except OSError as exc:
+        # Replaced since prepare() looked (by whoever may write its
+        # parent), or its permissions changed.
+        raise errors.PermissionProblem(
+            'Cannot clean the IPC directory %s: %s; make sure that only '
+            'the receiver\'s user may write it and its parent' % (
+                path, exc.strerror))
     return removed
 
 
@@ -211,10 +219,15 @@ class InstanceLock:
 
         *owner* (an Identity) gets the file when we are root, so that a
         later receiver started directly as that user can open it again.
+        Better still, call it with the owner's rights
+        (:func:`privileges.acting_as`): nothing the path leads to is then
+        opened with more.
         """
-        if owner is not None and os.geteuid() == 0 and owner.uid != 0:
-            self._owner = (owner.uid, owner.gid)
+        self._trusted = {0, os.geteuid()}
+        if owner is not None:
             self._trusted.add(owner.uid)
+            if os.geteuid() == 0 and owner.uid != 0:
+                self._owner = (owner.uid, owner.gid)
         fd = self._lock()
         if self._owner is not None:
             os.fchown(fd, *self._owner)
@@ -327,7 +340,7 @@ class InstanceLock:
         else:
             try:
                 st = os.lstat(self.path)
-            except FileNotFoundError:
+            except OSError:
                 return set()
         pids = _lockers(st) | _openers(st)
         pids.discard(os.getpid())
@@ -337,7 +350,7 @@ class InstanceLock:
         """Whether the path still names the file *fd* is open on."""
         try:
             st = os.lstat(self.path)
-        except FileNotFoundError:
+        except OSError:  # gone, or the directory is no longer one
             return False
         here = os.fstat(fd)
         return (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino)

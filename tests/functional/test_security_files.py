@@ -17,7 +17,9 @@ import contextlib
 import os
 import pwd
 import re
+import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -405,6 +407,61 @@ def _stats_without_the_swapper(daemon):
     if os.path.islink(control):
         os.unlink(control)
     return daemon.stats()
+
+
+# -- a new IPC directory ---------------------------------------------------
+
+
+@contextlib.contextmanager
+def on_race_cpu():
+    """Processes started within run on RACE_CPU (they inherit it)."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {RACE_CPU})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def test_new_ipc_dir_in_a_users_directory_is_never_redirected(
+        home, accounts, attackers):
+    # rpc_zmq_ipc_dir = /var/run/nova/zmq, /var/run/nova being nova's:
+    # root makes zmq there. The old makedirs then chmod/chown by path gave
+    # nova whatever it had renamed a symlink to over the new directory.
+    base = owned_dir(os.path.join(home, 'run'), accounts.service)
+    ipc = os.path.join(base, 'zmq')
+    target = Target(os.path.join(home, 'shadow'))
+    swapper = attackers(accounts.service, 'swap', base, 'zmq', target.path,
+                        str(RACE_CPU))
+    swapper.wait_for('watching')
+    # A port in use: each start ends (75) right after the directory and
+    # the lock, or refuses the directory (77).
+    with socket.socket() as busy:
+        busy.bind(('127.0.0.1', 0))
+        busy.listen(1)
+        conf = config(home, ipc, as_service(accounts)['zmq_receiver'],
+                      {'rpc_zmq_port': busy.getsockname()[1]})
+        raced = 0
+        for _ in range(10):
+            with on_race_cpu():
+                status, out, err = run_split(['--config-file', conf])
+            assert status in (errors.EXIT_ADDRESS_IN_USE,
+                              errors.EXIT_PERMISSION), out + err
+            assert 'Traceback' not in out + err
+            target.assert_untouched()
+            if os.path.islink(ipc):
+                # Before the lock, it refuses (77); after, it went on in
+                # the real directory, renamed away (75).
+                raced += 1
+                os.unlink(ipc)
+            else:
+                st = os.lstat(ipc)
+                assert st.st_uid == accounts.service.pw_uid
+                shutil.rmtree(ipc)
+    assert swapper.finish() == 0
+    # The swapper really replaced the new directory, at least once.
+    assert raced > 0, swapper.output.log()
+    target.assert_untouched()
 
 
 # -- the lock ------------------------------------------------------------
