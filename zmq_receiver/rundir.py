@@ -13,6 +13,7 @@ import pwd
 import stat
 
 from zmq_receiver import errors
+from zmq_receiver import procfs
 
 LOG = logging.getLogger(__name__)
 
@@ -342,9 +343,9 @@ class InstanceLock:
                 st = os.lstat(self.path)
             except OSError:
                 return set()
-        pids = _lockers(st) | _openers(st)
+        pids = procfs.lockers(st) | procfs.openers(st)
         pids.discard(os.getpid())
-        return {pid for pid in pids if _euid(pid) in self._trusted}
+        return {pid for pid in pids if procfs.euid(pid) in self._trusted}
 
     def _at_path(self, fd):
         """Whether the path still names the file *fd* is open on."""
@@ -403,49 +404,3 @@ class InstanceLock:
             pass
         os.close(self._fd)
         self._fd = None
-
-
-def _lockers(st):
-    """Pids that /proc/locks shows holding or awaiting a lock on the file
-    with stat *st* (the pid that took it, which may have exited since)."""
-    device = '%02x:%02x:%d' % (os.major(st.st_dev), os.minor(st.st_dev),
-                               st.st_ino)
-    pids = set()
-    try:
-        with open('/proc/locks') as table:
-            for line in table:
-                fields = line.replace('->', '').split()
-                if len(fields) > 5 and fields[5] == device:
-                    pids.add(int(fields[4]))
-    except (OSError, ValueError):
-        pass
-    return pids
-
-
-def _openers(st):
-    """Pids with a descriptor open on the file with stat *st*, of those
-    whose descriptors this process may see (all of them for root)."""
-    pids = set()
-    for pid in filter(str.isdigit, os.listdir('/proc')):
-        fd_dir = '/proc/%s/fd' % pid
-        try:
-            for fd in os.listdir(fd_dir):
-                target = os.stat(os.path.join(fd_dir, fd))
-                if (target.st_dev, target.st_ino) == (st.st_dev, st.st_ino):
-                    pids.add(int(pid))
-                    break
-        except OSError:
-            continue
-    return pids
-
-
-def _euid(pid):
-    """The effective uid of process *pid*, or None when it is gone."""
-    try:
-        with open('/proc/%d/status' % pid) as status:
-            for line in status:
-                if line.startswith('Uid:'):
-                    return int(line.split()[2])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None

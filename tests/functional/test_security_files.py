@@ -27,8 +27,8 @@ import sys
 import pytest
 
 from tests import support
-from tests.functional.test_lifecycle import (config, error_line, gone, read,
-                                             traversable, wait_in_file)
+from tests.functional.test_lifecycle import (  # noqa: F401 (fixture)
+    config, detached, error_line, gone, read, traversable, wait_in_file)
 from tests.output import ProcessOutput
 from tests.support import cast, recv, run_split, wait_until
 from zmq_receiver import errors
@@ -128,16 +128,6 @@ def attackers():
     yield start
     for attacker in started:
         attacker.kill()
-
-
-@pytest.fixture
-def detached():
-    """Pids of ``--daemon`` receivers, SIGKILLed at the end if still up."""
-    pids = []
-    yield pids
-    for pid in pids:
-        if not gone(pid):
-            os.kill(pid, signal.SIGKILL)
 
 
 def owned_dir(path, user, mode=0o755):
