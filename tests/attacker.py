@@ -12,14 +12,15 @@ Actions:
     exclusive lock on it, waiting for it as long as it takes, print
     ``locked`` and hold it until stdin closes.
 
-``swap DIRECTORY PATTERN TARGET [CPU]``
+``swap DIRECTORY PATTERN TARGET [CPU|- [new|closed]]``
     Watch DIRECTORY with inotify; whenever an entry whose name matches the
     regular expression PATTERN is made or moved in, rename a symlink to
     TARGET over it at once (the race a bind-then-chmod loses). A directory
     is renamed away first (rename cannot replace one with a symlink).
     Prints ``watching``, then runs until stdin closes and prints
     ``swapped N``: how many entries it replaced. With CPU, it runs on that
-    CPU only.
+    CPU only. With ``closed``, it swaps an entry once a writer closed it
+    instead of once it appears.
 """
 
 import collections
@@ -46,16 +47,19 @@ def hold_lock(path):
     sys.stdin.read()
 
 
-def swap(directory, pattern, target, cpu=None):
-    if cpu is not None:
+def swap(directory, pattern, target, cpu=None, on='new'):
+    if cpu is not None and cpu != '-':
         # On the CPU of the receiver's loop: woken by inotify, the swapper
         # may run before the loop's next system call, as a real attacker
         # arranges it.
         os.sched_setaffinity(0, {int(cpu)})
     names = re.compile(pattern)
     watcher = inotify_simple.INotify()
-    watcher.add_watch(directory, inotify_simple.flags.CREATE |
-                      inotify_simple.flags.MOVED_TO)
+    if on == 'new':
+        events = inotify_simple.flags.CREATE | inotify_simple.flags.MOVED_TO
+    else:  # 'closed': once a writer closed it (it has been opened then)
+        events = inotify_simple.flags.CLOSE_WRITE
+    watcher.add_watch(directory, events)
     planter = Planter(directory, target)
     say('watching')
     swapped = 0
@@ -121,7 +125,7 @@ def main(argv):
     if action == 'flock':
         hold_lock(argv[4])
     elif action == 'swap':
-        swap(*argv[4:8])
+        swap(*argv[4:9])
     else:
         raise SystemExit('unknown action %r' % action)
     return 0

@@ -194,6 +194,8 @@ def setup_logging(conf, ident):
     finally:
         if held is not None:
             os.close(held)
+    if held is not None:
+        logfile.open_as(ident)
 
 
 def run(argv):

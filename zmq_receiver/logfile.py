@@ -13,12 +13,15 @@ directory only root may write (``/var/log/zmq-receiver.log``).
 """
 
 import errno
+import logging
 import os
 import stat
+import sys
 
 from oslo_log import log as oslo_log
 
 from zmq_receiver import errors
+from zmq_receiver import privileges
 
 #: A log file the receiver creates: the user's, readable by its group.
 MODE = 0o640
@@ -82,6 +85,55 @@ def prepare(path, ident):
         os.close(fd)
         raise
     return fd
+
+
+def open_as(ident):
+    """Have every file handler of the root logger open its file with
+    *ident*'s rights from now on.
+
+    Until the privilege drop the receiver logs as root, and a
+    WatchedFileHandler opens its path again whenever the file there
+    changed: the user could swap in a symlink to /etc/shadow in between.
+    A file that cannot be opened again is said once on stderr, and the log
+    lines go to the other handlers until it can be: logging's own open
+    would raise into whatever was logging (the loop, the privilege drop).
+    """
+    for handler in logging.getLogger().handlers:
+        if getattr(handler, 'baseFilename', None):
+            _open_as(handler, ident)
+
+
+def _open_as(handler, ident):
+    # On the instance: oslo.log picks the class (watched, rotating by size
+    # or by time); all of them open the file through _open().
+    opener = handler._open
+    failing = []
+
+    def open_as_user():
+        try:
+            with privileges.acting_as(ident):
+                stream = opener()
+        except OSError as exc:
+            if not failing:
+                failing.append(exc)
+                sys.stderr.write(
+                    'Cannot open the log file %s again: %s; its lines are '
+                    'lost until it can be (check what is at that path)\n'
+                    % (handler.baseFilename, exc.strerror))
+            return None
+        failing.clear()
+        return stream
+
+    handler._open = open_as_user
+    reopen = getattr(handler, 'reopenIfNeeded', None)
+    if reopen is not None:
+        def reopen_quietly():
+            try:
+                reopen()
+            except OSError:
+                pass  # a stat that failed: try again on the next line
+
+        handler.reopenIfNeeded = reopen_quietly
 
 
 def cannot_open(path, reason):

@@ -130,6 +130,21 @@ def attackers():
         attacker.kill()
 
 
+#: The CPU the swapper and the receiver's loop share.
+RACE_CPU = min(os.sched_getaffinity(0))
+
+
+@contextlib.contextmanager
+def on_race_cpu():
+    """Processes started within run on RACE_CPU (they inherit it)."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {RACE_CPU})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def owned_dir(path, user, mode=0o755):
     """A directory of *user*, as a distro package makes /var/log/nova."""
     os.mkdir(path)
@@ -251,6 +266,51 @@ def test_existing_log_file_of_root_is_given_to_the_user(ctx, daemons, home,
     assert 'listening on' in text
 
 
+def test_log_file_swapped_for_a_symlink_during_the_start(ctx, home, accounts,
+                                                         attackers):
+    # From oslo.log's setup until the privilege drop the receiver logs as
+    # root, and a WatchedFileHandler reopens its path whenever the file
+    # there changed: nova swaps in a symlink as soon as the file appears.
+    target = Target(os.path.join(home, 'shadow'))
+    logs = owned_dir(os.path.join(home, 'log'), accounts.service)
+    log_file = os.path.join(logs, 'zmq-receiver.log')
+    # A socket file left by a killed receiver: its removal is logged as
+    # root, after the file appeared.
+    ipc = owned_dir(os.path.join(home, 'ipc'), accounts.service)
+    with socket.socket(socket.AF_UNIX) as stale:
+        stale.bind(os.path.join(ipc, 'zmq_topic_stale.host1'))
+    # Once root closed its own descriptor: oslo.log has opened the file.
+    swapper = attackers(accounts.service, 'swap', logs, 'zmq-receiver.log',
+                        target.path, str(RACE_CPU), 'closed')
+    swapper.wait_for('watching')
+    daemon = support.Daemon(home, dict(as_service(accounts),
+                                       DEFAULT={'use_stderr': 'true'}),
+                            args=['--log-file', log_file])
+    try:
+        with on_race_cpu():
+            daemon.start(wait_ready=False)
+        # Swapped before oslo.log opened it: refused (77); after: up,
+        # logging to stderr what it cannot write to the file.
+        try:
+            found = daemon.wait_for(
+                r'listening on (tcp://\S+),|error: (.*)')
+        finally:
+            target.assert_untouched()
+        assert swapper.finish() == 0
+        assert swapper.wait_for(r'swapped (\d+)').group(1) == '1'
+        assert os.path.islink(log_file)
+        if found.group(2):
+            assert daemon.wait() == errors.EXIT_PERMISSION
+            assert log_file in found.group(2)
+        else:
+            daemon.endpoint = found.group(1)
+            forwards(ctx, daemon, 'logged.host1')
+            assert daemon.proc.poll() is None
+        target.assert_untouched()
+    finally:
+        daemon.kill()
+
+
 # -- the pid file --------------------------------------------------------
 
 
@@ -296,10 +356,6 @@ def shared_dir(home, accounts):
     os.chown(path, 0, accounts.shared.gr_gid)
     os.chmod(path, 0o2775)
     return path
-
-
-#: The CPU the swapper and the receiver's loop share.
-RACE_CPU = min(os.sched_getaffinity(0))
 
 
 def start_swapper(attackers, accounts, shared_dir, target):
@@ -400,17 +456,6 @@ def _stats_without_the_swapper(daemon):
 
 
 # -- a new IPC directory ---------------------------------------------------
-
-
-@contextlib.contextmanager
-def on_race_cpu():
-    """Processes started within run on RACE_CPU (they inherit it)."""
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {RACE_CPU})
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
 
 
 def test_new_ipc_dir_in_a_users_directory_is_never_redirected(
