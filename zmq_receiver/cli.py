@@ -33,6 +33,7 @@ from zmq_receiver import agent as agent_mod
 from zmq_receiver import daemonize
 from zmq_receiver import errors
 from zmq_receiver import exporter as exporter_mod
+from zmq_receiver import ipcfile
 from zmq_receiver import logfile
 from zmq_receiver import notify
 from zmq_receiver import opts
@@ -245,6 +246,7 @@ def run(argv):
             stale = rundir.remove_stale_sockets(
                 settings.ipc_dir,
                 (routing.SOCKET_PREFIX, receiver.CONTROL_NAME))
+            stale += ipcfile.remove_stale(settings.ipc_dir)
         if stale:
             LOG.warning('Removed %d socket files left in %s by a receiver '
                         'that did not stop in order', stale, settings.ipc_dir)

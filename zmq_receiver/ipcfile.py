@@ -107,6 +107,35 @@ def _bind_in(sock, fd, private, path, mode, gid):
         raise
 
 
+def remove_stale(directory):
+    """Remove the private directories a receiver killed in the middle of
+    a bind left in *directory*, with the socket file in each; how many
+    socket files. Only directories of this process's user are touched,
+    through a descriptor. Call it while holding the instance lock.
+    """
+    removed = 0
+    for name in os.listdir(directory):
+        if not name.startswith(PREFIX):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            fd = _open_private(path)
+        except OSError:
+            fd = None
+        if fd is None:
+            continue  # someone else's, or not a directory: not ours
+        try:
+            for entry in os.listdir(fd):
+                st = os.stat(entry, dir_fd=fd, follow_symlinks=False)
+                if stat.S_ISSOCK(st.st_mode):
+                    os.unlink(entry, dir_fd=fd)
+                    removed += 1
+        finally:
+            os.close(fd)
+        _rmdir_quietly(path)
+    return removed
+
+
 def _bind_narrow(sock, path, mode):
     # libzmq creates the file with the process umask; narrow it for the
     # bind so that the file never exists with wider permissions.
