@@ -176,6 +176,10 @@ def remove_stale_sockets(path, prefixes):
                         removed += 1
                     except FileNotFoundError:
                         pass
+                    except PermissionError:
+                        # Another user's, in a sticky directory: the
+                        # bind then says which topic cannot be served.
+                        pass
     except OSError as exc:
         # Replaced since prepare() looked (by whoever may write its
         # parent), or its permissions changed.
