@@ -3,8 +3,14 @@
 libzmq gives no handle on the connections a bound socket accepts, and no
 option to limit them. Its socket monitor does report each one, with its
 descriptor, as it is accepted and as it goes (``ZMQ_EVENT_ACCEPTED`` and
-``ZMQ_EVENT_DISCONNECTED``). With those this module does two things libzmq
+``ZMQ_EVENT_DISCONNECTED``). With those this module does what libzmq
 cannot:
+
+* **The allow-list of the legacy port.** A connection whose peer address
+  is outside ``allowed_networks`` is shut down at once, counted as denied
+  and logged with the address, whatever ZMTP version the peer speaks. The
+  kernel filter of :mod:`zmq_receiver.peerfilter` has kept every byte it
+  sent out of libzmq meanwhile, so nothing it sent is ever forwarded.
 
 * **A cap on open connections.** Idle connections from the network could
   otherwise use every descriptor, and libzmq 4.3 aborts the whole process
@@ -25,6 +31,7 @@ closed and reused by the time the event is read; before acting on one,
 its local port is checked to still be an inbound port.
 """
 
+import contextlib
 import errno
 import logging
 import os
@@ -78,6 +85,8 @@ class Connections:
         self.monitors = {}
         #: Descriptor -> monitor socket, of each open connection.
         self._open = {}
+        #: Monitor socket -> the allow-list check of its socket's peers.
+        self._admits = {}
         self._closing = False
 
     @property
@@ -85,17 +94,21 @@ class Connections:
         """Connections accepted and not yet gone."""
         return len(self._open)
 
-    def watch(self, sock, port):
+    def watch(self, sock, port, admits=None):
         """Follow the connections *sock* accepts on TCP *port*; returns the
         monitor socket to poll. Call it before the bind, so that none is
-        missed."""
+        missed. *admits(address)*, when given, says whether a peer at that
+        address may stay connected (and counts and logs a refusal)."""
         monitor = sock.get_monitor_socket(_EVENTS)
         self.monitors[monitor] = (sock, port)
+        if admits is not None:
+            self._admits[monitor] = admits
         return monitor
 
     def unwatch(self, monitor):
         """Stop following what *monitor* watches (its bind failed)."""
         sock, _ = self.monitors.pop(monitor)
+        self._admits.pop(monitor, None)
         try:
             sock.disable_monitor()
         except zmq.ZMQError:
@@ -131,6 +144,12 @@ class Connections:
                     _strerror(fd))
 
     def _accepted(self, monitor, fd, port):
+        admits = self._admits.get(monitor)
+        if admits is not None:
+            peer = _peer_address(fd, port)
+            if peer is not None and not admits(peer):
+                _shutdown(fd, port, socket.SHUT_RDWR)
+                return
         if self._closing:
             # A sender reconnecting during the stop: it sees the end of
             # the stream before it can send.
@@ -169,31 +188,60 @@ class Connections:
         self._open.clear()
 
 
+@contextlib.contextmanager
+def _borrowed(fd, port):
+    """*fd* as a socket object if it is still a connection on TCP *port*,
+    else None.
+
+    The descriptor stays libzmq's: the socket object only borrows it and
+    gives it back with detach().
+    """
+    try:
+        borrowed = socket.socket(fileno=fd)
+    except OSError:
+        yield None  # closed meanwhile
+        return
+    try:
+        try:
+            ours = (borrowed.type == socket.SOCK_STREAM and
+                    borrowed.family in (socket.AF_INET, socket.AF_INET6) and
+                    borrowed.getsockname()[1] == port)
+        except OSError:
+            ours = False
+        yield borrowed if ours else None
+    finally:
+        # Always: a socket object left to the collector would close it.
+        borrowed.detach()
+
+
 def _shutdown(fd, port, how):
     """shutdown(2) *fd* if it is still a connection on TCP *port*.
 
-    Returns whether it was. The descriptor stays libzmq's: the socket
-    object only borrows it and gives it back with detach().
+    Returns whether it was.
     """
-    try:
-        sock = socket.socket(fileno=fd)
-    except OSError:
-        return False  # closed meanwhile
-    try:
-        if sock.type != socket.SOCK_STREAM or sock.family not in (
-                socket.AF_INET, socket.AF_INET6):
+    with _borrowed(fd, port) as sock:
+        if sock is None:
             return False
-        if sock.getsockname()[1] != port:
+        try:
+            sock.shutdown(how)
+            return True
+        except OSError as exc:
+            # ENOTCONN: the peer is already gone.
+            if exc.errno != errno.ENOTCONN:
+                LOG.debug('shutdown of descriptor %d failed: %s', fd, exc)
             return False
-        sock.shutdown(how)
-        return True
-    except OSError as exc:
-        # ENOTCONN: the peer is already gone.
-        if exc.errno != errno.ENOTCONN:
-            LOG.debug('shutdown of descriptor %d failed: %s', fd, exc)
-        return False
-    finally:
-        sock.detach()
+
+
+def _peer_address(fd, port):
+    """The peer address (text) of connection *fd* on TCP *port*, or None
+    when it is gone."""
+    with _borrowed(fd, port) as sock:
+        if sock is None:
+            return None
+        try:
+            return sock.getpeername()[0]
+        except OSError:
+            return None  # ENOTCONN: the peer left already
 
 
 def _strerror(code):

@@ -33,6 +33,8 @@ def prepare(path, ident, mode=0o755, gid=-1, allow_world_writable=False):
         st = os.lstat(path)
     except FileNotFoundError:
         st = _create(path, ident, mode, gid)
+    if on_read_only_fs(path):
+        raise errors.PermissionProblem(read_only_message(path))
     if stat.S_ISLNK(st.st_mode):
         raise errors.PermissionProblem(
             'IPC directory %s is a symbolic link, which another user could '
@@ -72,6 +74,9 @@ def _create(path, ident, mode, gid):
         finally:
             os.close(fd)
     except OSError as exc:
+        if exc.errno == errno.EROFS:
+            raise errors.PermissionProblem(read_only_message(path,
+                                                             ident.label))
         raise errors.PermissionProblem(
             'IPC directory %s does not exist and cannot be created: %s; '
             'create it (install -d -o %s %s) or start the receiver as root'
@@ -112,6 +117,30 @@ def _make_dirs(path):
         os.close(fd)
         raise
     return fd
+
+
+def on_read_only_fs(path):
+    """Whether *path* is on a file system mounted read-only (as every
+    path outside a unit's writable ones is under ProtectSystem=strict)."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def read_only_message(path, create_as=None):
+    """The error for an IPC directory *path* on a read-only file system;
+    with *create_as* (a user), it does not exist yet and must be made."""
+    if create_as is None:
+        problem, fix = 'is on a read-only file system', ''
+    else:
+        problem = ('does not exist and cannot be created on a read-only '
+                   'file system')
+        fix = 'create it (install -d -o %s %s) and ' % (create_as, path)
+    return ('IPC directory %s %s (under systemd, ProtectSystem=strict makes '
+            'every path read-only except the unit\'s ReadWritePaths= and '
+            'RuntimeDirectory=): %sadd ReadWritePaths=%s to the unit, or set '
+            'rpc_zmq_ipc_dir to a writable path' % (path, problem, fix, path))
 
 
 def _permits(st, ident, bits):
@@ -326,6 +355,9 @@ class InstanceLock:
         except FileNotFoundError:
             pass
         except OSError as exc:
+            if exc.errno == errno.EROFS:
+                raise errors.PermissionProblem(read_only_message(
+                    os.path.dirname(self.path)))
             raise errors.PermissionProblem(
                 'The lock file %s is not safe to use (%s) and cannot be '
                 'replaced: %s; remove it (rm %s)' % (

@@ -249,6 +249,12 @@ def dumps(topics):
 
 def write(path, topics):
     """Write *topics* as a ring file at *path*, atomically."""
+    write_text(path, dumps(topics))
+
+
+def write_text(path, text):
+    """Write *text* at *path* atomically, keeping the mode of the file it
+    replaces (0644 for a new one)."""
     directory = os.path.dirname(os.path.abspath(path))
     # A new file of a name no one can guess (O_EXCL | O_NOFOLLOW), moded
     # by its descriptor: the admin tool may run as root in a directory
@@ -263,7 +269,7 @@ def write(path, topics):
             except FileNotFoundError:
                 mode = 0o644
             os.fchmod(f.fileno(), mode)
-            f.write(dumps(topics))
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         # Readers (senders, a reload) see the old file or the new one.
