@@ -220,6 +220,8 @@ def run(argv):
     # Connected now, before the privilege drop: see zmq_receiver.notify.
     notifier = notify.Notifier()
     global _logging_ready, _log_in_journal
+    if conf.use_journal:
+        journal.require_bindings()
     try:
         oslo_log.setup(conf, PROG, __version__)
         _logging_ready = True
