@@ -671,6 +671,26 @@ def test_daemon_under_systemd_is_refused(short_dir):
     assert not os.path.exists(os.path.join(ipc, '.zmq-receiver.pid'))
 
 
+def test_use_journal_without_systemd_python_is_a_config_error(
+        spawn, short_dir, no_systemd_python):
+    # A plain install (no [systemd] extra): oslo.log's journal handler
+    # cannot exist, and the operator who asked for it is told at start.
+    daemon = spawn(short_dir, args=('--use-journal',), wait_ready=False,
+                   pythonpath=[no_systemd_python.path])
+    assert daemon.wait() == errors.EXIT_CONFIG, daemon.log()
+    line = error_line(daemon.log())
+    assert '--use-journal needs systemd-python' in line
+    assert "pip install 'oslo-messaging-zmq-receiver[systemd]'" in line
+    assert 'or drop --use-journal' in line
+    assert 'Traceback' not in daemon.log()
+    assert not os.path.exists(os.path.join(short_dir, 'ipc'))
+    # With systemd-python (./dev installs the extra) it is not refused;
+    # use_stderr as well, to see it listening.
+    daemon = spawn(short_dir, {'DEFAULT': {'use_stderr': True}},
+                   args=('--use-journal',))
+    assert daemon.proc.poll() is None, daemon.log()
+
+
 # -- sd_notify -----------------------------------------------------------
 #
 # Every receiver here runs with systemd-python hidden (no_systemd_python):
