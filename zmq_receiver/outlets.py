@@ -51,6 +51,7 @@ import zmq
 from zmq.utils import monitor as zmq_monitor
 
 from zmq_receiver import errors
+from zmq_receiver import ipcfile
 from zmq_receiver import metrics
 from zmq_receiver import routing
 from zmq_receiver import wire
@@ -1081,24 +1082,14 @@ def _open_descriptors():
 
 
 def bind_ipc(sock, path, limits):
-    """Bind *sock* at *path* with the mode and group of *limits*.
+    """Bind *sock* at *path* with the mode and group of *limits*, never
+    following a link someone put in the directory (:mod:`ipcfile`).
 
     Raises OSError when it cannot (a zmq.ZMQError, which is not one, is
-    turned into one with the same errno).
+    turned into one with the same errno). A stale file left by an earlier
+    run, or anything else at *path*, is replaced.
     """
-    # libzmq creates the file with the process umask; narrow it for the
-    # bind so that the file never exists with wider permissions.
-    old_umask = os.umask(0o777 & ~limits.socket_mode)
-    try:
-        # libzmq replaces a stale file left by an earlier run.
-        sock.bind('ipc://' + path)
-    except zmq.ZMQError as exc:
-        raise OSError(exc.errno, exc.strerror) from None
-    finally:
-        os.umask(old_umask)
-    os.chmod(path, limits.socket_mode)
-    if limits.socket_gid != -1:
-        os.chown(path, -1, limits.socket_gid)
+    ipcfile.bind(sock, path, limits.socket_mode, limits.socket_gid)
 
 
 def _unread(fd):
