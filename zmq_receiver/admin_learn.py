@@ -157,6 +157,11 @@ def targets(conf, command, listed_hosts=()):
     return found
 
 
+def _printable(text):
+    """*text* from a peer, with what a terminal would obey replaced."""
+    return ''.join(c if c.isprintable() else '?' for c in text)
+
+
 def fetch(target, timeout):
     """The ``/topics`` document of *target*, or raise with the reason."""
     try:
@@ -164,8 +169,8 @@ def fetch(target, timeout):
             body = answer.read(topics_doc.MAX_BYTES + 1)
     except urllib.error.HTTPError as exc:
         raise errors.ReceiverError('HTTP %d from %s: %s' % (
-            exc.code, target.url, exc.read(300).decode('utf-8', 'replace')
-            .strip()))
+            exc.code, target.url, _printable(
+                exc.read(300).decode('utf-8', 'replace').strip())))
     except urllib.error.URLError as exc:
         raise errors.ReceiverError('%s: %s' % (target.url, exc.reason))
     except OSError as exc:
@@ -178,6 +183,11 @@ def fetch(target, timeout):
     except ValueError:
         raise errors.ReceiverError('%s did not answer JSON: is it a receiver '
                                    'metrics port?' % target.url)
+    except RecursionError:
+        # Nested deeper than the decoder's recursion limit: a hostile or
+        # broken answer, which must not end the whole learn or diff.
+        raise errors.ReceiverError('%s answered JSON nested too deeply to '
+                                   'be a /topics document' % target.url)
     if (not isinstance(doc, dict) or doc.get('format') != topics_doc.FORMAT
             or not isinstance(doc.get('host'), str)
             or not isinstance(doc.get('topics'), dict)
@@ -187,6 +197,13 @@ def fetch(target, timeout):
         raise errors.ReceiverError('%s answered a document of another form '
                                    '(not a /topics of format %d)' % (
                                        target.url, topics_doc.FORMAT))
+    # The names go into a ring and onto the operator's terminal: only
+    # those a ring may hold (no control character, no escape sequence).
+    for name in [doc['host']] + list(doc['topics']):
+        why = ring.check_name(name)
+        if why is not None:
+            raise errors.ReceiverError('%s answered a name that %s: %s' % (
+                target.url, why, ascii(name)))
     return doc
 
 

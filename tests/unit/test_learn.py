@@ -80,3 +80,57 @@ def test_page_escapes_names():
     assert '<b>&quot;x&quot;</b>' in page
     assert 'h&amp;1' in page and 'refused &lt;here&gt;' in page
     assert 'ring&lt;1&gt;.json' in page
+
+
+class _Hostile:
+    """A real HTTP server answering every GET with *body* (and *code*)."""
+
+    def __init__(self, body, code=200):
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(code)
+                self.send_header('Content-Length', str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.HTTPServer(('127.0.0.1', 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever)
+        self.thread.start()
+        self.target = admin_learn.Target(
+            None, '127.0.0.1', self.server.server_address[1])
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(30)
+
+
+def _answer(host='node1', topics=None):
+    import json
+    return json.dumps({'format': topics_doc.FORMAT, 'host': host,
+                       'topics': topics or {'compute': {'consumers': 1}}
+                       }).encode()
+
+
+@pytest.mark.parametrize('body,code,message', [
+    # A RecursionError used to end learn and diff with a traceback.
+    (b'[' * 200000, 200, 'nested too deeply'),
+    (_answer(host='node\x1b]0;owned\x07'), 200, 'contains'),
+    (_answer(topics={'compute\x1b[2J': {'consumers': 1}}), 200, 'contains'),
+    (b'no\x1b[2J', 403, 'HTTP 403'),
+])
+def test_a_hostile_answer_is_a_host_that_did_not_answer(body, code, message):
+    server = _Hostile(body, code)
+    try:
+        with pytest.raises(errors.ReceiverError) as info:
+            admin_learn.fetch(server.target, 30)
+    finally:
+        server.close()
+    assert message in str(info.value)
+    assert '\x1b' not in str(info.value)

@@ -26,7 +26,9 @@ EXAMPLE = '{"scheduler": ["host1", "host2"], "conductor": ["host1", "host2"]}'
 
 # Characters that cannot stand in a topic or host name: they would end up
 # in a topic frame, and from there in a socket file name.
-_FORBIDDEN = frozenset(' \t\r\n\f\v/\\\x00~')
+# Control characters too: a name is printed to the operator's terminal
+# (ring show, ring diff), where an escape sequence would be obeyed.
+_FORBIDDEN = frozenset(' /\\~\x7f') | frozenset(map(chr, range(32)))
 
 
 class RingFileError(base.MatchMakerError):
@@ -132,7 +134,7 @@ def _key_position(text, key):
     return _position(text, index)
 
 
-def _check_name(name):
+def check_name(name):
     """Why *name* cannot be a topic or host name, or None."""
     if not isinstance(name, str):
         return 'is %s, not a string' % json.dumps(name)
@@ -180,7 +182,7 @@ def parse(text, path='<ring>'):
     topics = {}
     for topic, hosts in data.items():
         line, column = _key_position(text, topic)
-        why = _check_name(topic)
+        why = check_name(topic)
         if why:
             raise RingFileError(path, 'topic %r %s' % (topic, why), line,
                                 column)
@@ -194,7 +196,7 @@ def parse(text, path='<ring>'):
                 path, 'the hosts of topic %r must be a list of host names, '
                 'not %s' % (topic, json.dumps(hosts)), line, column)
         for host in hosts:
-            why = _check_name(host)
+            why = check_name(host)
             if why:
                 raise RingFileError(path, 'a host of topic %r %s' % (
                     topic, why), line, column)
