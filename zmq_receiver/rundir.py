@@ -100,10 +100,13 @@ def _make_dirs(path):
     fd = os.open(head, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for depth, name in enumerate(reversed(missing), 1):
-            # The last one stays closed to others until its fchmod.
+            # The last one stays closed to others until its fchmod. The
+            # ones on the way are 0755 whatever the umask: under umask 0 a
+            # 0777 one let any user rename the IPC directory away and put
+            # their own in its place for the consumers to connect to.
             last = depth == len(missing)
             try:
-                os.mkdir(name, 0o700 if last else 0o777, dir_fd=fd)
+                os.mkdir(name, 0o700 if last else 0o755, dir_fd=fd)
             except FileExistsError:
                 pass
             child = os.open(name, os.O_RDONLY | os.O_DIRECTORY |
