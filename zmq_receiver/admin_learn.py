@@ -25,6 +25,7 @@ name the ring must use.
 """
 
 import concurrent.futures
+import ipaddress
 import json
 import sys
 import urllib.error
@@ -108,6 +109,18 @@ class Target:
     @property
     def label(self):
         return self.name or self.host
+
+    @property
+    def expected_host(self):
+        """The rpc_zmq_host its document must give: the name it was asked
+        by (NAME=, or HOST when that is a name), or None for an address."""
+        if self.name:
+            return self.name
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return self.host
+        return None
 
 
 def parse_target(text, default_port):
@@ -197,13 +210,30 @@ def fetch(target, timeout):
         raise errors.ReceiverError('%s answered a document of another form '
                                    '(not a /topics of format %d)' % (
                                        target.url, topics_doc.FORMAT))
-    # The names go into a ring and onto the operator's terminal: only
-    # those a ring may hold (no control character, no escape sequence).
-    for name in [doc['host']] + list(doc['topics']):
-        why = ring.check_name(name)
-        if why is not None:
-            raise errors.ReceiverError('%s answered a name that %s: %s' % (
-                target.url, why, ascii(name)))
+    # The names go into a ring and onto the operator's terminal: a host
+    # name a ring may hold, and outlet keys without a control character
+    # (an escape sequence the terminal would obey).
+    why = ring.check_name(doc['host'])
+    if why is not None:
+        raise errors.ReceiverError('%s answered a host name that %s: %s' % (
+            target.url, why, ascii(doc['host'])))
+    for key in doc['topics']:
+        if not key.isprintable():
+            raise errors.ReceiverError(
+                '%s answered a topic with a control character: %s' % (
+                    target.url, ascii(key)))
+    # The ring lists the host a document names, and senders then send that
+    # topic's casts there: a host asked by its name must answer as that
+    # name, or one receiver could list any host (an attacker's) for any
+    # topic. Only one asked by its address names itself.
+    expected = target.expected_host
+    if expected is not None and doc['host'] != expected:
+        raise errors.ReceiverError(
+            '%s answered as rpc_zmq_host %s, not as %s: the ring would list '
+            'a host other than the one asked; set rpc_zmq_host = %s on that '
+            'receiver, or name it %s=%s' % (
+                target.url, doc['host'], expected, expected, doc['host'],
+                target.host))
     return doc
 
 

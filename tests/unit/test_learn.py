@@ -122,7 +122,8 @@ def _answer(host='node1', topics=None):
     # A RecursionError used to end learn and diff with a traceback.
     (b'[' * 200000, 200, 'nested too deeply'),
     (_answer(host='node\x1b]0;owned\x07'), 200, 'contains'),
-    (_answer(topics={'compute\x1b[2J': {'consumers': 1}}), 200, 'contains'),
+    (_answer(topics={'compute\x1b[2J': {'consumers': 1}}), 200,
+     'control character'),
     (b'no\x1b[2J', 403, 'HTTP 403'),
 ])
 def test_a_hostile_answer_is_a_host_that_did_not_answer(body, code, message):
@@ -134,3 +135,29 @@ def test_a_hostile_answer_is_a_host_that_did_not_answer(body, code, message):
         server.close()
     assert message in str(info.value)
     assert '\x1b' not in str(info.value)
+
+
+@pytest.mark.parametrize('text,claims,refused', [
+    # Asked by its name, a receiver must answer as that name: otherwise
+    # the learnt ring lists whatever host it claims for its topics.
+    ('node1=127.0.0.1', 'attacker.example', True),
+    ('node1=127.0.0.1', 'node1', False),
+    ('localhost', 'attacker.example', True),
+    ('localhost', 'localhost', False),
+    # Asked by its address only, it names itself (a note says so).
+    ('127.0.0.1', 'node7', False),
+])
+def test_a_host_asked_by_name_must_answer_as_that_name(text, claims, refused):
+    server = _Hostile(_answer(host=claims))
+    try:
+        target = admin_learn.parse_target(
+            '%s:%d' % (text, server.target.port), None)
+        if refused:
+            with pytest.raises(errors.ReceiverError) as info:
+                admin_learn.fetch(target, 30)
+            assert 'answered as rpc_zmq_host %s, not as' % claims in str(
+                info.value)
+        else:
+            assert admin_learn.fetch(target, 30)['host'] == claims
+    finally:
+        server.close()
