@@ -24,10 +24,12 @@ metrics_port``. A receiver reports under its ``rpc_zmq_host``, which is the
 name the ring must use.
 """
 
-import concurrent.futures
 import ipaddress
 import json
+import queue
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -238,18 +240,49 @@ def fetch(target, timeout):
 
 
 def collect(found, timeout):
-    """({target label: document}, {target label: reason}), all asked at
-    once, each for at most *timeout* seconds."""
+    """({target label: document}, {target label: reason}), at most
+    MAX_PARALLEL asked at once, each for at most *timeout* seconds.
+
+    The socket timeout of a request bounds each read, not the answer: a
+    host that sends a byte every few seconds would hold the command for
+    as long as it likes. So each host gets a deadline of its own here, and
+    one that misses it is given up (its thread, a daemon, is left to end
+    with the process).
+    """
     docs, failed = {}, {}
-    workers = max(1, min(MAX_PARALLEL, len(found)))
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        futures = {pool.submit(fetch, t, timeout): t for t in found}
-        for future in concurrent.futures.as_completed(futures):
-            target = futures[future]
-            try:
-                docs[target.label] = future.result()
-            except errors.ReceiverError as exc:
-                failed[target.label] = str(exc)
+    answers = queue.Queue()
+
+    def ask(target):
+        try:
+            answers.put((target, fetch(target, timeout), None))
+        except errors.ReceiverError as exc:
+            answers.put((target, None, str(exc)))
+
+    waiting = list(found)
+    running = {}  # target -> its deadline
+    while waiting or running:
+        while waiting and len(running) < MAX_PARALLEL:
+            target = waiting.pop(0)
+            running[target] = time.monotonic() + timeout
+            threading.Thread(target=ask, args=(target,), daemon=True).start()
+        try:
+            target, doc, reason = answers.get(
+                timeout=max(0, min(running.values()) - time.monotonic()))
+        except queue.Empty:
+            now = time.monotonic()
+            for target, deadline in list(running.items()):
+                if deadline <= now:
+                    del running[target]
+                    failed[target.label] = (
+                        '%s: timed out: no complete answer within %g s' % (
+                            target.url, timeout))
+            continue
+        if running.pop(target, None) is None:
+            continue  # given up already
+        if reason is None:
+            docs[target.label] = doc
+        else:
+            failed[target.label] = reason
     return docs, failed
 
 

@@ -161,3 +161,44 @@ def test_a_host_asked_by_name_must_answer_as_that_name(text, claims, refused):
             assert admin_learn.fetch(target, 30)['host'] == claims
     finally:
         server.close()
+
+
+def test_a_host_that_trickles_its_answer_is_given_up_at_its_timeout():
+    # The socket timeout bounds each read only: one byte every half
+    # second used to hold learn and diff for as long as the host liked.
+    import socket
+    import threading
+    listener = socket.socket()
+    listener.bind(('127.0.0.1', 0))
+    listener.listen(4)
+    done = threading.Event()
+    stop = threading.Event()
+
+    def trickle():
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(4096)
+            conn.sendall(b'HTTP/1.0 200 OK\r\nContent-Length: 60\r\n\r\n')
+            for _ in range(60):
+                if stop.wait(0.5):
+                    return
+                conn.sendall(b' ')
+        done.set()
+
+    thread = threading.Thread(target=trickle)
+    thread.start()
+    slow = admin_learn.Target('slow', '127.0.0.1',
+                              listener.getsockname()[1])
+    good = _Hostile(_answer(host='node1'))
+    try:
+        docs, failed = admin_learn.collect(
+            [slow, admin_learn.Target('node1', '127.0.0.1',
+                                      good.target.port)], 1)
+        assert not done.is_set(), 'waited for the whole trickle'
+    finally:
+        stop.set()
+        thread.join(30)
+        listener.close()
+        good.close()
+    assert set(docs) == {'node1'}
+    assert 'timed out' in failed['slow']
