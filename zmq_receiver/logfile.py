@@ -51,7 +51,11 @@ def prepare(path, ident):
     file of a third user (neither root nor *ident*).
     """
     try:
-        fd = os.open(path, _FLAGS, MODE)
+        parent = _open_parent(path)
+    except OSError as exc:
+        raise cannot_open(path, exc.strerror)
+    try:
+        fd = os.open(os.path.basename(path), _FLAGS, MODE, dir_fd=parent)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise errors.PermissionProblem(
@@ -62,6 +66,8 @@ def prepare(path, ident):
         if exc.errno == errno.ENXIO:
             raise _not_regular(path)
         raise cannot_open(path, exc.strerror)
+    finally:
+        os.close(parent)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -81,6 +87,42 @@ def prepare(path, ident):
                         path, st.st_uid, ident.label, ident.label, path))
             if st.st_uid != ident.uid or st.st_gid != ident.gid:
                 os.fchown(fd, ident.uid, ident.gid)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_parent(path):
+    """A descriptor of the directory of *path* (absolute), reached
+    without following a symlink in a directory that anyone but root may
+    write.
+
+    O_NOFOLLOW guards the last component only: with /var/log/nova the
+    user's, a link /var/log/nova/sub -> /etc had root create (and give the
+    user) /etc/<name>.
+    """
+    fd = os.open('/', os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name in [p for p in os.path.dirname(path).split('/') if p]:
+            st = os.fstat(fd)
+            trusted = st.st_uid == 0 and not st.st_mode & 0o022
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+            try:
+                child = os.open(name, flags | (0 if trusted else
+                                               os.O_NOFOLLOW), dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR) and not trusted:
+                    raise errors.PermissionProblem(
+                        'The directory of the log file %s is reached through '
+                        '%s, a symbolic link or not a directory, in a '
+                        'directory that users other than root may write: '
+                        'they can point it anywhere; set --log-file or '
+                        '--log-dir to the real directory' % (
+                            path, name)) from None
+                raise
+            os.close(fd)
+            fd = child
     except BaseException:
         os.close(fd)
         raise

@@ -218,6 +218,20 @@ def test_log_file_symlink_to_a_missing_file_creates_nothing(home, accounts):
     assert not os.path.lexists(missing)
 
 
+def test_log_directory_swapped_for_a_symlink_creates_nothing(home, accounts):
+    logs = owned_dir(os.path.join(home, 'log'), accounts.service)
+    # A root-only directory, as /etc is; nova links its subdirectory to it.
+    root_only = os.path.join(home, 'etc')
+    os.mkdir(root_only, 0o755)
+    plant_symlink(root_only, os.path.join(logs, 'sub'), accounts.service)
+    log_file = os.path.join(logs, 'sub', 'zmq-receiver.log')
+    line = refused_log(home, accounts, log_file)
+    assert 'symbolic link' in line and 'sub' in line, line
+    # O_NOFOLLOW guards the last component only: root used to create
+    # etc/zmq-receiver.log and give it to nova.
+    assert os.listdir(root_only) == []
+
+
 def test_log_file_hard_linked_to_shadow_is_refused(home, accounts):
     target = Target(os.path.join(home, 'shadow'))
     logs = owned_dir(os.path.join(home, 'log'), accounts.service)
