@@ -30,7 +30,10 @@ socket file every 100 to 200 ms, have found it, and one sender's burst may
 come after another's was delivered; a backlog capped at its usual length
 would drop most of them. While joining, it is bounded by what all
 backlogs together may hold (max_backlog_bytes, and as many messages as
-every outlet's backlog), not by its own length; at the end, one that no
+every outlet's backlog), not by its own length. The other outlets still
+fill their own backlogs meanwhile, so the messages held can reach twice
+backlog x max_topics; max_backlog_bytes, which counts each frame's cost,
+is the bound on memory. At the end, one that no
 consumer joined keeps the usual number. Its first SETTLE seconds it sends nothing, so that every
 consumer already retrying its path is connected before the backlog is
 dealt out among them.
