@@ -7,6 +7,7 @@ and a timeout fails the test.
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -44,7 +45,7 @@ class Daemon:
     """
 
     def __init__(self, directory, options=None, args=(), env=None,
-                 config=True):
+                 config=True, nofile=None):
         self.directory = directory
         self.ipc_dir = os.path.join(directory, 'ipc')
         merged = {
@@ -65,6 +66,8 @@ class Daemon:
             self.args = ['--config-file', self.config_file] + self.args
         self.env = dict(os.environ, **(env or {}))
         self.env['PYTHONPATH'] = REPO
+        #: RLIMIT_NOFILE (soft and hard) to start the process with, or None.
+        self.nofile = nofile
         self.proc = None
         self.endpoint = None
         self.output = None
@@ -77,6 +80,10 @@ class Daemon:
     def start(self, wait_ready=True):
         """Start the process; by default wait until it listens."""
         argv, kwargs = self.command()
+        if self.nofile is not None:
+            limit = self.nofile
+            kwargs['preexec_fn'] = lambda: resource.setrlimit(
+                resource.RLIMIT_NOFILE, (limit, limit))
         self.proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, env=self.env, text=True,

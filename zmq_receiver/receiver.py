@@ -22,6 +22,7 @@ import zmq
 from zmq_receiver import access as access_mod
 from zmq_receiver import connections as connections_mod
 from zmq_receiver import errors
+from zmq_receiver import memory
 from zmq_receiver import metrics
 from zmq_receiver import notify
 from zmq_receiver import outlets as outlets_mod
@@ -186,6 +187,8 @@ class Receiver:
         self._control_reply = None
         self._control_turn = None
         self._control_fresh = CONTROL_FRESH_PER_TICK
+        #: Messages rejected for too many frames, at the last tick.
+        self._long_seen = 0
 
     # -- the loop's socket registry, used by the outlets -------------------
 
@@ -496,6 +499,7 @@ class Receiver:
                     self._routes.clear()
                 self.warn.flush()
                 self._control_fresh = CONTROL_FRESH_PER_TICK
+                self._trim_after_long_messages()
                 self.notifier.status(self.status_line())
                 self._publish()
                 next_tick = now + TICK
@@ -503,6 +507,14 @@ class Receiver:
                 # What fell due during this turn falls due later than the
                 # earliest one known before the poll.
                 outlets.run_due()
+
+    def _trim_after_long_messages(self):
+        """Give back what libzmq held of the messages rejected for too
+        many frames since the last tick (see :mod:`memory`)."""
+        count = self.counters.rejected[metrics.TOO_MANY_FRAMES]
+        if count != self._long_seen:
+            self._long_seen = count
+            memory.trim()
 
     def _on_inbound(self, events):
         self._read_paced(self.inbound)
