@@ -1,4 +1,4 @@
-"""The TCP connections the inbound sockets accept: a cap, and a clean stop.
+"""The connections the receiver's sockets accept: caps, and a clean stop.
 
 libzmq gives no handle on the connections a bound socket accepts, and no
 option to limit them. Its socket monitor does report each one, with its
@@ -6,12 +6,17 @@ descriptor, as it is accepted and as it goes (``ZMQ_EVENT_ACCEPTED`` and
 ``ZMQ_EVENT_DISCONNECTED``). With those this module does two things libzmq
 cannot:
 
-* **A cap on open connections.** Idle connections from the network could
-  otherwise use every descriptor, and libzmq 4.3 aborts the whole process
-  when it then cannot accept a consumer on an IPC socket (an errno_assert
-  in its IPC listener). A connection over the cap is shut down at once
+* **A cap on open connections.** Idle connections from the network, or
+  from a local user to the outlets and the control socket, could otherwise
+  use every descriptor, and libzmq 4.3 aborts the whole process when it
+  then cannot accept a connection on an IPC socket (an errno_assert in its
+  IPC listener). A connection over the cap is shut down at once
   (``shutdown(2)``, which libzmq sees as the peer leaving and cleans up
-  itself) and counted as denied.
+  itself) and counted as denied. The inbound TCP sockets have one cap
+  (:func:`connection_cap`); the unix sockets (outlets, control) another,
+  for all of them together and per socket (:func:`local_caps`), so that
+  the network cannot take the descriptors the local consumers need, nor
+  one local socket those of the others.
 * **A stop that loses nothing in flight.** Closing a connection drops what
   its peer sent but the receiver has not read yet. At a stop the receiver
   half-closes each connection instead (``SHUT_WR``): a legacy sender's
@@ -22,9 +27,11 @@ cannot:
 Only ``shutdown(2)`` is used on libzmq's descriptors, never ``close(2)``,
 so libzmq keeps owning them. A descriptor from an event may have been
 closed and reused by the time the event is read; before acting on one,
-its local port is checked to still be an inbound port.
+its local address (TCP port, or socket file path) is checked to still be
+the one of the socket that accepted it.
 """
 
+import collections
 import errno
 import logging
 import os
@@ -35,8 +42,18 @@ from zmq.utils import monitor as zmq_monitor
 
 LOG = logging.getLogger(__name__)
 
-#: Reason, in the ``denied`` counter, of a connection over the cap.
+#: Reasons, in the ``denied`` counter, of a connection over a cap: TCP
+#: from senders, to an outlet, to the control socket.
 TOO_MANY_CONNECTIONS = 'too_many_connections'
+TOO_MANY_CONSUMERS = 'too_many_consumer_connections'
+TOO_MANY_CONTROL = 'too_many_control_connections'
+
+#: Connections the control socket takes at once: the admin tool needs one.
+CONTROL_CONNECTIONS = 16
+#: Unix connections in all take at most this share of the descriptor
+#: limit, and at least LOCAL_MIN.
+LOCAL_SHARE = 8
+LOCAL_MIN = 32
 
 _EVENTS = (zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED |
            zmq.EVENT_ACCEPT_FAILED)
@@ -62,22 +79,42 @@ def connection_cap(configured, nofile, outlets_need):
     return fits
 
 
-class Connections:
-    """Tracks the connections of the inbound sockets, caps and stops them.
+def local_caps(nofile):
+    """(all unix connections, those to one socket) for the descriptor
+    limit *nofile*: an eighth of it (at least LOCAL_MIN), and a quarter of
+    that per socket, so that a local user who holds the connections of
+    a few sockets leaves room for the consumers of the others."""
+    total = max(LOCAL_MIN, nofile // LOCAL_SHARE)
+    return total, total // 4
 
-    :meth:`watch` each inbound socket before it binds, register
-    :meth:`on_events` with the loop for every :attr:`monitors` socket, call
+
+class Connections:
+    """Tracks the connections of some sockets, caps and stops them.
+
+    :meth:`watch` each socket before it binds, register :meth:`on_events`
+    with the loop for every :attr:`monitors` socket, call
     :meth:`half_close` at a stop and wait for :attr:`open` to reach 0.
+    Sockets that read their monitors themselves (the outlets, which count
+    their consumers) call :meth:`admit` and :meth:`gone` instead.
+
+    *cap* bounds the connections of all the sockets together; *per_socket*
+    (0: no such cap) those of one address. The addresses are TCP ports
+    (int) or socket file paths (str).
     """
 
-    def __init__(self, cap, counters, warn):
+    def __init__(self, cap, counters, warn, per_socket=0):
         self.cap = cap
+        self.per_socket = per_socket
         self.counters = counters
         self.warn = warn
-        #: Monitor socket -> (inbound socket, its TCP port).
+        #: Monitor socket -> (its socket, its address, its own cap or 0,
+        #: the denied reason over it).
         self.monitors = {}
-        #: Descriptor -> monitor socket, of each open connection.
+        #: Descriptor -> (monitor socket or None, address), of each open
+        #: connection.
         self._open = {}
+        #: Address -> its open connections.
+        self._per_address = collections.Counter()
         self._closing = False
 
     @property
@@ -85,17 +122,18 @@ class Connections:
         """Connections accepted and not yet gone."""
         return len(self._open)
 
-    def watch(self, sock, port):
-        """Follow the connections *sock* accepts on TCP *port*; returns the
+    def watch(self, sock, address, cap=0, reason=TOO_MANY_CONNECTIONS):
+        """Follow the connections *sock* accepts on *address* (TCP port or
+        socket file path), at most *cap* at once if not 0; returns the
         monitor socket to poll. Call it before the bind, so that none is
         missed."""
         monitor = sock.get_monitor_socket(_EVENTS)
-        self.monitors[monitor] = (sock, port)
+        self.monitors[monitor] = (sock, address, cap, reason)
         return monitor
 
     def unwatch(self, monitor):
         """Stop following what *monitor* watches (its bind failed)."""
-        sock, _ = self.monitors.pop(monitor)
+        sock = self.monitors.pop(monitor)[0]
         try:
             sock.disable_monitor()
         except zmq.ZMQError:
@@ -104,12 +142,12 @@ class Connections:
 
     def set_port(self, monitor, port):
         """The TCP port its socket has bound (known after a bind to 0)."""
-        sock, _ = self.monitors[monitor]
-        self.monitors[monitor] = (sock, port)
+        sock, _, cap, reason = self.monitors[monitor]
+        self.monitors[monitor] = (sock, port, cap, reason)
 
     def on_events(self, monitor):
         """Read what *monitor* reports; refuse or half-close as needed."""
-        _, port = self.monitors[monitor]
+        _, port, cap, reason = self.monitors[monitor]
         while True:
             try:
                 event = zmq_monitor.recv_monitor_message(monitor, zmq.NOBLOCK)
@@ -118,9 +156,9 @@ class Connections:
             kind = event['event']
             fd = int(event['value'])
             if kind == zmq.EVENT_ACCEPTED:
-                self._accepted(monitor, fd, port)
+                self.admit(fd, port, cap, reason, monitor)
             elif kind == zmq.EVENT_DISCONNECTED:
-                self._open.pop(fd, None)
+                self.gone(fd, port)
             elif kind == zmq.EVENT_ACCEPT_FAILED:
                 # libzmq's TCP listener retries by itself; the value is
                 # the errno.
@@ -130,47 +168,99 @@ class Connections:
                     '[zmq_receiver] max_connections', port,
                     _strerror(fd))
 
-    def _accepted(self, monitor, fd, port):
+    def admit(self, fd, address, cap=0, reason=TOO_MANY_CONSUMERS,
+              monitor=None):
+        """Connection *fd* was accepted on *address*: keep it, or shut it
+        down when over a cap (*cap* for its socket, or per_socket, and the
+        cap of all), counting it under *reason*. Returns whether it was
+        kept; one already gone counts as neither."""
         if self._closing:
             # A sender reconnecting during the stop: it sees the end of
             # the stream before it can send.
-            _shutdown(fd, port, socket.SHUT_WR)
-            self._open[fd] = monitor
+            _shutdown(fd, address, socket.SHUT_WR)
+            self._keep(fd, address, monitor)
+            return True
+        cap = cap or self.per_socket
+        held = self._per_address[address]
+        if len(self._open) >= self.cap or (cap and held >= cap):
+            if _shutdown(fd, address, socket.SHUT_RDWR):
+                self.counters.denied[reason] += 1
+                self._refused(address, held, cap, reason)
+            return False
+        self._keep(fd, address, monitor)
+        return True
+
+    def _keep(self, fd, address, monitor):
+        # A descriptor still listed was closed unseen (its socket was
+        # closed with its monitor): it is this connection's now.
+        self._drop(fd)
+        self._open[fd] = (monitor, address)
+        self._per_address[address] += 1
+
+    def _drop(self, fd, address=None):
+        entry = self._open.get(fd)
+        if entry is None or address is not None and entry[1] != address:
+            return False
+        del self._open[fd]
+        address = entry[1]
+        self._per_address[address] -= 1
+        if self._per_address[address] <= 0:
+            del self._per_address[address]
+        return True
+
+    def gone(self, fd, address):
+        """Connection *fd* on *address* closed; whether it was one kept by
+        :meth:`admit` (a refused one closes too)."""
+        return self._drop(fd, address)
+
+    def _refused(self, address, held, cap, reason):
+        if isinstance(address, int):
+            self.warn.warning(
+                'too-many-connections', 'Refused a connection on TCP '
+                'port %d: %d are open, [zmq_receiver] max_connections '
+                'allows %d; find the peer that opens so many (ss -tn '
+                "'sport = :%d'), or raise max_connections and "
+                'LimitNOFILE=', address, len(self._open), self.cap, address)
             return
-        if len(self._open) >= self.cap:
-            if _shutdown(fd, port, socket.SHUT_RDWR):
-                self.counters.denied[TOO_MANY_CONNECTIONS] += 1
-                self.warn.warning(
-                    'too-many-connections', 'Refused a connection on TCP '
-                    'port %d: %d are open, [zmq_receiver] max_connections '
-                    'allows %d; find the peer that opens so many (ss -tn '
-                    "'sport = :%d'), or raise max_connections and "
-                    'LimitNOFILE=', port, len(self._open), self.cap, port)
-            return
-        self._open[fd] = monitor
+        self.warn.warning(
+            'refused-' + reason, 'Refused a connection to %s (%s): %d are '
+            'open to it (at most %d) and %d to all the unix sockets (at '
+            'most %d, an eighth of the descriptor limit); find the local '
+            'process that opens so many (ss -xp | grep %s), or raise '
+            'LimitNOFILE= (ulimit -n)', address, reason, held, cap,
+            len(self._open), self.cap, address)
 
     def half_close(self):
         """Stop: end the stream to every peer, who then closes its side."""
         self._closing = True
-        for fd, monitor in list(self._open.items()):
-            if not _shutdown(fd, self.monitors[monitor][1], socket.SHUT_WR):
-                self._open.pop(fd, None)
+        for fd, (_, address) in list(self._open.items()):
+            if not _shutdown(fd, address, socket.SHUT_WR):
+                self._drop(fd)
 
     def forget(self, sock):
         """*sock* is unbound: its connections are closed by libzmq."""
-        for fd, monitor in list(self._open.items()):
-            if self.monitors[monitor][0] is sock:
-                del self._open[fd]
+        for fd, (monitor, _) in list(self._open.items()):
+            if monitor is not None and self.monitors[monitor][0] is sock:
+                self._drop(fd)
+
+    def forget_address(self, address):
+        """The socket bound at *address* is closed, and its connections
+        with it (their monitor went with it, unread)."""
+        for fd, (_, bound) in list(self._open.items()):
+            if bound == address:
+                self._drop(fd)
 
     def close(self):
         """Stop monitoring; before the inbound sockets close."""
         for monitor in list(self.monitors):
             self.unwatch(monitor)
         self._open.clear()
+        self._per_address.clear()
 
 
-def _shutdown(fd, port, how):
-    """shutdown(2) *fd* if it is still a connection on TCP *port*.
+def _shutdown(fd, address, how):
+    """shutdown(2) *fd* if it is still a connection on *address*: a TCP
+    port (int) or a unix socket file path (str).
 
     Returns whether it was. The descriptor stays libzmq's: the socket
     object only borrows it and gives it back with detach().
@@ -180,10 +270,16 @@ def _shutdown(fd, port, how):
     except OSError:
         return False  # closed meanwhile
     try:
-        if sock.type != socket.SOCK_STREAM or sock.family not in (
-                socket.AF_INET, socket.AF_INET6):
+        if sock.type != socket.SOCK_STREAM:
             return False
-        if sock.getsockname()[1] != port:
+        if isinstance(address, int):
+            if sock.family not in (socket.AF_INET, socket.AF_INET6) or \
+                    sock.getsockname()[1] != address:
+                return False
+        elif sock.family != socket.AF_UNIX or \
+                sock.getsockname() != address:
+            # An accepted unix connection is named after its listener's
+            # file.
             return False
         sock.shutdown(how)
         return True

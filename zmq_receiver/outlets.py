@@ -44,6 +44,16 @@ PUB_RETRY_MAX = 0.016
 
 _MONITOR_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 
+#: listen(2) backlog of the unix sockets (outlets, control; libzmq's
+#: default is 100). Connections over a cap are shut down only once libzmq
+#: has accepted them and the loop has read its monitor; a short backlog
+#: makes a local flood of connections wait for libzmq's accepts, so that
+#: the loop keeps up: with 100, four flooding processes exhausted 256
+#: descriptors and libzmq aborted the receiver; with 2, twelve thousand
+#: connections from six processes did not (test_hostile_local). A consumer
+#: that finds it full retries after libzmq's reconnect interval (0.1 s).
+LISTEN_BACKLOG = 2
+
 _ERRNO_REASONS = {
     errno.EMFILE: metrics.OUT_OF_DESCRIPTORS,
     errno.ENFILE: metrics.OUT_OF_DESCRIPTORS,
@@ -201,6 +211,10 @@ class Outlets:
         #: opened since.
         self._fds = None
         self._fds_opened = 0
+        #: The unix sockets' connections.Connections: each consumer's
+        #: connection is admitted there (caps on descriptors), or shut
+        #: down. None: every one is taken.
+        self.connections = None
 
     def __iter__(self):
         return iter(list(self.by_key.values()))
@@ -339,10 +353,11 @@ class Outlets:
         monitor = None
         try:
             sock.setsockopt(zmq.LINGER, 0)
-            if route.kind is routing.Kind.PUSH:
-                # Before the bind: a consumer that connects at once must be
-                # counted, or its outlet would be reaped under it.
-                monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
+            sock.setsockopt(zmq.BACKLOG, LISTEN_BACKLOG)
+            # Before the bind: a consumer that connects at once must be
+            # counted (or its outlet would be reaped under it), and each
+            # connection capped.
+            monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
             bind_ipc(sock, path, self.limits)
         except (OSError, zmq.ZMQError) as exc:
             # ZMQError is no OSError: a failed outlet used to stay open,
@@ -362,8 +377,8 @@ class Outlets:
         else:
             self.loop.register(sock, 0,
                                lambda events: self._flush(outlet))
-            self.loop.register(monitor, zmq.POLLIN,
-                               lambda events: self._on_monitor(outlet))
+        self.loop.register(monitor, zmq.POLLIN,
+                           lambda events: self._on_monitor(outlet))
         return outlet
 
     def close(self, outlet, reason=metrics.SHUTDOWN, linger=0):
@@ -385,6 +400,8 @@ class Outlets:
             self.loop.unregister(outlet.monitor)
             outlet.socket.disable_monitor()
             outlet.monitor.close(linger=0)
+        if self.connections is not None:
+            self.connections.forget_address(outlet.path)
         # libzmq leaves the file behind. Removing it before the close, not
         # after, can never remove the file of a newer outlet of the same key.
         remove_socket_file(outlet.path)
@@ -538,10 +555,14 @@ class Outlets:
                                                          zmq.NOBLOCK)
             except zmq.Again:
                 break
+            fd = int(event['value'])
+            conns = self.connections
             if event['event'] == zmq.EVENT_ACCEPTED:
-                outlet.peers += 1
+                if conns is None or conns.admit(fd, outlet.path):
+                    outlet.peers += 1
             elif event['event'] == zmq.EVENT_DISCONNECTED:
-                outlet.peers = max(0, outlet.peers - 1)
+                if conns is None or conns.gone(fd, outlet.path):
+                    outlet.peers = max(0, outlet.peers - 1)
             outlet.last_active = self.clock()
 
     # -- time ------------------------------------------------------------------
@@ -746,7 +767,7 @@ class Outlets:
 _RACY_NS = 2 * 10 ** 9
 
 #: Descriptors one outlet takes: its socket's mailbox, its listener, and
-#: for PUSH the monitor pair's two mailboxes.
+#: the monitor pair's two mailboxes.
 FDS_PER_OUTLET = 4
 #: Descriptors kept free for connections (consumers, senders, the admin
 #: tool), at most an eighth of the limit: libzmq 4.3 aborts the whole

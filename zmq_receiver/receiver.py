@@ -162,6 +162,8 @@ class Receiver:
         self.curve_endpoint = None
         #: The inbound sockets' connections (connections.Connections).
         self.connections = None
+        #: The unix sockets' (outlets, control) connections.
+        self.local = None
         #: During a stop: until when the senders may take to close their
         #: connections; None once the inbound sockets are unbound.
         self._inputs_until = None
@@ -236,11 +238,17 @@ class Receiver:
         self.outlets = outlets_mod.Outlets(
             self.ctx, self, s.ipc_dir, s.limits, self.counters, self.warn,
             self.clock)
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        # The unix sockets' connections (consumers, the admin tool) have a
+        # share of the descriptors the network cannot take.
+        local, per_outlet = connections_mod.local_caps(nofile)
+        self.local = connections_mod.Connections(
+            local, self.counters, self.warn, per_socket=per_outlet)
+        self.outlets.connections = self.local
         self.connections = connections_mod.Connections(
             connections_mod.connection_cap(
-                s.max_connections,
-                resource.getrlimit(resource.RLIMIT_NOFILE)[0],
-                outlets_mod.descriptors_needed(s.limits.max_topics)),
+                s.max_connections, nofile,
+                outlets_mod.descriptors_needed(s.limits.max_topics) + local),
             self.counters, self.warn)
         policy = s.access
         try:
@@ -345,6 +353,14 @@ class Receiver:
         sock.setsockopt(zmq.SNDHWM, CONTROL_HWM)
         sock.setsockopt(zmq.RCVHWM, CONTROL_HWM)
         sock.setsockopt(zmq.MAXMSGSIZE, CONTROL_MAX_FRAME)
+        sock.setsockopt(zmq.BACKLOG, outlets_mod.LISTEN_BACKLOG)
+        # Before the bind, as for every socket: no connection uncapped.
+        monitor = self.local.watch(
+            sock, path, min(connections_mod.CONTROL_CONNECTIONS,
+                            self.local.per_socket),
+            connections_mod.TOO_MANY_CONTROL)
+        self.register(monitor, zmq.POLLIN,
+                      lambda events: self.local.on_events(monitor))
         failure = None
         try:
             # Owned and moded like the outlets: whoever may connect to a
@@ -790,6 +806,8 @@ class Receiver:
         snap = self.counters.snapshot(self.outlets or ())
         snap['connections'] = (self.connections.open
                                if self.connections is not None else 0)
+        snap['local_connections'] = (self.local.open
+                                     if self.local is not None else 0)
         if self.agent is not None:
             snap['agent'] = self.agent.snapshot()
         return snap
@@ -818,6 +836,8 @@ class Receiver:
         if self.access is not None:
             self.access.stop()
             self.access = None
+        if self.local is not None:
+            self.local.close()
         if self.control is not None:
             outlets_mod.remove_socket_file(
                 control_path(self.settings.ipc_dir))

@@ -12,6 +12,8 @@ each, the daemon is up, a normal cast arrives, the counters balance and
 its memory is within the bound stated here.
 """
 
+import resource
+import socket
 import subprocess
 import sys
 import time
@@ -21,7 +23,7 @@ import zmq
 
 from tests import support
 from tests.support import assert_balanced, cast, pull, recv, rss_kib
-from tests.support import wait_until
+from tests.support import open_files, wait_until
 # Every test here runs on the compiled and the pure-Python path.
 from tests.support import daemons_on_both_paths as daemons  # noqa: F401
 from zmq_receiver import metrics
@@ -165,4 +167,95 @@ def test_frame_floods_are_rejected_and_memory_comes_back(ctx, daemons,
     assert 'Rejected a message from the network (too_many_frames): more ' \
         'than the 32 frames of [zmq_receiver] max_frames' in daemon.log()
     forward_casts(out, consumer, key, 1, b'last')
+    assert daemon.proc.poll() is None
+
+
+# -- unix connections held to every local socket -------------------------
+
+#: The daemon's descriptor limit for the connection attacks.
+LOW_NOFILE = 256
+#: Raw unix connections the attacker opens and holds.
+HELD = 1000
+#: A ZMTP 3.0 greeting (NULL mechanism): a peer that then says nothing.
+GREETING = (b'\xff' + b'\x00' * 8 + b'\x7f' + b'\x03\x00' +
+            b'NULL'.ljust(20, b'\x00') + b'\x00' + b'\x00' * 31)
+
+
+def raise_own_limit(wanted):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < wanted:
+        if hard != resource.RLIM_INFINITY and hard < wanted:
+            pytest.skip('RLIMIT_NOFILE hard limit %d < %d' % (hard, wanted))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+def hold_unix(path, greet):
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.settimeout(support.TIMEOUT)
+    deadline = time.monotonic() + support.TIMEOUT
+    while True:
+        try:
+            conn.connect(path)
+            break
+        except BlockingIOError:
+            # The listen backlog is full until libzmq accepts more.
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.001)
+    if greet:
+        try:
+            conn.sendall(GREETING)
+        except OSError:
+            pass  # refused and shut down already: fine
+    return conn
+
+
+def test_held_unix_connections_never_exhaust_descriptors(ctx, daemons,
+                                                         short_dir):
+    raise_own_limit(HELD + 512)
+    daemon = daemons(short_dir, {'zmq_receiver': {'max_topics': 8}},
+                     nofile=LOW_NOFILE)
+    pid = daemon.proc.pid
+    key = 'held.host1'
+    consumer = pull(ctx, daemon, key)
+    subscriber = support.sub(ctx, daemon, 'fanout~held')
+    out = support.sender(ctx, daemon)
+    forward_casts(out, consumer, key, 1, b'before')
+    fanout = cast('fanout~held.h', b'fan')
+    out.send_multipart(fanout)
+    assert recv(subscriber) == fanout
+    before = daemon.stats()
+    assert before['local_connections'] == 2 + 1  # and the stats request
+    targets = [daemon.path(key), daemon.path('fanout~held'),
+               receiver_mod.control_path(daemon.ipc_dir)]
+    conns = []
+    try:
+        for i in range(HELD):
+            conns.append(hold_unix(targets[i % 3], i % 2))
+            assert daemon.proc.poll() is None, daemon.log()[-2000:]
+        files = open_files(pid)
+        # Forwarding goes on, and a consumer of another outlet gets in.
+        forward_casts(out, consumer, key, 1, b'during')
+        fresh = pull(ctx, daemon, 'fresh.host1')
+        frames = cast('fresh.host1', b'new consumer')
+        out.send_multipart(frames)
+        assert recv(fresh) == frames
+        assert daemon.proc.poll() is None
+    finally:
+        for conn in conns:
+            conn.close()
+    # Their connections closed, the control socket answers again.
+    stats = daemon.wait_stats(lambda s: s['local_connections'] == 3 + 1)
+    denied = stats['denied']
+    print('HELD %d unix connections under ulimit -n %d: open files %d, '
+          'denied %s' % (HELD, LOW_NOFILE, files, denied))
+    assert files < LOW_NOFILE
+    assert set(denied) == {'too_many_consumer_connections',
+                           'too_many_control_connections'}
+    # Each socket took its share (a quarter of an eighth of the limit),
+    # and refused the rest.
+    per_socket = LOW_NOFILE // 8 // 4
+    assert sum(denied.values()) >= HELD - 3 * per_socket
+    assert_balanced(stats)
+    forward_casts(out, consumer, key, 1, b'after')
     assert daemon.proc.poll() is None
