@@ -12,6 +12,9 @@ each, the daemon is up, a normal cast arrives, the counters balance and
 its memory is within the bound stated here.
 """
 
+import collections
+import concurrent.futures
+import re
 import resource
 import socket
 import subprocess
@@ -26,6 +29,8 @@ from tests.support import assert_balanced, cast, pull, recv, rss_kib
 from tests.support import open_files, wait_until
 # Every test here runs on the compiled and the pure-Python path.
 from tests.support import daemons_on_both_paths as daemons  # noqa: F401
+from tests.functional.test_observability import http_get, metrics_url
+from zmq_receiver import exporter
 from zmq_receiver import metrics
 from zmq_receiver import receiver as receiver_mod
 from zmq_receiver import wire
@@ -258,4 +263,64 @@ def test_held_unix_connections_never_exhaust_descriptors(ctx, daemons,
     assert sum(denied.values()) >= HELD - 3 * per_socket
     assert_balanced(stats)
     forward_casts(out, consumer, key, 1, b'after')
+    assert daemon.proc.poll() is None
+
+
+# -- the metrics port: held connections and 200 scrapes at once ----------
+
+#: Connections the attacker holds open without finishing a request: twice
+#: the workers, so that some wait in the listen backlog.
+HELD_HTTP = 2 * exporter.HTTP_WORKERS
+SCRAPERS = 200
+
+
+def test_metrics_answer_200_scrapes_beside_held_connections(ctx, daemons,
+                                                            short_dir):
+    daemon = daemons(short_dir, {'zmq_receiver': {'metrics_port': 0}},
+                     nofile=LOW_NOFILE)
+    url = metrics_url(daemon)
+    host, port = url[len('http://'):].rsplit(':', 1)
+    key = 'scraped.host1'
+    consumer = pull(ctx, daemon, key)
+    out = support.sender(ctx, daemon)
+    forward_casts(out, consumer, key, 1, b'before')
+    held = []
+    try:
+        for i in range(HELD_HTTP):
+            conn = socket.create_connection((host, int(port)),
+                                            timeout=support.TIMEOUT)
+            if i % 2:
+                conn.sendall(b'GET /metrics HTTP/1.1\r\n')  # and no more
+            held.append(conn)
+        with concurrent.futures.ThreadPoolExecutor(SCRAPERS) as pool:
+            # Each waits its turn behind the held connections, which are
+            # cut HTTP_REQUEST_TIMEOUT after their accept.
+            answers = list(pool.map(
+                lambda _: http_get(url + '/metrics', timeout=60),
+                range(SCRAPERS)))
+        files = open_files(daemon.proc.pid)
+        statuses = collections.Counter(status for status, _ in answers)
+        assert statuses == {200: SCRAPERS}, statuses
+        # Every held connection was closed by the receiver: end of stream.
+        for conn in held:
+            conn.settimeout(exporter.HTTP_REQUEST_TIMEOUT + 30)
+            try:
+                while conn.recv(4096):
+                    pass
+            except ConnectionResetError:
+                pass
+    finally:
+        for conn in held:
+            conn.close()
+    status, body = http_get(url + '/metrics', timeout=support.TIMEOUT)
+    assert status == 200
+    cut = float(re.search(r'^zmq_receiver_http_timed_out_total (\S+)$',
+                          body, re.M).group(1))
+    print('SCRAPES: %d answered beside %d held connections; %d cut at '
+          'their deadline; open files %d' % (SCRAPERS, HELD_HTTP, cut,
+                                             files))
+    assert cut == HELD_HTTP
+    assert files < LOW_NOFILE
+    forward_casts(out, consumer, key, 1, b'after')
+    assert_balanced(daemon.stats())
     assert daemon.proc.poll() is None
