@@ -48,10 +48,10 @@ _MONITOR_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 #: default is 100). Connections over a cap are shut down only once libzmq
 #: has accepted them and the loop has read its monitor; a short backlog
 #: makes a local flood of connections wait for libzmq's accepts, so that
-#: the loop keeps up: with 100, four flooding processes exhausted 256
-#: descriptors and libzmq aborted the receiver; with 2, twelve thousand
-#: connections from six processes did not (test_hostile_local). A consumer
-#: that finds it full retries after libzmq's reconnect interval (0.1 s).
+#: the loop mostly keeps up (under 256 descriptors, with 100 three flooding
+#: processes made libzmq abort the receiver; with 2, two never did, six
+#: did once in two runs: see README, "Limits"). A consumer that finds it
+#: full retries after libzmq's reconnect interval (0.1 s).
 LISTEN_BACKLOG = 2
 
 _ERRNO_REASONS = {
