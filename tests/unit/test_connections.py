@@ -195,3 +195,160 @@ def test_shutdown_touches_only_connections_on_its_port(inbound):
     closed = os.dup(0)
     os.close(closed)
     assert not connections._shutdown(closed, ib.port, socket.SHUT_RDWR)
+
+
+# -- unix sockets: the outlets' and the control socket's caps ---------------
+
+
+def test_local_caps_take_an_eighth_of_the_limit_a_quarter_per_socket():
+    assert connections.local_caps(65536) == (8192, 2048)
+    assert connections.local_caps(256) == (32, 8)
+    # At least LOCAL_MIN, however low the limit.
+    assert connections.local_caps(64) == (32, 8)
+
+
+class Local:
+    """Two PULL sockets bound on unix socket files, one Connections with a
+    cap for all and one per socket, and a loop of one."""
+
+    def __init__(self, directory, cap, per_socket):
+        self.ctx = zmq.Context()
+        self.counters = metrics.Counters()
+        self.conns = connections.Connections(
+            cap, self.counters, ratelimit.RateLimitedLog(
+                logging.getLogger('test'), 10.0), per_socket=per_socket)
+        self.paths = [os.path.join(directory, name) for name in 'ab']
+        self.socks, self.monitors = [], []
+        for path in self.paths:
+            sock = self.ctx.socket(zmq.PULL)
+            sock.setsockopt(zmq.LINGER, 0)
+            self.monitors.append(self.conns.watch(
+                sock, path, reason=connections.TOO_MANY_CONSUMERS))
+            sock.bind('ipc://' + path)
+            self.socks.append(sock)
+        self.peers = []
+
+    def connect(self, index):
+        peer = socket.socket(socket.AF_UNIX)
+        peer.settimeout(TIMEOUT)
+        peer.connect(self.paths[index])
+        self.peers.append(peer)
+        return peer
+
+    def run_until(self, predicate, what):
+        deadline = time.monotonic() + TIMEOUT
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError('%s: open %d, denied %s' % (
+                    what, self.conns.open, dict(self.counters.denied)))
+            for monitor in self.monitors:
+                if monitor.poll(10):
+                    self.conns.on_events(monitor)
+
+    def close(self):
+        for peer in self.peers:
+            peer.close()
+        self.conns.close()
+        for sock in self.socks:
+            sock.close(linger=0)
+        self.ctx.term()
+
+
+@pytest.fixture
+def local(tmp_path):
+    made = []
+
+    def make(cap, per_socket):
+        made.append(Local(str(tmp_path), cap, per_socket))
+        return made[-1]
+
+    yield make
+    for each in made:
+        each.close()
+
+
+def denied(lc):
+    return lc.counters.denied[connections.TOO_MANY_CONSUMERS]
+
+
+def test_unix_connections_over_the_per_socket_cap_are_shut_down(local):
+    lc = local(cap=10, per_socket=2)
+    for _ in range(5):
+        lc.connect(0)
+    lc.run_until(lambda: lc.conns.open + denied(lc) == 5, 'five seen')
+    assert (lc.conns.open, denied(lc)) == (2, 3)
+    ended = 0
+    for peer in lc.peers:
+        peer.settimeout(0.5)
+        try:
+            read_to_end(peer)
+        except socket.timeout:
+            continue  # kept
+        ended += 1
+    assert ended == 3
+    # The other socket still has its own share.
+    lc.connect(1)
+    lc.run_until(lambda: lc.conns.open == 3, 'the other socket')
+
+
+def test_unix_connections_over_the_cap_of_all_are_shut_down(local):
+    lc = local(cap=3, per_socket=2)
+    for index in (0, 0, 1, 1):
+        lc.connect(index)
+    lc.run_until(lambda: lc.conns.open + denied(lc) == 4, 'four seen')
+    assert (lc.conns.open, denied(lc)) == (3, 1)
+    # A kept one that closes frees its place; a refused one frees none.
+    lc.peers[0].close()
+    lc.run_until(lambda: lc.conns.open == 2, 'a kept one gone')
+    lc.connect(0)
+    lc.run_until(lambda: lc.conns.open == 3, 'its place taken again')
+
+
+def test_gone_counts_only_connections_that_were_admitted(local):
+    # As the outlets use it: a consumer counts only when admitted, and
+    # leaves only when it was.
+    lc = local(cap=10, per_socket=2)
+    assert not lc.conns.gone(12345, lc.paths[0])
+    lc.connect(0)
+    lc.run_until(lambda: lc.conns.open == 1, 'one connection')
+    fd = next(iter(lc.conns._open))
+    # A stale event of another socket with the same descriptor number.
+    assert not lc.conns.gone(fd, lc.paths[1])
+    assert lc.conns.gone(fd, lc.paths[0])
+    assert lc.conns.open == 0
+
+
+def test_forget_address_drops_the_connections_of_a_closed_socket(local):
+    lc = local(cap=10, per_socket=5)
+    for index in (0, 0, 1):
+        lc.connect(index)
+    lc.run_until(lambda: lc.conns.open == 3, 'three connections')
+    lc.conns.forget_address(lc.paths[0])
+    assert lc.conns.open == 1
+
+
+def test_shutdown_on_a_unix_path_touches_only_its_own_connections(local,
+                                                                   inbound):
+    lc = local(cap=10, per_socket=10)
+    ib = inbound()
+    tcp = ib.connect()
+    unix_a, unix_b = socket.socketpair()
+    other = lc.connect(1)
+    lc.run_until(lambda: lc.conns.open == 1, 'the connection to b')
+    ib.run_until(lambda: ib.conns.open == 1, 'the TCP connection')
+    try:
+        # A TCP connection, an unnamed unix socket, and one accepted on
+        # the other path are not connections on path a.
+        fds = [fd for fd in list(ib.conns._open) + list(lc.conns._open)]
+        fds.append(unix_a.fileno())
+        for fd in fds:
+            assert not connections._shutdown(fd, lc.paths[0],
+                                             socket.SHUT_RDWR)
+        unix_b.sendall(b'y')
+        assert unix_a.recv(1) == b'y'
+        # Still open: libzmq's greeting, not the end of the stream.
+        assert other.recv(1)
+    finally:
+        unix_a.close()
+        unix_b.close()
+        tcp.close()
