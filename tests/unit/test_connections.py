@@ -45,29 +45,23 @@ def test_configured_cap_too_large_is_lowered_with_a_warning(caplog):
 # -- against a real socket -------------------------------------------------
 
 
-class Inbound:
-    """A PULL bound on loopback, its Connections, and a loop of one."""
+class Loop:
+    """Sockets of one context, their Connections, and a loop of one that
+    reads their monitors."""
 
-    def __init__(self, cap):
+    def __init__(self, cap, per_socket=0):
         self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.PULL)
-        self.sock.setsockopt(zmq.LINGER, 0)
         self.counters = metrics.Counters()
         self.conns = connections.Connections(
             cap, self.counters, ratelimit.RateLimitedLog(
-                logging.getLogger('test'), 10.0))
-        self.monitor = self.conns.watch(self.sock, 0)
-        self.sock.bind('tcp://127.0.0.1:0')
-        self.port = int(self.sock.getsockopt_string(
-            zmq.LAST_ENDPOINT).rsplit(':', 1)[1])
-        self.conns.set_port(self.monitor, self.port)
-        self.peers = []
+                logging.getLogger('test'), 10.0), per_socket=per_socket)
+        self.socks, self.monitors, self.peers = [], [], []
 
-    def connect(self):
-        peer = socket.create_connection(('127.0.0.1', self.port),
-                                        timeout=TIMEOUT)
-        self.peers.append(peer)
-        return peer
+    def socket(self):
+        sock = self.ctx.socket(zmq.PULL)
+        sock.setsockopt(zmq.LINGER, 0)
+        self.socks.append(sock)
+        return sock
 
     def run_until(self, predicate, what):
         """Handle monitor events until *predicate*() holds."""
@@ -76,15 +70,37 @@ class Inbound:
             if time.monotonic() > deadline:
                 raise AssertionError('%s: open %d, denied %s' % (
                     what, self.conns.open, dict(self.counters.denied)))
-            if self.monitor.poll(100):
-                self.conns.on_events(self.monitor)
+            for monitor in self.monitors:
+                if monitor.poll(100 // len(self.monitors)):
+                    self.conns.on_events(monitor)
 
     def close(self):
         for peer in self.peers:
             peer.close()
         self.conns.close()
-        self.sock.close(linger=0)
+        for sock in self.socks:
+            sock.close(linger=0)
         self.ctx.term()
+
+
+class Inbound(Loop):
+    """A PULL bound on loopback TCP."""
+
+    def __init__(self, cap):
+        super().__init__(cap)
+        self.sock = self.socket()
+        self.monitor = self.conns.watch(self.sock, 0)
+        self.monitors.append(self.monitor)
+        self.sock.bind('tcp://127.0.0.1:0')
+        self.port = int(self.sock.getsockopt_string(
+            zmq.LAST_ENDPOINT).rsplit(':', 1)[1])
+        self.conns.set_port(self.monitor, self.port)
+
+    def connect(self):
+        peer = socket.create_connection(('127.0.0.1', self.port),
+                                        timeout=TIMEOUT)
+        self.peers.append(peer)
+        return peer
 
 
 @pytest.fixture
@@ -110,6 +126,20 @@ def read_to_end(peer):
         data += chunk
 
 
+def ended(peers):
+    """How many of *peers* see the end of the stream (the others, kept
+    open, see nothing within half a second)."""
+    count = 0
+    for peer in peers:
+        peer.settimeout(0.5)
+        try:
+            read_to_end(peer)
+        except socket.timeout:
+            continue
+        count += 1
+    return count
+
+
 def test_connections_over_the_cap_are_refused_and_counted(inbound):
     ib = inbound(cap=2)
     for _ in range(5):
@@ -119,15 +149,7 @@ def test_connections_over_the_cap_are_refused_and_counted(inbound):
     assert ib.conns.open == 2
     assert ib.counters.denied == {connections.TOO_MANY_CONNECTIONS: 3}
     # The refused ones are cut off: their peers see the end of the stream.
-    ended = 0
-    for peer in ib.peers:
-        peer.settimeout(0.5)
-        try:
-            read_to_end(peer)
-        except socket.timeout:
-            continue  # one of the two kept open
-        ended += 1
-    assert ended == 3
+    assert ended(ib.peers) == 3
 
 
 def test_a_closed_connection_frees_its_place(inbound):
@@ -207,26 +229,18 @@ def test_local_caps_take_an_eighth_of_the_limit_a_quarter_per_socket():
     assert connections.local_caps(64) == (32, 8)
 
 
-class Local:
-    """Two PULL sockets bound on unix socket files, one Connections with a
-    cap for all and one per socket, and a loop of one."""
+class Local(Loop):
+    """Two PULL sockets bound on unix socket files, with a cap for all and
+    one per socket."""
 
     def __init__(self, directory, cap, per_socket):
-        self.ctx = zmq.Context()
-        self.counters = metrics.Counters()
-        self.conns = connections.Connections(
-            cap, self.counters, ratelimit.RateLimitedLog(
-                logging.getLogger('test'), 10.0), per_socket=per_socket)
+        super().__init__(cap, per_socket)
         self.paths = [os.path.join(directory, name) for name in 'ab']
-        self.socks, self.monitors = [], []
         for path in self.paths:
-            sock = self.ctx.socket(zmq.PULL)
-            sock.setsockopt(zmq.LINGER, 0)
+            sock = self.socket()
             self.monitors.append(self.conns.watch(
                 sock, path, reason=connections.TOO_MANY_CONSUMERS))
             sock.bind('ipc://' + path)
-            self.socks.append(sock)
-        self.peers = []
 
     def connect(self, index):
         peer = socket.socket(socket.AF_UNIX)
@@ -234,24 +248,6 @@ class Local:
         peer.connect(self.paths[index])
         self.peers.append(peer)
         return peer
-
-    def run_until(self, predicate, what):
-        deadline = time.monotonic() + TIMEOUT
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise AssertionError('%s: open %d, denied %s' % (
-                    what, self.conns.open, dict(self.counters.denied)))
-            for monitor in self.monitors:
-                if monitor.poll(10):
-                    self.conns.on_events(monitor)
-
-    def close(self):
-        for peer in self.peers:
-            peer.close()
-        self.conns.close()
-        for sock in self.socks:
-            sock.close(linger=0)
-        self.ctx.term()
 
 
 @pytest.fixture
@@ -277,15 +273,7 @@ def test_unix_connections_over_the_per_socket_cap_are_shut_down(local):
         lc.connect(0)
     lc.run_until(lambda: lc.conns.open + denied(lc) == 5, 'five seen')
     assert (lc.conns.open, denied(lc)) == (2, 3)
-    ended = 0
-    for peer in lc.peers:
-        peer.settimeout(0.5)
-        try:
-            read_to_end(peer)
-        except socket.timeout:
-            continue  # kept
-        ended += 1
-    assert ended == 3
+    assert ended(lc.peers) == 3
     # The other socket still has its own share.
     lc.connect(1)
     lc.run_until(lambda: lc.conns.open == 3, 'the other socket')
