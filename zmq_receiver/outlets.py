@@ -23,8 +23,8 @@ import resource
 import time
 
 import zmq
-from zmq.utils import monitor as zmq_monitor
 
+from zmq_receiver import connections
 from zmq_receiver import errors
 from zmq_receiver import metrics
 from zmq_receiver import routing
@@ -549,18 +549,12 @@ class Outlets:
             self._flush(outlet)
 
     def _on_monitor(self, outlet):
-        while True:
-            try:
-                event = zmq_monitor.recv_monitor_message(outlet.monitor,
-                                                         zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            fd = int(event['value'])
-            conns = self.connections
-            if event['event'] == zmq.EVENT_ACCEPTED:
+        conns = self.connections
+        for event, fd in connections.read_events(outlet.monitor):
+            if event == zmq.EVENT_ACCEPTED:
                 if conns is None or conns.admit(fd, outlet.path):
                     outlet.peers += 1
-            elif event['event'] == zmq.EVENT_DISCONNECTED:
+            elif event == zmq.EVENT_DISCONNECTED:
                 if conns is None or conns.gone(fd, outlet.path):
                     outlet.peers = max(0, outlet.peers - 1)
             outlet.last_active = self.clock()
