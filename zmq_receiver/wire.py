@@ -76,7 +76,7 @@ def py_recv_message(sock, max_frames=-1):
         keep = max_frames + 1 if max_frames >= 0 else -1
         while frame.more:
             frame = _recv(sock, _NOBLOCK, False)
-            if len(frames) == keep:
+            if len(frames) >= keep > 0:
                 _discard(sock, frame.more)
                 break
             frames.append(frame if len(frame) >= ZERO_COPY_MIN

@@ -123,7 +123,7 @@ def test_control_flood_does_not_stop_forwarding(ctx, daemons, short_dir):
 # -- messages of very many frames ----------------------------------------
 
 #: What RSS may keep, once the housekeeping tick has run, after the frame
-#: floods below (measured: 3 to 6 MiB on both paths). libzmq holds each
+#: floods below (measured: 0 to 8 MiB on both paths). libzmq holds each
 #: message whole while it arrives (64 bytes a frame: 3 million empty frames
 #: are 190 MiB for a moment); the receiver keeps at most max_frames + 1 of
 #: them, rejects the message and gives the freed memory back.
