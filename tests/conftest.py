@@ -1,7 +1,11 @@
 """Fixtures shared by the whole suite: real sockets, the real daemon and
 real Redis servers."""
 
+import os
+import pwd
+import secrets
 import shutil
+import subprocess
 import tempfile
 
 import pytest
@@ -54,6 +58,32 @@ def daemons():
 def receiver(daemons, short_dir):
     """One running receiver on loopback, with its IPC directory."""
     return daemons(short_dir)
+
+
+@pytest.fixture(scope='module')
+def system_user():
+    """A throwaway system user: (name, uid, gid); 'nobody' without useradd.
+
+    Module-scoped so that it is deleted only after every receiver running
+    as it has been stopped (userdel refuses a user that owns a process).
+    """
+    if os.geteuid() != 0:
+        pytest.skip('needs root to create a user')
+    useradd = shutil.which('useradd')
+    name = 'zrtest' + secrets.token_hex(3)
+    created = False
+    if useradd is not None:
+        result = subprocess.run(
+            [useradd, '--system', '--no-create-home', '--shell',
+             '/usr/sbin/nologin', name], capture_output=True, text=True)
+        created = result.returncode == 0
+    if not created:
+        name = 'nobody'
+    entry = pwd.getpwnam(name)
+    yield entry.pw_name, entry.pw_uid, entry.pw_gid
+    if created:
+        subprocess.run([shutil.which('userdel') or 'userdel', name],
+                       capture_output=True)
 
 
 def _redis(password=None):

@@ -16,7 +16,7 @@ import redis
 
 from tests.output import ProcessOutput
 # free_port is also used by the tests as redis_server.free_port.
-from tests.support import free_port
+from tests.support import clean_env, free_port
 
 #: Seconds any single wait may take before the test fails.
 TIMEOUT = 10.0
@@ -99,7 +99,8 @@ class RedisProcess:
                 [REDIS_SENTINEL if self.sentinel else REDIS_SERVER,
                  self.config_file],
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, text=True, cwd=self.directory)
+                stdin=subprocess.DEVNULL, text=True, cwd=self.directory,
+                env=clean_env())
             self.output = ProcessOutput(self.proc)
             try:
                 self.wait_for(r'\+monitor master' if self.sentinel

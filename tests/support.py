@@ -8,10 +8,12 @@ and a timeout fails the test.
 import json
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -24,6 +26,49 @@ from zmq_receiver import wire
 TIMEOUT = 10.0
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: The caller's variables a process started by a test inherits; anything
+#: else (NOTIFY_SOCKET from a notify service, OS_* from a shell) would change
+#: what the process does.
+INHERITED = ('PATH', 'HOME', 'LANG', 'LC_ALL', 'TMPDIR')
+#: Variables that make the receiver behave as under systemd or socket
+#: activation: a process has them only when its test set them.
+SERVICE_MANAGER = ('NOTIFY_SOCKET', 'JOURNAL_STREAM', 'LISTEN_FDS',
+                   'LISTEN_PID', 'LISTEN_FDNAMES', 'WATCHDOG_USEC',
+                   'WATCHDOG_PID', 'INVOCATION_ID')
+
+
+def clean_env(extra=None, **more):
+    """The environment for a process a test starts: :data:`INHERITED` from
+    the caller, PYTHONPATH to this checkout, then *extra* and *more* (what
+    the test itself sets). Never the whole of os.environ."""
+    env = {name: os.environ[name] for name in INHERITED
+           if name in os.environ}
+    env['PYTHONPATH'] = REPO
+    env.update(extra or {})
+    env.update(more)
+    return env
+
+
+def process_env(pid):
+    """The environment process *pid* was started with ({} once it ended)."""
+    try:
+        with open('/proc/%d/environ' % pid, 'rb') as f:
+            raw = f.read()
+    except OSError:
+        return {}
+    pairs = (item.partition(b'=') for item in raw.split(b'\0') if item)
+    return {k.decode(): v.decode('utf-8', 'replace') for k, _, v in pairs}
+
+
+def check_not_inherited(pid, asked):
+    """Fail when process *pid* has a :data:`SERVICE_MANAGER` variable that
+    its test did not put in *asked*: it came from the caller."""
+    leaked = sorted(name for name in process_env(pid)
+                    if name in SERVICE_MANAGER and name not in asked)
+    if leaked:
+        raise AssertionError('process %d inherited %s from the caller\'s '
+                             'environment' % (pid, ', '.join(leaked)))
 
 
 def write_config(path, options):
@@ -41,11 +86,13 @@ class Daemon:
     """``python -m zmq_receiver`` on loopback with its IPC dir in *directory*.
 
     *options* ({section: {option: value}}) is merged over a config that binds
-    127.0.0.1 on a port the kernel picks.
+    127.0.0.1 on a port the kernel picks. With *journal*, its stdout and
+    stderr are one pipe that ``JOURNAL_STREAM`` names, as systemd's stream
+    to journald is.
     """
 
     def __init__(self, directory, options=None, args=(), env=None,
-                 config=True, nofile=None):
+                 config=True, journal=False, nofile=None):
         self.directory = directory
         self.ipc_dir = os.path.join(directory, 'ipc')
         merged = {
@@ -64,8 +111,8 @@ class Daemon:
         if config:
             write_config(self.config_file, merged)
             self.args = ['--config-file', self.config_file] + self.args
-        self.env = dict(os.environ, **(env or {}))
-        self.env['PYTHONPATH'] = REPO
+        self.env = clean_env(env)
+        self.journal = journal
         #: RLIMIT_NOFILE (soft and hard) to start the process with, or None.
         self.nofile = nofile
         self.proc = None
@@ -84,11 +131,23 @@ class Daemon:
             limit = self.nofile
             kwargs['preexec_fn'] = lambda: resource.setrlimit(
                 resource.RLIMIT_NOFILE, (limit, limit))
-        self.proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env=self.env, text=True,
-            cwd=self.directory, **kwargs)
-        self.output = ProcessOutput(self.proc)
+        stream = None
+        out = subprocess.PIPE
+        if self.journal:
+            read_end, out = os.pipe()
+            st = os.fstat(out)
+            self.env['JOURNAL_STREAM'] = '%d:%d' % (st.st_dev, st.st_ino)
+            stream = os.fdopen(read_end, 'r')
+        try:
+            self.proc = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env=self.env, text=True,
+                cwd=self.directory, **kwargs)
+        finally:
+            if self.journal:
+                os.close(out)
+        self.output = ProcessOutput(self.proc, stream)
+        check_not_inherited(self.proc.pid, self.env)
         if wait_ready:
             match = self.wait_for(r'listening on (tcp://\S+),')
             self.endpoint = match.group(1)
@@ -187,7 +246,7 @@ def _run(args, stderr, env, cwd, timeout):
         [sys.executable, '-m', 'zmq_receiver'] + list(args),
         stdout=subprocess.PIPE, stderr=stderr,
         stdin=subprocess.DEVNULL, text=True, timeout=timeout, cwd=cwd,
-        env=dict(os.environ, PYTHONPATH=REPO, **(env or {})))
+        env=clean_env(env))
 
 
 def run_receiver(args, env=None, cwd=None, timeout=TIMEOUT):
@@ -204,6 +263,47 @@ def run_split(args, env=None, cwd=None, timeout=TIMEOUT):
     """
     proc = _run(args, subprocess.PIPE, env, cwd, timeout)
     return proc.returncode, proc.stdout, proc.stderr
+
+
+#: /etc/hosts as a stock Debian 12 writes it, with the IPv6 line before or
+#: after the IPv4 one: glibc may give ::1 first either way.
+DEBIAN_HOSTS = {
+    'ipv6-first': '::1\tlocalhost ip6-localhost ip6-loopback\n'
+                  '127.0.0.1\tlocalhost\n',
+    'ipv6-last': '127.0.0.1\tlocalhost\n127.0.1.1\tdebian\n\n'
+                 '# The following lines are desirable for IPv6 capable hosts\n'
+                 '::1     localhost ip6-localhost ip6-loopback\n'
+                 'ff02::1 ip6-allnodes\nff02::2 ip6-allrouters\n',
+}
+
+
+def run_with_hosts(hosts, argv, env=None, cwd=None, timeout=TIMEOUT):
+    """Run *argv* to completion with *hosts* (text) as its /etc/hosts:
+    bound over the real one in a mount namespace of its own, which ends
+    with it. Skips, saying why, where that cannot be done."""
+    unshare = shutil.which('unshare')
+    if unshare is None or os.geteuid() != 0:
+        pytest.skip('needs root and unshare (util-linux) to give a process '
+                    'an /etc/hosts of its own')
+    directory = tempfile.mkdtemp(prefix='zrhosts')
+    path = os.path.join(directory, 'hosts')
+    with open(path, 'w') as f:
+        f.write(hosts)
+    wrap = [unshare, '--mount', 'sh', '-c',
+            'mount --bind "$0" /etc/hosts || exit 125; exec "$@"', path]
+    try:
+        probe = subprocess.run(wrap + ['cat', '/etc/hosts'],
+                               capture_output=True, text=True,
+                               timeout=timeout)
+        if probe.returncode != 0 or probe.stdout != hosts:
+            pytest.skip('cannot bind-mount a hosts file in a mount namespace '
+                        'here: %s' % (probe.stderr.strip() or probe.stdout))
+        return subprocess.run(
+            wrap + list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL, text=True, timeout=timeout, cwd=cwd,
+            env=clean_env(env))
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def recv(sock, timeout=TIMEOUT):

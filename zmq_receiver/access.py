@@ -1,9 +1,17 @@
 """Who may send to the receiver: an allow-list of networks, and CURVE.
 
-Both are enforced by libzmq through ZAP (ZeroMQ RFC 27): during the
-handshake of every new connection, libzmq asks the handler bound at
-``inproc://zeromq.zap.01`` in the socket's context, and the peer may send
-nothing before the answer is 200. The handler is pyzmq's
+On the legacy port, ``allowed_networks`` is enforced without ZAP, because
+libzmq rejects every ZMTP 1.0 and 2.0 peer of a socket that has a ZAP
+domain (they have no security handshake to ask ZAP about), and distro
+stacks of Grizzly to Icehouse send with libzmq 2.x and 3.x. There a kernel
+socket filter keeps a refused peer's bytes out of libzmq
+(:mod:`zmq_receiver.peerfilter`), and :class:`NetworkCheck` refuses the
+connection once it is accepted (:mod:`zmq_receiver.connections`).
+
+On the CURVE port, both are enforced by libzmq through ZAP (ZeroMQ RFC 27):
+during the handshake of every new connection, libzmq asks the handler bound
+at ``inproc://zeromq.zap.01`` in the socket's context, and the peer may
+send nothing before the answer is 200. The handler is pyzmq's
 :class:`zmq.auth.Authenticator`, with two changes:
 
 * the address check takes networks (``192.0.2.0/24``, ``2001:db8::/32``),
@@ -12,12 +20,8 @@ nothing before the answer is 200. The handler is pyzmq's
   loop's poller and each request is answered at once, so that there is no
   second thread and nothing blocks.
 
-Legacy senders only speak NULL security; libzmq asks ZAP about a NULL
-connection only when the server socket has a ZAP domain, so the inbound
-socket gets one when ``allowed_networks`` is set, and none otherwise: no
-allow-list, no ZAP, no cost. CURVE has its own socket and port, because a
-CURVE server socket refuses every NULL sender (see README, "Access
-control").
+CURVE has its own socket and port, because a CURVE server socket refuses
+every NULL sender (see README, "Access control").
 
 Nothing happens at import; :func:`policy_from` reads and checks the
 options, :class:`AccessControl` does the work.
@@ -37,9 +41,8 @@ from zmq_receiver import opts
 
 LOG = logging.getLogger(__name__)
 
-#: ZAP domains of the two inbound sockets; libzmq passes them with each
-#: request, and the CURVE keys are looked up under :data:`CURVE_DOMAIN`.
-LEGACY_DOMAIN = 'zmq_receiver'
+#: ZAP domain of the CURVE socket; libzmq passes it with each request, and
+#: the CURVE keys are looked up under it.
 CURVE_DOMAIN = 'zmq_receiver_curve'
 
 # Reasons a connection is denied. Counter labels: stable.
@@ -105,6 +108,37 @@ def allowed(text, networks):
     address = peer_address(text)
     # An IPv4 address is in no IPv6 network and the reverse: no error.
     return address is not None and any(address in n for n in networks)
+
+
+def refused_network(counters, warn, peer):
+    """Count and log (rate-limited, through *warn*) a connection from
+    *peer* refused by allowed_networks."""
+    counters.denied[NETWORK_NOT_ALLOWED] += 1
+    warn.warning(
+        'denied-' + NETWORK_NOT_ALLOWED,
+        'Refused a connection from %s: its address is in none of '
+        '[%s] allowed_networks; if it is a legitimate sender, add '
+        'its network there and restart', peer, opts.GROUP)
+
+
+class NetworkCheck:
+    """allowed_networks on the legacy port, asked about each connection
+    as it is accepted (see :meth:`connections.Connections.watch`)."""
+
+    def __init__(self, networks, counters, warn):
+        self.networks = tuple(networks)
+        self.counters = counters
+        self.warn = warn
+
+    def admits(self, peer):
+        """Whether the peer at address *peer* (text) may stay connected;
+        a refusal is counted and logged."""
+        if allowed(peer, self.networks):
+            return True
+        # 192.0.2.7 rather than ::ffff:192.0.2.7 (a dual-stack socket's).
+        refused_network(self.counters, self.warn,
+                        peer_address(peer) or peer)
+        return False
 
 
 class Curve:
@@ -241,16 +275,18 @@ class AccessControl(zmq.auth.Authenticator):
         self._request = None
 
     def start(self):
-        """Bind the ZAP socket and load the CURVE client keys."""
+        """Bind the ZAP socket and load the CURVE client keys; without a
+        CURVE port nothing asks ZAP, and :attr:`zap_socket` stays None."""
+        curve = self.policy.curve
+        if curve is None:
+            return
         super().start()
         # A handshake waiting on an answer must not hold up the exit.
         self.zap_socket.linger = 0
-        curve = self.policy.curve
-        if curve is not None:
-            if curve.clients_dir:
-                self.certs[CURVE_DOMAIN] = load_client_keys(curve.clients_dir)
-            else:
-                self.configure_curve(CURVE_DOMAIN, zmq.auth.CURVE_ALLOW_ANY)
+        if curve.clients_dir:
+            self.certs[CURVE_DOMAIN] = load_client_keys(curve.clients_dir)
+        else:
+            self.configure_curve(CURVE_DOMAIN, zmq.auth.CURVE_ALLOW_ANY)
 
     def describe(self):
         """One line for the startup log."""
@@ -269,12 +305,6 @@ class AccessControl(zmq.auth.Authenticator):
                              'curve_allowed_clients_dir to authenticate '
                              'them)')
         return '; '.join(parts)
-
-    def secure_inbound(self, sock):
-        """Have libzmq ask this handler about every connection to the
-        legacy (NULL security) socket *sock*, before it binds."""
-        if self.policy.networks:
-            self._require_zap(sock, LEGACY_DOMAIN)
 
     def secure_curve(self, sock):
         """Make *sock* a CURVE server with the receiver's keys."""
@@ -351,17 +381,14 @@ class AccessControl(zmq.auth.Authenticator):
 
     def _refused(self, status_text):
         reason = _REASONS.get(status_text, OTHER)
-        self.counters.denied[reason] += 1
         request = self._request or []
         peer = (request[3].decode('ascii', 'replace')
                 if len(request) > 3 else 'an unknown peer')
         if reason == NETWORK_NOT_ALLOWED:
-            self.warn.warning(
-                'denied-' + reason,
-                'Refused a connection from %s: its address is in none of '
-                '[%s] allowed_networks; if it is a legitimate sender, add '
-                'its network there and restart', peer, opts.GROUP)
-        elif reason == CURVE_KEY_UNKNOWN:
+            refused_network(self.counters, self.warn, peer)
+            return
+        self.counters.denied[reason] += 1
+        if reason == CURVE_KEY_UNKNOWN:
             key = (z85.encode(request[6]).decode('ascii')
                    if len(request) > 6 and len(request[6]) == 32 else '?')
             self.warn.warning(

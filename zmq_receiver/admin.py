@@ -13,8 +13,11 @@ Subcommands:
     the live counters and per-topic figures, as a table or ``--json``.
 ``check``
     a preflight of this host (:mod:`zmq_receiver.admin_check`).
-``ring validate|show|from-redis``
-    a ring file (:mod:`zmq_receiver.admin_registry`).
+``ring validate|show|from-redis|build|learn|diff``
+    a ring file (:mod:`zmq_receiver.admin_registry`); made from an
+    inventory (:mod:`zmq_receiver.admin_ring_build`), learnt from the
+    running receivers and compared with them
+    (:mod:`zmq_receiver.admin_learn`).
 ``redis show|register|unregister|prune|import-ring``
     the Redis registrations (:mod:`zmq_receiver.admin_registry`).
 ``send``, ``tap``

@@ -55,6 +55,11 @@ def add_parser(subparsers):
     check.add_argument('--service-user', metavar='USER',
                        help='also check that USER (the service that '
                             'connects to the outlets) may use the sockets')
+    check.add_argument('--receiver-user', metavar='USER',
+                       help='the user the receiver runs as (a unit\'s '
+                            'User=, which the config does not show); '
+                            'default: [zmq_receiver] user, else the owner '
+                            'of the IPC directory, else this user')
 
 
 class Report:
@@ -386,16 +391,47 @@ def _group_label(gid):
         return 'gid %d' % gid
 
 
-def check_ipc_dir(conf, report, service_user):
+def receiver_identity(conf, path, receiver_user=None):
+    """(Identity, why) of the user the receiver will run as, and what
+    says so: *receiver_user* (--receiver-user), ``[zmq_receiver] user``, or,
+    with neither (a unit's ``User=`` is not in the config), the owner of
+    the IPC directory *path* when it exists, else the user running this
+    check. Raises ReceiverError for a user or group that does not exist."""
+    group = conf[opts.GROUP]
+    if receiver_user:
+        ident = privileges.resolve(receiver_user, group.group)
+        return ident, '--receiver-user'
+    if group.user:
+        return (privileges.resolve(group.user, group.group),
+                '[zmq_receiver] user')
+    try:
+        st = os.lstat(path)
+    except OSError:
+        st = None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        ident = privileges.resolve(str(st.st_uid), group.group)
+        return ident, ('the owner of %s, as [zmq_receiver] user is unset; '
+                       'give --receiver-user if the unit\'s User= says '
+                       'otherwise' % path)
+    return (privileges.resolve('', group.group),
+            'the user running this check, as [zmq_receiver] user is unset '
+            'and %s does not exist; give --receiver-user if the unit\'s '
+            'User= says otherwise' % path)
+
+
+def check_ipc_dir(conf, report, service_user, receiver_user=None):
     group = conf[opts.GROUP]
     path = os.path.abspath(conf.rpc_zmq_ipc_dir)
     try:
-        ident = privileges.resolve(group.user, group.group)
+        ident, why = receiver_identity(conf, path, receiver_user)
         socket_gid = (privileges.group_id(group.socket_group, 'socket_group')
                       if group.socket_group else -1)
     except errors.ReceiverError as exc:
-        report.fail('user', str(exc))
+        report.fail('user', str(exc).replace(
+            '[zmq_receiver] user', '--receiver-user' if receiver_user else
+            '[zmq_receiver] user'))
         return
+    report.ok('user', 'the receiver runs as %s (%s)' % (ident.label, why))
     host = opts.rpc_zmq_host(conf)
     longest = 'zmq_replies.' + host
     if len(longest) > routing.max_key_length(path):
@@ -413,13 +449,20 @@ def check_ipc_dir(conf, report, service_user):
         parent = os.path.dirname(path)
         while not os.path.exists(parent):
             parent = os.path.dirname(parent)
-        me = privileges.current()
-        if _may(os.stat(parent), me.uid, me.groups(), 3):
+        # Started as root to become [zmq_receiver] user, root creates it;
+        # started as its user (a unit's User=), that user does.
+        creator = (privileges.current() if group.user and not receiver_user
+                   else ident)
+        if rundir.on_read_only_fs(parent):
+            report.fail('ipc-dir', '%s does not exist, and %s is on a '
+                        'read-only file system' % (path, parent),
+                        'set rpc_zmq_ipc_dir to a path on a writable one')
+        elif _may(os.stat(parent), creator.uid, creator.groups(), 3):
             report.ok('ipc-dir', '%s does not exist; the receiver creates it'
                       % path)
         else:
             report.fail('ipc-dir', '%s does not exist, and %s may not create '
-                        'it in %s' % (path, me.label, parent),
+                        'it in %s' % (path, creator.label, parent),
                         'install -d -o %s %s, or start the receiver as root'
                         % (ident.label, path))
         return
@@ -453,6 +496,10 @@ def check_ipc_dir(conf, report, service_user):
                         path, _user_label(st.st_uid),
                         _group_label(st.st_gid), mode, ident.label),
                     'chown %s %s' % (ident.label, path))
+        return
+    if rundir.on_read_only_fs(path):
+        report.fail('ipc-dir', '%s is on a read-only file system' % path,
+                    'set rpc_zmq_ipc_dir to a path on a writable one')
         return
     report.ok('ipc-dir', '%s: %s may create its sockets (owner %s, mode '
               '%04o)' % (path, ident.label, _user_label(st.st_uid), mode))
@@ -599,6 +646,6 @@ def run(conf, command, out=sys.stdout):
         return report.summary()
     addresses = check_host(conf, report)
     check_bind(conf, report, addresses, command.timeout)
-    check_ipc_dir(conf, report, command.service_user)
+    check_ipc_dir(conf, report, command.service_user, command.receiver_user)
     check_matchmaker(conf, report, command.timeout)
     return report.summary()

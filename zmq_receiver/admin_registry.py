@@ -1,7 +1,8 @@
 """``ring`` and ``redis``: read, check and maintain the matchmaker's data.
 
 ``ring validate|show|from-redis`` work on a ring file (the one given, or
-``[matchmaker_ring] ringfile``); ``redis show|register|unregister|prune|
+``[matchmaker_ring] ringfile``; ``build``, ``learn`` and ``diff`` are in
+modules of their own); ``redis show|register|unregister|prune|
 import-ring`` on the registry that ``[matchmaker_redis]`` names, whatever
 ``rpc_zmq_matchmaker`` says, so that a move from ring to Redis can be
 prepared before it is switched on.
@@ -10,6 +11,8 @@ prepared before it is switched on.
 import json
 import sys
 
+from zmq_receiver import admin_learn
+from zmq_receiver import admin_ring_build
 from zmq_receiver import errors
 from zmq_receiver import matchmaker
 from zmq_receiver import opts
@@ -39,6 +42,8 @@ def add_parsers(subparsers):
     from_redis.add_argument('--allow-empty', action='store_true',
                             help='write even when Redis holds no live '
                                  'registration')
+    for module in _RING_MODULES:
+        module.add_parser(actions)
 
     redis_parser = subparsers.add_parser(
         'redis', help='read or change the Redis registrations')
@@ -81,6 +86,10 @@ def add_parsers(subparsers):
 #: An operator waits for the answer: a short retry, not the agent's.
 RETRIES = 2
 
+#: Modules of ``ring`` actions of their own: each adds its actions with
+#: ``add_parser`` and runs them with ``run``.
+_RING_MODULES = (admin_ring_build, admin_learn)
+
 
 def _ring_path(conf, command):
     return command.file or conf[opts.RING_GROUP].ringfile
@@ -91,6 +100,9 @@ def _ring_path(conf, command):
 
 def ring_command(conf, command, out=sys.stdout, err=sys.stderr):
     """The ``ring`` subcommands; the exit status."""
+    for module in _RING_MODULES:
+        if command.action in module.ACTIONS:
+            return module.run(conf, command, out, err)
     if command.action == 'from-redis':
         return ring_from_redis(conf, command, out, err)
     path = _ring_path(conf, command)

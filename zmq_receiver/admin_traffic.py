@@ -13,6 +13,8 @@ round-robin: what it prints never reaches the real consumer.
 import ipaddress
 import json
 import os
+import re
+import socket
 import sys
 import time
 
@@ -104,6 +106,35 @@ def tcp_url(host, port):
     return 'tcp://%s:%d' % (host, port)
 
 
+def resolved(url):
+    """The endpoints to connect to for *url*: one per address its host
+    name resolves to here, in the resolver's order, or *url* itself for an
+    address.
+
+    libzmq connects only to the first address of a name: on a stock Debian
+    /etc/hosts, ``localhost`` is ``::1`` first, where a receiver bound to
+    127.0.0.1 does not listen. Raises OSError when the name does not
+    resolve.
+    """
+    match = re.match(r'tcp://(\[[^\]]*\]|[^:/\[]+):(\d+)$', url)
+    if not match:
+        return [url]
+    host, port = match.group(1), int(match.group(2))
+    try:
+        ipaddress.ip_address(host.strip('[]'))
+        return [url]
+    except ValueError:
+        pass
+    urls = []
+    for family, _, _, _, sockaddr in socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM):
+        if family in (socket.AF_INET, socket.AF_INET6):
+            address = tcp_url(sockaddr[0], port)
+            if address not in urls:
+                urls.append(address)
+    return urls or [url]
+
+
 def default_port(conf, command):
     """The receivers' port when --port is not given: the CURVE port with
     --curve-server-key, rpc_zmq_port otherwise."""
@@ -182,6 +213,18 @@ def wait_accepted(sock, monitor, url, timeout, curve):
                         url, event['value'],
                         ', or our client key is not in its '
                         'curve_allowed_clients_dir' if curve else ''))
+        if (not curve and
+                event['event'] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+            # The legacy port checks allowed_networks by closing the
+            # connection as soon as it is accepted, not through ZAP. (A
+            # CURVE port's mechanism mismatch, once seen, says more.)
+            why = why or (
+                'the receiver at %s closed every connection before the '
+                'handshake ended, for %.1f s: this host\'s address may not '
+                'be in its [zmq_receiver] allowed_networks (its log and its '
+                'denied counter say), or it has max_connections open' % (
+                    url, timeout))
+            continue
         why = 'the security handshake with %s failed for %.1f s: %s' % (
             url, timeout,
             'check that --curve-server-key is the receiver\'s current '
@@ -242,7 +285,17 @@ def send(conf, command, out=sys.stdout):
                 _HANDSHAKE_EVENTS[0] | _HANDSHAKE_EVENTS[1] |
                 _HANDSHAKE_EVENTS[2])
             try:
-                sock.connect(url)
+                try:
+                    targets = resolved(url)
+                except OSError as exc:
+                    print('FAIL %s: the host of %s does not resolve here (%s)'
+                          % (topic, url, exc.strerror or exc), file=out)
+                    failed += 1
+                    continue
+                # To every address at once: PUSH sends to a connection a
+                # receiver accepted, whichever address that was.
+                for target in targets:
+                    sock.connect(target)
                 why = wait_accepted(sock, monitor, url, command.timeout,
                                     curve is not None)
                 if why is not None:

@@ -33,6 +33,7 @@ from zmq_receiver import agent as agent_mod
 from zmq_receiver import daemonize
 from zmq_receiver import errors
 from zmq_receiver import exporter as exporter_mod
+from zmq_receiver import journal
 from zmq_receiver import notify
 from zmq_receiver import opts
 from zmq_receiver import outlets
@@ -40,6 +41,7 @@ from zmq_receiver import privileges
 from zmq_receiver import receiver
 from zmq_receiver import routing
 from zmq_receiver import rundir
+from zmq_receiver import topics_doc
 from zmq_receiver import wire
 
 LOG = logging.getLogger(__name__)
@@ -47,6 +49,9 @@ PROG = 'oslo-messaging-zmq-receiver'
 
 #: Whether oslo.log is set up: before, errors go to stderr only.
 _logging_ready = False
+#: Whether the log goes to systemd's journal stream (JOURNAL_STREAM): then
+#: an error logged is not printed on stderr, the same stream, again.
+_log_in_journal = False
 
 
 def load_config(argv):
@@ -198,10 +203,11 @@ def run(argv):
             '--daemon under systemd (NOTIFY_SOCKET is set): systemd '
             'supervises the process itself; remove --daemon from the unit')
     notifier = notify.Notifier()
-    global _logging_ready
+    global _logging_ready, _log_in_journal
     try:
         oslo_log.setup(conf, PROG, __version__)
         _logging_ready = True
+        _log_in_journal = journal.adopt(keep_format=conf.use_json)
     except OSError as exc:
         raise errors.PermissionProblem(
             'Cannot open the log file: %s: %s; create its directory and '
@@ -266,9 +272,16 @@ def run(argv):
         state = None
         if group.metrics_port is not None:
             state = exporter_mod.LoopState()
+            topics = None
+            networks = access.parse_networks(group.topics_allowed_networks,
+                                             'topics_allowed_networks')
+            if networks:
+                topics = topics_doc.TopicsApp(
+                    state, opts.rpc_zmq_host(conf), conf.rpc_zmq_port,
+                    networks)
             exporter = exporter_mod.Exporter(
                 group.metrics_address, group.metrics_port, state,
-                group.metrics_top_topics)
+                group.metrics_top_topics, topics=topics)
         recv = receiver.Receiver(settings, reload=reload, notifier=notifier,
                                  state=state, agent=agent)
         # Bind first: a port below 1024 needs root.
@@ -277,10 +290,16 @@ def run(argv):
         # runs, the receiver locks it again before it binds there.
         recv.outlets.reclaim = lock.reacquire
         if exporter is not None:
+            if exporter.topics is not None:
+                # rpc_zmq_port may be 0: the port it got.
+                exporter.topics.port = int(endpoint.rsplit(':', 1)[1])
             url = exporter.bind()
             exporter.start()
             LOG.info('Metrics on %s/metrics, health on %s/healthz and '
                      '%s/readyz', url, url, url)
+            if exporter.topics is not None:
+                LOG.info('Topics document on %s/topics for %s', url,
+                         ', '.join(str(n) for n in exporter.topics.networks))
         if os.geteuid() == 0 and ident.uid != 0:
             _chown_log_files(ident)
         privileges.drop(ident)
@@ -313,6 +332,7 @@ def main(argv=None):
     """Console entry point; returns the exit status."""
     if argv is None:
         argv = sys.argv[1:]
+    journal.start_handler()
     try:
         return run(argv)
     except errors.ReceiverError as exc:
@@ -325,5 +345,7 @@ def main(argv=None):
     if _logging_ready:
         LOG.error('%s', error)
     # The log may be a file or stdout; the operator reads stderr.
-    print('%s: error: %s' % (PROG, error), file=sys.stderr)
+    if not _log_in_journal:
+        print(journal.error_line('%s: error: %s' % (PROG, error),
+                                 sys.stderr), file=sys.stderr)
     return error.exit_code

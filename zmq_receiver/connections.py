@@ -3,8 +3,14 @@
 libzmq gives no handle on the connections a bound socket accepts, and no
 option to limit them. Its socket monitor does report each one, with its
 descriptor, as it is accepted and as it goes (``ZMQ_EVENT_ACCEPTED`` and
-``ZMQ_EVENT_DISCONNECTED``). With those this module does two things libzmq
+``ZMQ_EVENT_DISCONNECTED``). With those this module does what libzmq
 cannot:
+
+* **The allow-list of the legacy port.** A connection whose peer address
+  is outside ``allowed_networks`` is shut down at once, counted as denied
+  and logged with the address, whatever ZMTP version the peer speaks. The
+  kernel filter of :mod:`zmq_receiver.peerfilter` has kept every byte it
+  sent out of libzmq meanwhile, so nothing it sent is ever forwarded.
 
 * **A cap on open connections.** Idle connections from the network, or
   from a local user to the outlets and the control socket, could otherwise
@@ -32,6 +38,7 @@ the one of the socket that accepted it.
 """
 
 import collections
+import contextlib
 import errno
 import logging
 import os
@@ -140,6 +147,8 @@ class Connections:
         self._open = {}
         #: Address -> its open connections.
         self._per_address = collections.Counter()
+        #: Monitor socket -> the allow-list check of its socket's peers.
+        self._admits = {}
         self._closing = False
 
     @property
@@ -147,18 +156,23 @@ class Connections:
         """Connections accepted and not yet gone."""
         return len(self._open)
 
-    def watch(self, sock, address, cap=0, reason=TOO_MANY_CONNECTIONS):
+    def watch(self, sock, address, cap=0, reason=TOO_MANY_CONNECTIONS,
+              admits=None):
         """Follow the connections *sock* accepts on *address* (TCP port or
         socket file path), at most *cap* at once if not 0; returns the
         monitor socket to poll. Call it before the bind, so that none is
-        missed."""
+        missed. *admits(address)*, when given, says whether a TCP peer at
+        that address may stay connected (and counts and logs a refusal)."""
         monitor = sock.get_monitor_socket(_EVENTS)
         self.monitors[monitor] = (sock, address, cap, reason)
+        if admits is not None:
+            self._admits[monitor] = admits
         return monitor
 
     def unwatch(self, monitor):
         """Stop following what *monitor* watches (its bind failed)."""
         sock = self.monitors.pop(monitor)[0]
+        self._admits.pop(monitor, None)
         try:
             sock.disable_monitor()
         except zmq.ZMQError:
@@ -193,6 +207,12 @@ class Connections:
         down when over a cap (*cap* for its socket, or per_socket, and the
         cap of all), counting it under *reason*. Returns whether it was
         kept; one already gone counts as neither."""
+        admits = self._admits.get(monitor)
+        if admits is not None:
+            peer = _peer_address(fd, address)
+            if peer is not None and not admits(peer):
+                _shutdown(fd, address, socket.SHUT_RDWR)
+                return False
         if self._closing:
             # A sender reconnecting during the stop: it sees the end of
             # the stream before it can send.
@@ -277,12 +297,13 @@ class Connections:
         self._per_address.clear()
 
 
-def _shutdown(fd, address, how):
-    """shutdown(2) *fd* if it is still a connection on *address*: a TCP
-    port (int) or a unix socket file path (str).
+@contextlib.contextmanager
+def _borrowed(fd, address):
+    """*fd* as a socket object if it is still a connection on *address*
+    (a TCP port, int, or a unix socket file path, str), else None.
 
-    Returns whether it was. The descriptor stays libzmq's: the socket
-    object only borrows it and gives it back with detach().
+    The descriptor stays libzmq's: the socket object only borrows it and
+    gives it back with detach().
     """
     tcp = isinstance(address, int)
     try:
@@ -291,27 +312,55 @@ def _shutdown(fd, address, how):
         # alone tells, since only a unix stream connection accepted on
         # that path has that name (a descriptor of anything else gives
         # another name, or fails).
-        sock = (socket.socket(fileno=fd) if tcp else
-                socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd))
+        borrowed = (socket.socket(fileno=fd) if tcp else
+                    socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd))
     except OSError:
-        return False  # closed meanwhile
+        yield None  # closed meanwhile
+        return
     try:
-        if tcp:
-            if sock.type != socket.SOCK_STREAM or sock.family not in (
-                    socket.AF_INET, socket.AF_INET6) or \
-                    sock.getsockname()[1] != address:
-                return False
-        elif sock.getsockname() != address:
-            return False
-        sock.shutdown(how)
-        return True
-    except OSError as exc:
-        # ENOTCONN: the peer is already gone.
-        if exc.errno != errno.ENOTCONN:
-            LOG.debug('shutdown of descriptor %d failed: %s', fd, exc)
-        return False
+        try:
+            if tcp:
+                ours = (borrowed.type == socket.SOCK_STREAM and
+                        borrowed.family in (socket.AF_INET,
+                                            socket.AF_INET6) and
+                        borrowed.getsockname()[1] == address)
+            else:
+                ours = borrowed.getsockname() == address
+        except OSError:
+            ours = False
+        yield borrowed if ours else None
     finally:
-        sock.detach()
+        # Always: a socket object left to the collector would close it.
+        borrowed.detach()
+
+
+def _shutdown(fd, address, how):
+    """shutdown(2) *fd* if it is still a connection on *address* (see
+    _borrowed). Returns whether it was.
+    """
+    with _borrowed(fd, address) as sock:
+        if sock is None:
+            return False
+        try:
+            sock.shutdown(how)
+            return True
+        except OSError as exc:
+            # ENOTCONN: the peer is already gone.
+            if exc.errno != errno.ENOTCONN:
+                LOG.debug('shutdown of descriptor %d failed: %s', fd, exc)
+            return False
+
+
+def _peer_address(fd, port):
+    """The peer address (text) of connection *fd* on TCP *port*, or None
+    when it is gone."""
+    with _borrowed(fd, port) as sock:
+        if sock is None:
+            return None
+        try:
+            return sock.getpeername()[0]
+        except OSError:
+            return None  # ENOTCONN: the peer left already
 
 
 def _strerror(code):

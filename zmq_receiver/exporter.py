@@ -1,4 +1,5 @@
-"""The HTTP endpoint: Prometheus metrics, ``/healthz`` and ``/readyz``.
+"""The HTTP endpoint: Prometheus metrics, ``/healthz``, ``/readyz`` and
+``/topics`` (:mod:`zmq_receiver.topics_doc`).
 
 It serves from a thread of its own, but never touches the loop's state: the
 loop hands it a finished snapshot once per tick and a timestamp per turn
@@ -307,8 +308,10 @@ class _BoundedServer(exposition.ThreadingWSGIServer):
 class Exporter:
     """The HTTP server of the metrics and health endpoints."""
 
-    def __init__(self, address, port, state, top_topics=20):
+    def __init__(self, address, port, state, top_topics=20, topics=None):
         self.address = address
+        #: The ``/topics`` application, or None when it is off.
+        self.topics = topics
         self.port = port
         self.state = state
         self.registry = prometheus_client.CollectorRegistry()
@@ -378,6 +381,13 @@ class Exporter:
             ok = self.state.ready
             return _text(start_response, ok, 'ready\n' if ok else
                          'not ready\n')
+        if path == '/topics':
+            if self.topics is None:
+                start_response('404 Not Found', [
+                    ('Content-Type', 'text/plain; charset=utf-8')])
+                return [b'/topics is off: set [zmq_receiver] '
+                        b'topics_allowed_networks\n']
+            return self.topics(environ, start_response)
         return self._metrics_app(environ, start_response)
 
 

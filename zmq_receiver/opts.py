@@ -228,7 +228,16 @@ receiver_opts = [
              'when it arrives before any has subscribed to it; it is '
              'delivered as soon as one joins, or dropped and counted when '
              'the window ends. 0 delivers immediately with plain PUB '
-             'semantics (the message is lost when nobody listens).'),
+             'semantics (the message is lost when nobody listens).\n\n'
+             'It is also how long a new PUSH outlet is joining: its '
+             'consumers are still reconnecting (after a restart, say), so '
+             'its backlog may hold more than rpc_zmq_topic_backlog, within '
+             'max_backlog_bytes and as many messages as all outlets\' '
+             'backlogs together; at the end one that no consumer joined '
+             'keeps rpc_zmq_topic_backlog. 0: no joining.\n\n'
+             'Related options:\n\n'
+             '* ``[DEFAULT] rpc_zmq_topic_backlog``\n'
+             '* ``max_backlog_bytes``'),
     cfg.IntOpt(
         'max_message_size',
         default=64 * 1024 * 1024,
@@ -333,6 +342,19 @@ receiver_opts = [
         help='Topics reported by name in the per-topic metrics: the '
              'busiest ones; the others are summed under ``other``, so a '
              'flood of topics cannot flood the metrics.'),
+    cfg.ListOpt(
+        'topics_allowed_networks',
+        default=['127.0.0.0/8', '::1'],
+        help='Networks whose hosts may read ``/topics`` on the metrics '
+             'endpoint: the JSON document of this host\'s topics and their '
+             'consumers that ``oslo-messaging-zmq-admin ring learn`` and '
+             '``ring diff`` collect. It tells which service runs where, so '
+             'by default only this host may read it: add the network of '
+             'the host that runs ``ring learn``. Empty: no ``/topics``.\n\n'
+             'Possible values:\n\n'
+             '* ``192.0.2.0/24, 2001:db8::/32, 127.0.0.1``\n\n'
+             'Related options:\n\n'
+             '* ``metrics_port``, ``metrics_address``'),
     cfg.FloatOpt(
         'log_interval',
         default=10.0,
@@ -384,8 +406,9 @@ access_opts = [
              'ports, as a comma-separated list of addresses and CIDR '
              'networks, IPv4 or IPv6. A connection from any other address '
              'is refused before it can send, counted (``denied``) and '
-             'logged. Works with unmodified legacy senders (ZeroMQ NULL '
-             'security, checked through ZAP). Empty: every address may '
+             'logged. Works with unmodified legacy senders of every libzmq '
+             'version (ZMTP 1.0, 2.0 and 3; on rpc_zmq_port a kernel '
+             'socket filter, on curve_port ZAP). Empty: every address may '
              'connect, and no check costs anything.\n\n'
              'Possible values:\n\n'
              '* ``192.0.2.0/24, 2001:db8::/32, 127.0.0.1``\n\n'

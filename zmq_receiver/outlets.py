@@ -13,6 +13,17 @@ matches it, without holding up the messages that do have one.
 Consumers of PUSH outlets are counted from the socket's monitor (accepted
 and disconnected connections); an outlet with no consumer, no queued
 message and no traffic for the idle timeout is closed and its file removed.
+
+A new PUSH outlet is *joining* for its first join window: after a restart
+the senders' queued bursts arrive before the consumers, which retry the
+socket file every 100 to 200 ms, have found it, and one sender's burst may
+come after another's was delivered; a backlog capped at its usual length
+would drop most of them. While joining, it is bounded by what all
+backlogs together may hold (max_backlog_bytes, and as many messages as
+every outlet's backlog), not by its own length; at the end, one that no
+consumer joined keeps the usual number. Its first SETTLE seconds it sends nothing, so that every
+consumer already retrying its path is connected before the backlog is
+dealt out among them.
 """
 
 import collections
@@ -41,6 +52,14 @@ LOG = logging.getLogger(__name__)
 #: nothing, so that a stuck subscriber costs few turns of the loop.
 PUB_RETRY = 0.001
 PUB_RETRY_MAX = 0.016
+
+#: Seconds a new PUSH outlet holds its messages for the consumers already
+#: retrying its path: libzmq retries a failed connect after
+#: RECONNECT_IVL (100 ms) plus a random part as long, so all of them are
+#: connected within 200 ms of the bind. Sending on the first connection
+#: instead gave one of two servers all 8 messages (oslo.messaging's
+#: test_multiple_servers).
+SETTLE = 0.2
 
 _MONITOR_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 
@@ -85,7 +104,8 @@ class Outlet:
     __slots__ = ('key', 'kind', 'path', 'socket', 'monitor', 'backlog',
                  'waiting', 'backlog_bytes', 'subscriptions', 'peers',
                  'forwarded', 'dropped', 'last_active', 'polling_out',
-                 'retry_at', 'retry_delay', 'pinned', 'direct')
+                 'retry_at', 'retry_delay', 'pinned', 'direct',
+                 'joining_until', 'settle_until')
 
     def __init__(self, key, kind, path, socket, monitor, now):
         self.key = key
@@ -118,6 +138,11 @@ class Outlet:
         #: with an empty backlog. 0 otherwise, and always before the
         #: socket closes: wire.forward would use a freed socket.
         self.direct = socket.underlying if kind is routing.Kind.PUSH else 0
+        #: PUSH only: until when it may be joining (see the module's
+        #: docstring); None once it is not (or never was).
+        self.joining_until = None
+        #: PUSH only: until when it sends nothing (SETTLE); None after.
+        self.settle_until = None
 
     @property
     def consumers(self):
@@ -175,6 +200,10 @@ class Outlets:
         self.now = clock()
         #: Bytes held by every backlog together.
         self.buffered_bytes = 0
+        #: Messages held by every backlog together (what :attr:`queued`
+        #: counts): whatever takes a message out of a backlog takes it
+        #: off, as it takes its size off buffered_bytes.
+        self.held = 0
         #: Messages ever put in a backlog: the loop paces its reading by
         #: it (Receiver._read_paced).
         self.enqueued = 0
@@ -182,6 +211,9 @@ class Outlets:
         self._waiting = set()
         #: PUB outlets whose subscribers were full: retried on a timer.
         self._retry = set()
+        #: New PUSH outlets still joining, and those still settling.
+        self._joining = set()
+        self._settling = set()
         #: Called when the IPC directory is back after it was removed, to
         #: lock it again (rundir.InstanceLock.reacquire); may raise
         #: errors.ReceiverError.
@@ -377,9 +409,20 @@ class Outlets:
         else:
             self.loop.register(sock, 0,
                                lambda events: self._flush(outlet))
+            self._start_joining(outlet)
         self.loop.register(monitor, zmq.POLLIN,
                            lambda events: self._on_monitor(outlet))
         return outlet
+
+    def _start_joining(self, outlet):
+        now = self.clock()
+        if self.limits.join_window > 0:
+            outlet.joining_until = now + self.limits.join_window
+            self._joining.add(outlet)
+        # Nothing is sent straight (wire.forward) until it has settled.
+        outlet.direct = 0
+        outlet.settle_until = now + SETTLE
+        self._settling.add(outlet)
 
     def close(self, outlet, reason=metrics.SHUTDOWN, linger=0):
         """Close *outlet*, counting what it still held as dropped."""
@@ -389,11 +432,14 @@ class Outlets:
                         '(%s)', outlet.path, outlet.queued, reason)
             self._drop(outlet, reason, outlet.queued)
         self.buffered_bytes -= outlet.backlog_bytes
+        self.held -= outlet.queued
         outlet.backlog.clear()
         outlet.waiting.clear()
         outlet.backlog_bytes = 0
         self._waiting.discard(outlet)
         self._retry.discard(outlet)
+        self._joining.discard(outlet)
+        self._settling.discard(outlet)
         self.by_key.pop(outlet.key, None)
         self.loop.unregister(outlet.socket)
         if outlet.monitor is not None:
@@ -428,7 +474,7 @@ class Outlets:
                      size))
                 self._waiting.add(outlet)
             return
-        if not outlet.backlog:
+        if not outlet.backlog and outlet.settle_until is None:
             try:
                 wire.send_message(outlet.socket, frames)
             except zmq.Again:
@@ -441,8 +487,17 @@ class Outlets:
             self._enqueue(outlet, frames, size)
 
     def _admit(self, outlet, size):
-        """Whether the backlogs have room for one more message of *size*."""
-        if outlet.queued >= self.limits.backlog:
+        """Whether the backlogs have room for one more message of *size*.
+
+        A joining outlet may hold more than the backlog limit while all of
+        them together hold fewer messages than every outlet's backlog could
+        (rpc_zmq_topic_backlog x max_topics): within the bounds of memory
+        the receiver always had, counted in messages and in bytes.
+        """
+        limits = self.limits
+        if outlet.queued >= limits.backlog and (
+                outlet.joining_until is None or
+                self.held >= limits.backlog * limits.max_topics):
             self._drop(outlet, metrics.BACKLOG_FULL)
             self.warn.warning(
                 'backlog-full',
@@ -463,6 +518,7 @@ class Outlets:
             return False
         outlet.backlog_bytes += size
         self.buffered_bytes += size
+        self.held += 1
         return True
 
     def _enqueue(self, outlet, frames, size):
@@ -474,6 +530,9 @@ class Outlets:
 
     def _wait_for_room(self, outlet):
         """Have the backlog flushed once the socket may take more."""
+        if outlet.settle_until is not None:
+            # run_due flushes it once it has settled.
+            return
         if outlet.kind is routing.Kind.PUB:
             if outlet.retry_at is None:
                 outlet.retry_at = self.clock() + outlet.retry_delay
@@ -500,6 +559,7 @@ class Outlets:
             backlog.popleft()
             outlet.backlog_bytes -= size
             self.buffered_bytes -= size
+            self.held -= 1
             outlet.forwarded += 1
             self.counters.forwarded += 1
         if outlet.kind is routing.Kind.PUSH:
@@ -562,18 +622,26 @@ class Outlets:
     # -- time ------------------------------------------------------------------
 
     def next_due(self):
-        """The earliest time a join window ends or a PUB outlet retries,
-        or None; the loop must call :meth:`run_due` then, not a tick later.
+        """The earliest time a join window ends, a PUB outlet retries or a
+        new PUSH outlet has settled, or None; the loop must call
+        :meth:`run_due` then, not a tick later.
         """
-        if not self._waiting and not self._retry:
+        if not self._waiting and not self._retry and not self._settling:
             return None
         times = [o.waiting[0][0] for o in self._waiting]
         times.extend(o.retry_at for o in self._retry)
+        times.extend(o.settle_until for o in self._settling)
         return min(times)
 
     def run_due(self):
-        """Expire the join windows that ended; retry full PUB outlets."""
+        """Expire the join windows that ended; retry full PUB outlets;
+        start sending from the new PUSH outlets that have settled."""
         now = self.clock()
+        for outlet in [o for o in self._settling if o.settle_until <= now]:
+            self._settling.discard(outlet)
+            outlet.settle_until = None
+            # With an empty backlog this turns direct sending on.
+            self._flush(outlet)
         for outlet in [o for o in self._retry if o.retry_at <= now]:
             self._retry.discard(outlet)
             outlet.retry_at = None
@@ -593,6 +661,7 @@ class Outlets:
                 size = waiting.popleft()[2]
                 outlet.backlog_bytes -= size
                 self.buffered_bytes -= size
+                self.held -= 1
                 expired += 1
             if expired:
                 self._drop(outlet, metrics.NO_SUBSCRIBER, expired)
@@ -605,6 +674,34 @@ class Outlets:
             if not waiting:
                 self._waiting.discard(outlet)
 
+    def _expire_joining(self, now):
+        """End the joining of the outlets whose join window has passed.
+
+        One that no consumer joined keeps no more than the backlog limit:
+        the newest beyond it are dropped (``backlog_full``), as they would
+        have been on arrival. One with a consumer keeps what it holds for
+        it (within max_backlog_bytes); new messages wait for room again.
+        """
+        for outlet in [o for o in self._joining if o.joining_until <= now]:
+            outlet.joining_until = None
+            self._joining.discard(outlet)
+            excess = len(outlet.backlog) - self.limits.backlog
+            if outlet.peers or excess <= 0:
+                continue
+            for _ in range(excess):
+                size = outlet.backlog.pop()[1]
+                outlet.backlog_bytes -= size
+                self.buffered_bytes -= size
+                self.held -= 1
+            self._drop(outlet, metrics.BACKLOG_FULL, excess)
+            self.warn.warning(
+                'join-backlog-full',
+                'No consumer connected to new outlet %s within the join '
+                'window (%.1f s): dropped the newest %d of its messages, '
+                'beyond rpc_zmq_topic_backlog (%d); check that the service '
+                'listening on it runs', outlet.path,
+                self.limits.join_window, excess, self.limits.backlog)
+
     def tick(self):
         """Reap idle outlets; returns whether any was closed.
 
@@ -616,6 +713,7 @@ class Outlets:
         """
         self.run_due()
         now = self.clock()
+        self._expire_joining(now)
         idle = self.limits.idle_timeout
         reaped = [o for o in self.by_key.values()
                   if not o.consumers and not o.pinned and

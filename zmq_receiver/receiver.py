@@ -26,6 +26,7 @@ from zmq_receiver import memory
 from zmq_receiver import metrics
 from zmq_receiver import notify
 from zmq_receiver import outlets as outlets_mod
+from zmq_receiver import peerfilter
 from zmq_receiver import ratelimit
 from zmq_receiver import routing
 from zmq_receiver import signals
@@ -258,9 +259,12 @@ class Receiver:
                 self.access = access_mod.AccessControl(
                     self.ctx, policy, self.counters, self.warn)
                 self.access.start()
+            # No ZAP on the legacy port: libzmq would refuse every ZMTP
+            # 1.0/2.0 sender (see access.py); a kernel filter and a check
+            # at accept enforce allowed_networks there.
             self.inbound = self._bind_tcp(
                 s.port, 'rpc_zmq_port',
-                self.access.secure_inbound if self.access else None)
+                networks=policy.networks if policy is not None else ())
             self.endpoint = self.inbound.getsockopt_string(
                 zmq.LAST_ENDPOINT)
             if policy is not None and policy.curve is not None:
@@ -281,7 +285,7 @@ class Receiver:
             self.ctx.term()
             self.ctx = None
             raise
-        if self.access is not None:
+        if self.access is not None and self.access.zap_socket is not None:
             self.register(self.access.zap_socket, zmq.POLLIN,
                           self.access.on_zap)
         for monitor in self.connections.monitors:
@@ -298,10 +302,11 @@ class Receiver:
                      '; CURVE port %s' % self.curve_endpoint)
         return self.endpoint
 
-    def _bind_tcp(self, port, option, secure=None):
+    def _bind_tcp(self, port, option, secure=None, networks=()):
         """A PULL socket bound on *port* of rpc_zmq_bind_address, made
         ready by *secure(sock)* before the bind; *option* names the port
-        in errors."""
+        in errors. With *networks*, only peers in them may send (see
+        :mod:`zmq_receiver.peerfilter`)."""
         s = self.settings
         endpoint, ipv6 = tcp_endpoint(s.bind_address, port)
         sock = self.ctx.socket(zmq.PULL)
@@ -312,9 +317,21 @@ class Receiver:
         if secure is not None:
             secure(sock)
         # Before the bind: no connection may go uncounted.
-        monitor = self.connections.watch(sock, port)
+        monitor = self.connections.watch(
+            sock, port, admits=access_mod.NetworkCheck(
+                networks, self.counters, self.warn).admits
+            if networks else None)
         try:
-            sock.bind(endpoint)
+            if networks:
+                bound = peerfilter.bind(sock, endpoint, ipv6, networks)
+            else:
+                sock.bind(endpoint)
+                bound = int(sock.getsockopt_string(
+                    zmq.LAST_ENDPOINT).rsplit(':', 1)[1])
+        except errors.ReceiverError:
+            self.connections.unwatch(monitor)
+            sock.close(linger=0)
+            raise
         except zmq.ZMQError as exc:
             self.connections.unwatch(monitor)
             sock.close(linger=0)
@@ -333,8 +350,7 @@ class Receiver:
                 'or one of its interface names' % (
                     endpoint, s.bind_address, option, port, exc.strerror))
         if port == 0:
-            bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-            self.connections.set_port(monitor, int(bound.rsplit(':', 1)[1]))
+            self.connections.set_port(monitor, bound)
         return sock
 
     def _bind_control(self):

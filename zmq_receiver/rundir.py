@@ -29,6 +29,8 @@ def prepare(path, ident, mode=0o755, gid=-1, allow_world_writable=False):
         st = os.lstat(path)
     except FileNotFoundError:
         st = _create(path, ident, mode, gid)
+    if on_read_only_fs(path):
+        raise errors.PermissionProblem(read_only_message(path))
     if stat.S_ISLNK(st.st_mode):
         raise errors.PermissionProblem(
             'IPC directory %s is a symbolic link, which another user could '
@@ -62,11 +64,38 @@ def _create(path, ident, mode, gid):
         if os.geteuid() == 0:
             os.chown(path, ident.uid, ident.gid if gid == -1 else gid)
     except OSError as exc:
+        if exc.errno == errno.EROFS:
+            raise errors.PermissionProblem(read_only_message(path,
+                                                             ident.label))
         raise errors.PermissionProblem(
             'IPC directory %s does not exist and cannot be created: %s; '
             'create it (install -d -o %s %s) or start the receiver as root'
             % (path, exc.strerror, ident.label, path))
     return os.lstat(path)
+
+
+def on_read_only_fs(path):
+    """Whether *path* is on a file system mounted read-only (as every
+    path outside a unit's writable ones is under ProtectSystem=strict)."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def read_only_message(path, create_as=None):
+    """The error for an IPC directory *path* on a read-only file system;
+    with *create_as* (a user), it does not exist yet and must be made."""
+    if create_as is None:
+        problem, fix = 'is on a read-only file system', ''
+    else:
+        problem = ('does not exist and cannot be created on a read-only '
+                   'file system')
+        fix = 'create it (install -d -o %s %s) and ' % (create_as, path)
+    return ('IPC directory %s %s (under systemd, ProtectSystem=strict makes '
+            'every path read-only except the unit\'s ReadWritePaths= and '
+            'RuntimeDirectory=): %sadd ReadWritePaths=%s to the unit, or set '
+            'rpc_zmq_ipc_dir to a writable path' % (path, problem, fix, path))
 
 
 def _permits(st, ident, bits):
@@ -176,6 +205,9 @@ class InstanceLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW |
                          os.O_CLOEXEC, 0o644)
         except OSError as exc:
+            if exc.errno == errno.EROFS:
+                raise errors.PermissionProblem(read_only_message(
+                    os.path.dirname(self.path)))
             raise errors.PermissionProblem(
                 'Cannot open the lock file %s: %s; make the IPC directory '
                 'writable for the receiver\'s user' % (

@@ -6,6 +6,7 @@ on real files and a real Redis; ``send`` and ``tap`` through a running
 receiver.
 """
 
+import functools
 import json
 import os
 import pwd
@@ -38,7 +39,7 @@ def admin(*args, timeout=support.TIMEOUT):
     return subprocess.run(
         ADMIN + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL, text=True, timeout=timeout,
-        env=dict(os.environ, PYTHONPATH=support.REPO))
+        env=support.clean_env())
 
 
 class Background:
@@ -48,7 +49,7 @@ class Background:
         self.proc = subprocess.Popen(
             ADMIN + list(args), stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-            env=dict(os.environ, PYTHONPATH=support.REPO))
+            env=support.clean_env())
         # stderr is where it talks; stdout is its result, read at the end.
         self.errors = ProcessOutput(self.proc, self.proc.stderr)
         self._out = []
@@ -435,6 +436,48 @@ def test_check_tells_whether_the_service_user_may_connect(setup):
     assert setup.check('--service-user', 'nobody').returncode == 0
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason='needs root to own the '
+                    'directory as another user')
+def test_check_as_root_assumes_the_receiver_runs_as_the_directory_owner(
+        setup, system_user):
+    # A unit with User=<name> and no [zmq_receiver] user: the config does
+    # not say who runs the receiver; the directory's owner does.
+    name, uid, gid = system_user
+    os.chown(setup.ipc_dir, uid, gid)
+    result = setup.check('--service-user', name)
+    assert result.returncode == 0, result.stdout
+    lines = report(result)
+    assert ('PASS', 'user', 'the receiver runs as %s (the owner of %s, as '
+            '[zmq_receiver] user is unset; give --receiver-user if the '
+            'unit\'s User= says otherwise)' % (name, setup.ipc_dir)) in lines
+    assert ('PASS', 'service', '%s may connect to the sockets (group %s, '
+            'mode 0660)' % (name, _group_name(gid))) in lines
+    # Told that root runs it, the sockets are root's: the old answer.
+    result = setup.check('--service-user', name, '--receiver-user', 'root')
+    assert result.returncode == 1
+    assert ('PASS', 'user', 'the receiver runs as root (--receiver-user)'
+            ) in report(result)
+    assert failures(result) == [(
+        'service', '{0} may not connect: the sockets will be owned by root, '
+        'group root, mode 0660; fix: add {0} to group root (usermod -a -G '
+        'root {0}), or set [zmq_receiver] socket_group to a group of {0}'
+        .format(name))]
+
+def test_check_says_whom_it_assumes_without_a_directory(setup):
+    os.rmdir(setup.ipc_dir)
+    result = setup.check()
+    assert result.returncode == 0, result.stdout
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    assert ('PASS', 'user', 'the receiver runs as %s (the user running this '
+            'check, as [zmq_receiver] user is unset and %s does not exist; '
+            'give --receiver-user if the unit\'s User= says otherwise)'
+            % (me, setup.ipc_dir)) in report(result)
+    unknown = setup.check('--receiver-user', 'zrnosuchuser')
+    assert failures(unknown) == [(
+        'user', '--receiver-user = zrnosuchuser: no such user on this host; '
+        'create it (useradd --system zrnosuchuser) or fix the name')]
+
+
 def _group_name(gid):
     import grp
     return grp.getgrgid(gid).gr_name
@@ -678,7 +721,16 @@ def test_tap_gives_up_after_its_timeout(receiver, background):
     assert tap.finish() == (1, [])
 
 
-def test_send_through_the_ring_matchmaker(ctx, daemons, short_dir):
+def admin_with_hosts(hosts, *args):
+    """admin() with *hosts* as its /etc/hosts (support.run_with_hosts)."""
+    return support.run_with_hosts(hosts, ADMIN + list(args))
+
+
+@pytest.mark.parametrize('hosts', [None] + sorted(support.DEBIAN_HOSTS))
+def test_send_through_the_ring_matchmaker(ctx, daemons, short_dir, hosts):
+    # The receiver listens on 127.0.0.1 only, as ./dev run's does.
+    run = admin if hosts is None else functools.partial(
+        admin_with_hosts, support.DEBIAN_HOSTS[hosts])
     ring_file = os.path.join(short_dir, 'ring.json')
     with open(ring_file, 'w') as f:
         json.dump({'compute': ['localhost']}, f)
@@ -689,14 +741,14 @@ def test_send_through_the_ring_matchmaker(ctx, daemons, short_dir):
     subscriber = sub(ctx, daemon, 'fanout~compute')
     args = ('--config-file', daemon.config_file, 'send', 'compute',
             '--port', str(daemon.port), '--method', 'ping')
-    sent = admin(*args)
+    sent = run(*args)
     assert sent.returncode == 0, sent.stdout + sent.stderr
     assert sent.stdout == ('sent cast ping to compute.localhost at '
                            'tcp://localhost:%d\n' % daemon.port)
     assert recv(consumer) == [
         b'0', b'compute.localhost', b'cast',
         b'["{}", {"method": "ping", "args": {}}]']
-    fanout = admin(*args + ('--fanout',))
+    fanout = run(*args + ('--fanout',))
     assert fanout.returncode == 0, fanout.stdout + fanout.stderr
     assert recv(subscriber)[:3] == [b'0', b'fanout~compute.localhost',
                                     b'cast']

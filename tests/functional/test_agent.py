@@ -60,7 +60,8 @@ def consumers():
     def start(endpoint):
         proc = subprocess.Popen(
             [sys.executable, '-c', CONSUMER, endpoint],
-            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+            env=support.clean_env())
         started.append(proc)
         assert proc.stdout.readline().strip() == 'connected'
         return proc

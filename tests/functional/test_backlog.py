@@ -16,6 +16,7 @@ import time
 import urllib.request
 
 import pytest
+import zmq
 
 from tests import support
 from tests.support import (assert_balanced, cast, pull, queue_casts, recv,
@@ -34,13 +35,19 @@ def with_backlog(n, **receiver_options):
             'zmq_receiver': receiver_options}
 
 
+def capped_from_the_start(n):
+    """with_backlog(n) where a new PUSH outlet is never joining (join_window
+    0): its backlog holds n from the first message on."""
+    return with_backlog(n, join_window=0)
+
+
 # -- capacity and order --
 
 
 def test_backlog_holds_exactly_n_and_drops_the_newest(ctx, daemons,
                                                       short_dir):
     n = 5
-    daemon = daemons(short_dir, with_backlog(n))
+    daemon = daemons(short_dir, capped_from_the_start(n))
     out = support.sender(ctx, daemon)
     for i in range(n + 3):
         out.send_multipart(cast('capacity.host1', b'%d' % i))
@@ -123,6 +130,115 @@ def test_max_backlog_bytes_caps_all_topics_together(ctx, daemons,
     stats = daemon.wait_stats(lambda s: s['queued'] == 0)
     assert stats['queued_bytes'] == 0
     assert_balanced(stats)
+
+
+# -- a new PUSH outlet joining --
+
+
+def test_new_push_outlet_holds_a_burst_beyond_its_backlog_for_its_consumer(
+        ctx, daemons, short_dir):
+    """A restart's burst: more messages than the backlog holds reach a new
+    outlet before its consumer. While joining (its first join window) it
+    keeps them all, and the consumer gets them in order."""
+    n = 5
+    daemon = daemons(short_dir, with_backlog(n, join_window=30))
+    out = support.sender(ctx, daemon)
+    queue_casts(daemon, out, 'burst.host1', 10 * n)
+    stats = daemon.stats()
+    assert stats['dropped'] == {}
+    assert topic_stats(stats, 'burst.host1')['backlog'] == 10 * n
+    consumer = pull(ctx, daemon, 'burst.host1')
+    assert [recv(consumer)[3] for _ in range(10 * n)] == [
+        b'%d' % i for i in range(10 * n)]
+    stats = daemon.wait_stats(lambda s: s['queued'] == 0)
+    assert stats['dropped'] == {}
+    assert_balanced(stats)
+
+
+def test_new_push_outlet_nobody_joins_keeps_its_backlog_after_the_window(
+        ctx, daemons, short_dir):
+    n = 5
+    daemon = daemons(short_dir, with_backlog(n, join_window=0.3))
+    out = support.sender(ctx, daemon)
+    queue_casts(daemon, out, 'nobody.host1', 4 * n)
+    # The window ends (seen at the next tick, within a second): the newest
+    # beyond the backlog are dropped as they would have been on arrival.
+    stats = daemon.wait_stats(lambda s: s['queued'] == n)
+    assert stats['dropped'] == {'backlog_full': 3 * n}
+    daemon.wait_for(r'No consumer connected to new outlet \S+nobody\.host1 '
+                    r'within the join window .*dropped the newest 15')
+    # From now on the backlog holds n, as for any outlet.
+    out.send_multipart(cast('nobody.host1', b'late'))
+    stats = daemon.wait_stats(lambda s: s['received'] == 4 * n + 1)
+    assert stats['dropped'] == {'backlog_full': 3 * n + 1}
+    consumer = pull(ctx, daemon, 'nobody.host1')
+    assert [recv(consumer)[3] for _ in range(n)] == [
+        b'%d' % i for i in range(n)]
+    assert support.nothing_arrives(consumer, 0.2)
+    assert_balanced(daemon.stats())
+
+
+def test_new_push_outlet_joining_stays_within_max_backlog_bytes(
+        ctx, daemons, short_dir):
+    frames = cast('bytes.join', b'x' * 100)
+    size = sum(map(len, frames))
+    daemon = daemons(short_dir, with_backlog(2, max_backlog_bytes=6 * size))
+    out = support.sender(ctx, daemon)
+    for _ in range(8):
+        out.send_multipart(frames)
+    stats = daemon.wait_stats(lambda s: s['received'] == 8)
+    assert stats['queued'] == 6
+    assert stats['dropped'] == {'backlog_bytes_full': 2}
+    assert_balanced(stats)
+
+
+def test_new_push_outlets_joining_hold_no_more_than_all_backlogs_could(
+        ctx, daemons, short_dir):
+    """In messages too (each costs memory beyond its bytes): joining
+    outlets together hold at most rpc_zmq_topic_backlog x max_topics."""
+    daemon = daemons(short_dir, with_backlog(2, max_topics=3))
+    out = support.sender(ctx, daemon)
+    for i in range(10):
+        out.send_multipart(cast('many.a', b'%d' % i))
+    stats = daemon.wait_stats(lambda s: s['received'] == 10)
+    assert stats['queued'] == 6
+    assert stats['dropped'] == {'backlog_full': 4}
+    # Another new outlet still gets its own backlog's worth.
+    for i in range(3):
+        out.send_multipart(cast('many.b', b'%d' % i))
+    stats = daemon.wait_stats(lambda s: s['received'] == 13)
+    assert topic_stats(stats, 'many.b')['backlog'] == 2
+    assert stats['dropped'] == {'backlog_full': 5}
+    assert_balanced(stats)
+
+
+def test_new_push_outlet_deals_out_to_the_consumers_already_retrying(
+        ctx, daemons, short_dir):
+    """oslo.messaging's test_multiple_servers: two servers connect before
+    the topic's outlet exists; 8 calls must reach both, not whichever
+    reconnects first (it got all 8 before the outlet settled)."""
+    daemon = daemons(short_dir)
+    out = support.sender(ctx, daemon)
+    shares = []
+    for case in range(3):
+        key = 'servers%d.host1' % case
+        servers = [pull(ctx, daemon, key) for _ in range(2)]
+        for i in range(8):
+            out.send_multipart(cast(key, b'%d' % i))
+        poller = zmq.Poller()
+        for server in servers:
+            poller.register(server, zmq.POLLIN)
+        got = [[], []]
+        deadline = time.monotonic() + support.TIMEOUT
+        while sum(map(len, got)) < 8 and time.monotonic() < deadline:
+            for sock, _ in poller.poll(100):
+                got[servers.index(sock)].append(recv(sock)[3])
+        assert sorted(got[0] + got[1]) == sorted(b'%d' % i for i in range(8))
+        shares.append([len(g) for g in got])
+        for server in servers:
+            server.close(linger=0)
+    print('shares of 8 between 2 servers: %s' % shares)
+    assert all(min(share) >= 3 for share in shares), shares
 
 
 # -- the PUB join window --
@@ -289,7 +405,7 @@ def _stall(daemon, out, topic, body, seq):
 
 def test_stalled_push_consumer_costs_only_its_own_topic(ctx, daemons,
                                                        short_dir):
-    daemon = daemons(short_dir, with_backlog(5))
+    daemon = daemons(short_dir, capped_from_the_start(5))
     live = pull(ctx, daemon, 'live.host1')
     out = support.sender(ctx, daemon)
     out.send_multipart(cast('live.host1', b'warm-up'))
@@ -365,7 +481,9 @@ IDLE_TURNS = 1000
 
 def test_stalled_push_consumer_does_not_make_the_loop_spin(ctx, daemons,
                                                           short_dir):
-    daemon = daemons(short_dir, with_backlog(5, metrics_port=0))
+    # join_window 0: the new outlet's backlog holds 5 from the start.
+    daemon = daemons(short_dir, with_backlog(5, metrics_port=0,
+                                             join_window=0))
     out = support.sender(ctx, daemon)
     out.send_multipart(cast('stalled.host1', b'0 first'))
     daemon.wait_stats(lambda s: 'stalled.host1' in s['topics'])
@@ -409,7 +527,7 @@ def _reload_backlog(daemon, old, new):
 
 def test_sighup_rereads_the_backlog_size_and_keeps_the_queue(ctx, daemons,
                                                             short_dir):
-    daemon = daemons(short_dir, with_backlog(3))
+    daemon = daemons(short_dir, capped_from_the_start(3))
     out = support.sender(ctx, daemon)
     for i in range(4):
         out.send_multipart(cast('reload.host1', b'%d' % i))
@@ -436,7 +554,7 @@ def test_sighup_rereads_the_backlog_size_and_keeps_the_queue(ctx, daemons,
 
 def test_sighup_to_a_smaller_backlog_keeps_what_is_queued(ctx, daemons,
                                                          short_dir):
-    daemon = daemons(short_dir, with_backlog(6))
+    daemon = daemons(short_dir, capped_from_the_start(6))
     out = support.sender(ctx, daemon)
     queue_casts(daemon, out, 'shrink.host1', 6)
     _reload_backlog(daemon, 6, 2)

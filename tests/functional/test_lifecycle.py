@@ -11,7 +11,6 @@ only be tested for real there. Tests that need root skip without it.
 import os
 import pwd
 import re
-import secrets
 import shutil
 import signal
 import socket
@@ -236,32 +235,6 @@ class DaemonAs(support.Daemon):
 # -- fixtures ------------------------------------------------------------
 
 
-@pytest.fixture(scope='module')
-def system_user():
-    """A throwaway system user: (name, uid, gid); 'nobody' without useradd.
-
-    Module-scoped so that it is deleted only after every receiver running
-    as it has been stopped (userdel refuses a user that owns a process).
-    """
-    if os.geteuid() != 0:
-        pytest.skip('needs root to create a user')
-    useradd = shutil.which('useradd')
-    name = 'zrtest' + secrets.token_hex(3)
-    created = False
-    if useradd is not None:
-        result = subprocess.run(
-            [useradd, '--system', '--no-create-home', '--shell',
-             '/usr/sbin/nologin', name], capture_output=True, text=True)
-        created = result.returncode == 0
-    if not created:
-        name = 'nobody'
-    entry = pwd.getpwnam(name)
-    yield entry.pw_name, entry.pw_uid, entry.pw_gid
-    if created:
-        subprocess.run([shutil.which('userdel') or 'userdel', name],
-                       capture_output=True)
-
-
 @pytest.fixture
 def spawn():
     """Start receivers (support.Daemon) with full control of their
@@ -366,6 +339,67 @@ def test_world_writable_ipc_dir_is_refused(short_dir):
     assert ipc in line and 'world-writable' in line
     assert 'chmod o-w %s' % ipc in line and 'allow_world_writable' in line
     assert 'Traceback' not in out + err
+
+
+@pytest.fixture
+def read_only_mount():
+    """mount(path): a read-only tmpfs on *path*, as ProtectSystem=strict
+    leaves every path outside ReadWritePaths=; unmounted at the end.
+    Skips, saying why, where mounting is not permitted."""
+    mounted = []
+
+    def mount(path):
+        os.makedirs(path, exist_ok=True)
+        result = subprocess.run(
+            ['mount', '-t', 'tmpfs', '-o', 'ro,mode=0755', 'tmpfs', path],
+            capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip('cannot mount a read-only tmpfs here (%s)'
+                        % result.stderr.strip())
+        mounted.append(path)
+
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(['umount', path], capture_output=True)
+
+
+@needs_root
+@pytest.mark.parametrize('exists', [True, False], ids=['exists', 'missing'])
+def test_ipc_dir_on_a_read_only_file_system_names_read_write_paths(
+        short_dir, read_only_mount, exists):
+    if exists:
+        ipc = os.path.join(short_dir, 'ipc')
+        read_only_mount(ipc)
+    else:
+        read_only_mount(os.path.join(short_dir, 'ro'))
+        ipc = os.path.join(short_dir, 'ro', 'ipc')
+    status, out, err = run_split(['--config-file', config(short_dir, ipc)])
+    assert status == errors.EXIT_PERMISSION, out + err
+    line = error_line(err)
+    assert ipc in line and 'read-only file system' in line, line
+    assert 'ProtectSystem=strict' in line, line
+    assert 'add ReadWritePaths=%s to the unit' % ipc in line, line
+    if not exists:
+        assert 'install -d -o root %s' % ipc in line, line
+    # Not mistaken for an ownership problem, and said once in the log.
+    assert 'chown' not in out + err and 'lock file' not in out + err
+    assert out.count('read-only file system') == 1, out
+
+
+@needs_root
+def test_read_only_ipc_dir_under_the_journal_is_one_error(short_dir,
+                                                          read_only_mount):
+    ipc = os.path.join(short_dir, 'ipc')
+    read_only_mount(ipc)
+    daemon = support.Daemon(short_dir, journal=True)
+    try:
+        daemon.start(wait_ready=False)
+        assert daemon.wait() == errors.EXIT_PERMISSION
+    finally:
+        daemon.kill()
+    said = [line for line in daemon.lines if 'read-only' in line]
+    assert len(said) == 1 and said[0].startswith('<3>'), daemon.log()
+    assert 'ReadWritePaths=%s' % ipc in said[0]
 
 
 def test_world_writable_ipc_dir_is_allowed_when_configured(ctx, spawn,
@@ -757,7 +791,7 @@ def test_hup_right_after_the_bind_does_not_kill(short_dir, system_user):
     proc = subprocess.Popen(
         [sys.executable, '-m', 'zmq_receiver', '--config-file', conf],
         stdout=w, stderr=w, stdin=subprocess.DEVNULL,
-        env=dict(os.environ, PYTHONPATH=support.REPO))
+        env=support.clean_env())
     os.close(w)
     drained = []
     try:

@@ -165,7 +165,7 @@ def admin(daemon, *args, timeout=support.TIMEOUT):
     return subprocess.run(
         [ADMIN, '--config-file', daemon.config_file] + list(args),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        stdin=subprocess.DEVNULL, timeout=timeout)
+        stdin=subprocess.DEVNULL, timeout=timeout, env=support.clean_env())
 
 
 def admin_json(daemon):
@@ -293,7 +293,9 @@ def test_per_topic_label_values_are_bounded_by_top_topics(ctx, daemons,
                                                           short_dir):
     daemon = daemons(short_dir, {
         'DEFAULT': {'rpc_zmq_topic_backlog': 10},
-        'zmq_receiver': {'metrics_port': 0, 'metrics_top_topics': 3}})
+        # join_window 0: busy.a's backlog holds 10 from the first message.
+        'zmq_receiver': {'metrics_port': 0, 'metrics_top_topics': 3,
+                         'join_window': 0}})
     url = metrics_url(daemon)
     out = support.sender(ctx, daemon)
     # 50 distinct topics. Three clear leaders (by forwarded + backlog);
@@ -584,7 +586,7 @@ def test_stats_watch_refreshes(ctx, receiver):
     proc = subprocess.Popen(
         [ADMIN, '--config-file', receiver.config_file, 'stats', '--watch',
          '0.2'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL, text=True)
+        stdin=subprocess.DEVNULL, text=True, env=support.clean_env())
     clear = '\x1b[H\x1b[2J'  # each refresh starts by clearing the screen
     tables = queue.Queue()
 

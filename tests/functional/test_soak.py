@@ -31,7 +31,7 @@ def test_short_soak(tmp_path):
          '--json', out],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         cwd=support.REPO, timeout=SECONDS + 60,
-        env=dict(os.environ, PYTHONPATH=support.REPO))
+        env=support.clean_env())
     print(proc.stdout)
     assert os.path.exists(out), proc.stdout
     with open(out) as f:

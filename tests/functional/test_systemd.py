@@ -222,7 +222,7 @@ def test_configured_by_environment_alone_under_an_arbitrary_uid(
     frames = support.cast('compute.pod1')
     support.sender(ctx, daemon).send_multipart(frames)
     assert support.recv(consumer) == frames
-    admin_env = dict(os.environ, **env)
+    admin_env = support.clean_env(env)
     status, output = admin_health(admin_env)
     assert status == 0, output
     assert daemon.stop() == errors.EXIT_OK

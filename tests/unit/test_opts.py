@@ -58,7 +58,7 @@ def test_sample_config_is_up_to_date(tmp_path):
         [sys.executable, '-m', 'oslo_config.generator',
          '--config-file', GENERATOR_CONFIG, '--output-file', str(out)],
         cwd=support.REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, timeout=60)
+        text=True, timeout=60, env=support.clean_env())
     assert proc.returncode == 0, proc.stdout
     generated = out.read_text()
     with open(SAMPLE) as f:

@@ -98,7 +98,7 @@ def wire_in_new_process(setup, **env):
             'wire.forward, wire.FAST_PROBLEM)' % setup)
     return subprocess.run(
         [sys.executable, '-c', code], capture_output=True, text=True,
-        cwd=support.REPO, env=dict(os.environ, **env),
+        cwd=support.REPO, env=support.clean_env(env),
         timeout=support.TIMEOUT, check=True).stdout
 
 
@@ -162,7 +162,7 @@ print('bound:', _wire.recv_message(pull))
 '''
     out = subprocess.run(
         [sys.executable, '-c', code], capture_output=True, text=True,
-        cwd=support.REPO, env=dict(os.environ, ZMQ_RECEIVER_PURE_PYTHON='1'),
+        cwd=support.REPO, env=support.clean_env(ZMQ_RECEIVER_PURE_PYTHON='1'),
         timeout=support.TIMEOUT)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()

@@ -248,12 +248,18 @@ def dumps(topics):
 
 def write(path, topics):
     """Write *topics* as a ring file at *path*, atomically."""
+    write_text(path, dumps(topics))
+
+
+def write_text(path, text):
+    """Write *text* at *path* atomically, keeping the mode of the file it
+    replaces (0644 for a new one)."""
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, '.%s.%d.tmp' % (os.path.basename(path),
                                                   os.getpid()))
     try:
         with open(tmp, 'w') as f:
-            f.write(dumps(topics))
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         if os.path.exists(path):

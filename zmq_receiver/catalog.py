@@ -1,0 +1,191 @@
+"""The topic catalog: which OpenStack service consumes and sends which topic.
+
+The data is ``catalog.json`` in this package, read from the public source of
+each project at the releases the legacy ZeroMQ driver served (Icehouse to
+Liberty); every topic names the file (and, where it was counted, the line)
+it comes from and the releases at which that was checked (``verified_at``).
+
+A project's topics are keyed by their default name. A topic may carry the
+config option that renames it (``compute_topic`` in ``[DEFAULT]``,
+``topic`` in ``[conductor]``...): :meth:`Catalog.renames` reads them from
+the project's own config file with oslo.config, as the service does, and
+:func:`admin_ring_build.build` applies them.
+"""
+
+import json
+import os
+
+from oslo_config import cfg
+
+from zmq_receiver import errors
+
+PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                    'catalog.json')
+KINDS = frozenset(('bare', 'directed', 'fanout'))
+#: The kinds a sender looks up in the ring (directed topics need none).
+RING_KINDS = frozenset(('bare', 'fanout'))
+
+
+class CatalogError(errors.ConfigError):
+    """The catalog (or a question put to it) does not fit."""
+
+
+def _shape_problems(data):
+    """Every way *data* is not a catalog, as sentences (empty: it is)."""
+    problems = []
+    if not isinstance(data.get('projects'), dict) or not data['projects']:
+        return ['no "projects" object']
+    releases = set(data.get('releases', ()))
+    for name, project in sorted(data['projects'].items()):
+        where = 'project %s' % name
+        if not set(project.get('releases', ())) <= releases:
+            problems.append('%s: a release outside %s' % (where, sorted(
+                releases)))
+        topics = project.get('topics')
+        services = project.get('services')
+        if not isinstance(topics, dict) or not isinstance(services, dict):
+            problems.append('%s: "topics" and "services" must be objects'
+                            % where)
+            continue
+        for key, topic in sorted(topics.items()):
+            if topic.get('name') != key:
+                problems.append('%s: topic %s is named %r' % (
+                    where, key, topic.get('name')))
+            if not topic.get('kinds') or not set(topic['kinds']) <= KINDS:
+                problems.append('%s: topic %s has kinds %r' % (
+                    where, key, topic.get('kinds')))
+            source = topic.get('source') or {}
+            if not source.get('file'):
+                problems.append('%s: topic %s cites no file' % (where, key))
+            if source.get('verified_at') and not (source.get('line') or
+                                                  source.get('anchor')):
+                problems.append('%s: topic %s is verified without a line '
+                                'or anchor' % (where, key))
+            if topic.get('option') and not topic.get('group'):
+                problems.append('%s: topic %s has an option but no group'
+                                % (where, key))
+        for service, uses in sorted(services.items()):
+            for field in ('consumes', 'sends'):
+                for key in uses.get(field, ()):
+                    if key not in topics:
+                        problems.append('%s: service %s %s unknown topic '
+                                        '%s' % (where, service, field, key))
+    return problems
+
+
+class Catalog:
+    """The parsed catalog; see the module docstring."""
+
+    def __init__(self, data):
+        problems = _shape_problems(data)
+        if problems:
+            raise CatalogError('The topic catalog is malformed: %s'
+                               % '; '.join(problems))
+        self.data = data
+        self.projects = data['projects']
+        self.not_in_ring = data.get('not_in_ring', {})
+
+    def project(self, name, release=None):
+        """Project *name*'s entry; CatalogError naming the choices."""
+        if name not in self.projects:
+            raise CatalogError(
+                'Unknown project %r: the catalog knows %s' % (
+                    name, ', '.join(sorted(self.projects))))
+        project = self.projects[name]
+        if release is not None and release not in project['releases']:
+            raise CatalogError(
+                'The catalog has no %s for release %r: it covers %s' % (
+                    name, release, ', '.join(project['releases'])))
+        return project
+
+    def service_project(self, service):
+        """The project of *service* (``nova-compute``), or None."""
+        for name, project in self.projects.items():
+            if service in project['services']:
+                return name
+        return None
+
+    def services(self):
+        """Every service name, sorted."""
+        return sorted(s for p in self.projects.values()
+                      for s in p['services'])
+
+    def renames(self, project, path):
+        """{topic key: [names]} from the options in *path*, the project's
+        config file, for the topics of *project* that have an option."""
+        conf = cfg.ConfigOpts()
+        topics = self.project(project)['topics']
+        registered = set()
+        for key, topic in topics.items():
+            option = topic.get('option')
+            if not option or (topic['group'], option) in registered:
+                continue
+            registered.add((topic['group'], option))
+            group = None if topic['group'] == 'DEFAULT' else topic['group']
+            if topic.get('list'):
+                opt = cfg.MultiStrOpt(option)
+            else:
+                opt = cfg.StrOpt(option)
+            conf.register_opt(opt, group=group)
+        try:
+            conf(args=[], project=project, default_config_files=[path])
+        except cfg.ConfigFilesNotFoundError:
+            raise CatalogError(
+                '%s config file %s cannot be read: give the path of the '
+                'file the %s services read' % (project, path, project))
+        except cfg.Error as exc:
+            raise CatalogError('%s config file %s: %s' % (project, path, exc))
+        result = {}
+        for key, topic in topics.items():
+            option = topic.get('option')
+            if not option:
+                continue
+            group = topic['group']
+            value = (conf[option] if group == 'DEFAULT'
+                     else conf[group][option])
+            if value is None or value == []:
+                continue
+            if topic.get('list'):
+                values = [v.strip() for item in value
+                          for v in item.split(',') if v.strip()]
+            else:
+                values = [value]
+            template = topic.get('template', '{}')
+            names = [template.format(v) for v in values]
+            if names != [key]:
+                result[key] = names
+        return result
+
+    def consumers(self, topic_key):
+        """[(project, service, topic)] of every service consuming the
+        topic keyed *topic_key* in any project."""
+        found = []
+        for name, project in sorted(self.projects.items()):
+            topic = project['topics'].get(topic_key)
+            if topic is None:
+                continue
+            for service, uses in sorted(project['services'].items()):
+                if topic_key in uses['consumes']:
+                    found.append((name, service, topic))
+        return found
+
+    def ring_topics(self, project):
+        """The topic keys a ring of *project* must list: those its services
+        consume, those they send to, and its ``ring_also``."""
+        entry = self.project(project)
+        keys = set(entry.get('ring_also', {}))
+        for uses in entry['services'].values():
+            keys.update(uses['consumes'])
+            keys.update(uses['sends'])
+        return keys
+
+
+def load(path=PATH):
+    """The :class:`Catalog` at *path* (the package's by default)."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            data = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise CatalogError('The topic catalog %s cannot be read: %s; '
+                           'reinstall the package' % (path, exc))
+    return Catalog(data)
