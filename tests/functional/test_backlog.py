@@ -181,7 +181,7 @@ def test_new_push_outlet_nobody_joins_keeps_its_backlog_after_the_window(
 def test_new_push_outlet_joining_stays_within_max_backlog_bytes(
         ctx, daemons, short_dir):
     frames = cast('bytes.join', b'x' * 100)
-    size = sum(map(len, frames))
+    size = wire.message_cost(frames)
     daemon = daemons(short_dir, with_backlog(2, max_backlog_bytes=6 * size))
     out = support.sender(ctx, daemon)
     for _ in range(8):
