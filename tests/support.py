@@ -5,9 +5,13 @@ daemon's log, a socket becoming readable, a process ending) with a timeout,
 and a timeout fails the test.
 """
 
+import contextlib
+import grp
 import json
 import os
+import pwd
 import resource
+import secrets
 import shutil
 import signal
 import socket
@@ -436,3 +440,42 @@ def daemons_on_both_paths(request, daemons):
         env = dict(env or {}, ZMQ_RECEIVER_PURE_PYTHON='1')
         return daemons(directory, options, env=env, **kwargs)
     return start
+
+
+@contextlib.contextmanager
+def throwaway_group():
+    """A new system group (its grp entry), removed afterwards. Root only."""
+    name = 'zrg' + secrets.token_hex(3)
+    _account_command('groupadd', '--system', name)
+    try:
+        yield grp.getgrnam(name)
+    finally:
+        _account_command('groupdel', name, check=False)
+
+
+@contextlib.contextmanager
+def throwaway_user(groups=()):
+    """A new system user (its pwd entry) with its own group, also in the
+    groups named *groups*, removed afterwards (after every process of it
+    has ended: userdel refuses otherwise). Root only."""
+    name = 'zru' + secrets.token_hex(3)
+    extra = ['--groups', ','.join(groups)] if groups else []
+    _account_command('useradd', '--system', '--user-group',
+                     '--no-create-home', '--shell', '/usr/sbin/nologin',
+                     *extra, name)
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        _account_command('userdel', name, check=False)
+
+
+def _account_command(command, *args, check=True):
+    path = shutil.which(command)
+    if path is None:
+        pytest.fail('%s is missing (the passwd package): the permission '
+                    'tests need real users' % command)
+    result = subprocess.run([path] + list(args), capture_output=True,
+                            text=True)
+    if check and result.returncode != 0:
+        pytest.fail('%s %s failed: %s' % (command, ' '.join(args),
+                                          result.stderr.strip()))

@@ -35,6 +35,7 @@ from zmq_receiver import errors
 from zmq_receiver import matchmaker
 from zmq_receiver import opts
 from zmq_receiver import privileges
+from zmq_receiver import procfs
 from zmq_receiver import receiver
 from zmq_receiver import routing
 from zmq_receiver import rundir
@@ -252,19 +253,10 @@ def listener_pids(port):
                         inodes.add('socket:[%s]' % inode)
         except OSError:
             continue
-    pids = set()
     if not inodes:
-        return pids
-    for pid in filter(str.isdigit, os.listdir('/proc')):
-        fd_dir = '/proc/%s/fd' % pid
-        try:
-            for fd in os.listdir(fd_dir):
-                if os.readlink(os.path.join(fd_dir, fd)) in inodes:
-                    pids.add(int(pid))
-                    break
-        except OSError:
-            continue
-    return pids
+        return set()
+    return procfs.pids_with_descriptor(
+        lambda fd_path: os.readlink(fd_path) in inodes)
 
 
 def _command_name(pid):

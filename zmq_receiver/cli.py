@@ -33,7 +33,9 @@ from zmq_receiver import agent as agent_mod
 from zmq_receiver import daemonize
 from zmq_receiver import errors
 from zmq_receiver import exporter as exporter_mod
+from zmq_receiver import ipcfile
 from zmq_receiver import journal
+from zmq_receiver import logfile
 from zmq_receiver import notify
 from zmq_receiver import opts
 from zmq_receiver import outlets
@@ -86,6 +88,8 @@ def load_config(argv):
             'Config file not found or unreadable: %s; check the '
             '--config-file path and its permissions'
             % ', '.join(exc.config_files))
+    except cfg.ConfigFilesPermissionDeniedError as exc:
+        raise unreadable_config(exc.config_files)
     except cfg.ConfigFileParseError as exc:
         raise errors.ConfigError('Config file %s cannot be parsed: %s'
                                  % (exc.config_file, exc.msg))
@@ -94,6 +98,20 @@ def load_config(argv):
     sys.stderr.write(captured.getvalue())
     check_values(conf)
     return conf
+
+
+def unreadable_config(paths):
+    """The PermissionProblem for config files we may not read."""
+    who = privileges.current()
+    groups = sorted(os.getgroups() or [who.gid])
+    return errors.PermissionProblem(
+        'Config file %s: permission denied for %s (groups %s); make it '
+        'readable for one of them (for example chgrp %s %s; chmod 0640 '
+        '%s), and under systemd add a group with SupplementaryGroups= '
+        'rather than Group=, which replaces the user\'s own group' % (
+            ', '.join(paths), who.label,
+            ', '.join(privileges.group_label(gid) for gid in groups),
+            privileges.group_label(who.gid), paths[0], paths[0]))
 
 
 def check_values(conf):
@@ -184,12 +202,23 @@ def check_pid_file(path, ident):
                 path, directory, ident.label, ident.label))
 
 
-def _chown_log_files(ident):
-    """Give the open log files to *ident*, who must reopen them later."""
-    for handler in logging.getLogger().handlers:
-        path = getattr(handler, 'baseFilename', None)
-        if path:
-            os.chown(path, ident.uid, ident.gid)
+def setup_logging(conf, ident):
+    """oslo.log's setup, its log file opened as :mod:`logfile` says:
+    made ready by root, opened by oslo.log with *ident*'s rights."""
+    path = logfile.path_of(conf) if os.geteuid() == 0 else None
+    held = logfile.prepare(path, ident) if path else None
+    acting = (privileges.acting_as(ident) if held is not None
+              else contextlib.nullcontext())
+    try:
+        with acting:
+            oslo_log.setup(conf, PROG, __version__)
+    except OSError as exc:
+        raise logfile.cannot_open(exc.filename, exc.strerror)
+    finally:
+        if held is not None:
+            os.close(held)
+    if held is not None:
+        logfile.open_as(ident)
 
 
 def run(argv):
@@ -202,17 +231,12 @@ def run(argv):
         raise errors.ConfigError(
             '--daemon under systemd (NOTIFY_SOCKET is set): systemd '
             'supervises the process itself; remove --daemon from the unit')
+    # Connected now, before the privilege drop: see zmq_receiver.notify.
     notifier = notify.Notifier()
     global _logging_ready, _log_in_journal
-    try:
-        oslo_log.setup(conf, PROG, __version__)
-        _logging_ready = True
-        _log_in_journal = journal.adopt(keep_format=conf.use_json)
-    except OSError as exc:
-        raise errors.PermissionProblem(
-            'Cannot open the log file: %s: %s; create its directory and '
-            'make it writable for the receiver\'s user'
-            % (exc.filename, exc.strerror))
+    setup_logging(conf, ident)
+    _logging_ready = True
+    _log_in_journal = journal.adopt(keep_format=conf.use_json)
     agent = None
     if group.matchmaker_agent:
         # Before the directory and the lock: a matchmaker mistake is a
@@ -236,15 +260,22 @@ def run(argv):
             settings.ipc_dir, '.zmq-receiver.pid'))
         check_pid_file(pid_file, ident)
     lock = rundir.InstanceLock(settings.ipc_dir)
-    lock.acquire(owner=ident)
+    # In the directory with the run-as user's rights, root's own once
+    # privileges are dropped: it is the user's, and whoever may write its
+    # parent could have made the path lead anywhere since prepare() looked.
+    with privileges.acting_as(ident):
+        lock.acquire(owner=ident)
     try:
-        stale = rundir.remove_stale_sockets(
-            settings.ipc_dir, (routing.SOCKET_PREFIX, receiver.CONTROL_NAME))
+        with privileges.acting_as(ident):
+            stale = rundir.remove_stale_sockets(
+                settings.ipc_dir,
+                (routing.SOCKET_PREFIX, receiver.CONTROL_NAME))
+            stale += ipcfile.remove_stale(settings.ipc_dir)
         if stale:
             LOG.warning('Removed %d socket files left in %s by a receiver '
                         'that did not stop in order', stale, settings.ipc_dir)
         if conf.daemon:
-            daemonize.detach(pid_file, [lock.fileno()])
+            daemonize.detach(pid_file, [lock.fileno()], ident)
             lock.update_pid()
         limits = settings.limits
         raise_descriptor_limit(
@@ -258,6 +289,10 @@ def run(argv):
                 raise errors.ConfigError(
                     'Config file not found or unreadable: %s; restore it '
                     'and send SIGHUP again' % ', '.join(exc.config_files))
+            except cfg.ConfigFilesPermissionDeniedError as exc:
+                raise errors.ConfigError('%s; then send SIGHUP again'
+                                         % unreadable_config(
+                                             exc.config_files))
             except (cfg.Error, SystemExit) as exc:
                 # argparse (under oslo.config) exits on some parse errors.
                 raise errors.ConfigError(
@@ -300,8 +335,6 @@ def run(argv):
             if exporter.topics is not None:
                 LOG.info('Topics document on %s/topics for %s', url,
                          ', '.join(str(n) for n in exporter.topics.networks))
-        if os.geteuid() == 0 and ident.uid != 0:
-            _chown_log_files(ident)
         privileges.drop(ident)
         if wire.use_compiled():
             LOG.info('Forwarding loop: compiled (zmq_receiver._wire)')

@@ -147,6 +147,10 @@ class Connections:
         self._open = {}
         #: Address -> its open connections.
         self._per_address = collections.Counter()
+        #: Socket file path -> the names its listeners were bound with,
+        #: which its connections carry (ipcfile binds in a private
+        #: directory, then renames the file into place): see bound().
+        self._names = {}
         #: Monitor socket -> the allow-list check of its socket's peers.
         self._admits = {}
         self._closing = False
@@ -201,6 +205,20 @@ class Connections:
                     '[zmq_receiver] max_connections', port,
                     _strerror(fd))
 
+    def bound(self, address, endpoint):
+        """The socket of file *address* is now also bound as *endpoint*
+        (its LAST_ENDPOINT after the bind): connections accepted there are
+        named after that path, not the file's."""
+        self._names.setdefault(address, set()).add(
+            endpoint[len('ipc://'):] if endpoint.startswith('ipc://')
+            else endpoint)
+
+    def _own(self, address):
+        """What _shutdown checks a descriptor of *address* against."""
+        if isinstance(address, int):
+            return address
+        return self._names.get(address) or {address}
+
     def admit(self, fd, address, cap=0, reason=TOO_MANY_CONSUMERS,
               monitor=None):
         """Connection *fd* was accepted on *address*: keep it, or shut it
@@ -216,13 +234,13 @@ class Connections:
         if self._closing:
             # A sender reconnecting during the stop: it sees the end of
             # the stream before it can send.
-            _shutdown(fd, address, socket.SHUT_WR)
+            _shutdown(fd, self._own(address), socket.SHUT_WR)
             self._keep(fd, address, monitor)
             return True
         cap = cap or self.per_socket
         held = self._per_address[address]
         if len(self._open) >= self.cap or (cap and held >= cap):
-            if _shutdown(fd, address, socket.SHUT_RDWR):
+            if _shutdown(fd, self._own(address), socket.SHUT_RDWR):
                 self.counters.denied[reason] += 1
                 self._refused(address, held, cap, reason)
             return False
@@ -273,7 +291,7 @@ class Connections:
         """Stop: end the stream to every peer, who then closes its side."""
         self._closing = True
         for fd, (_, address) in list(self._open.items()):
-            if not _shutdown(fd, address, socket.SHUT_WR):
+            if not _shutdown(fd, self._own(address), socket.SHUT_WR):
                 self._drop(fd)
 
     def forget(self, sock):
@@ -288,6 +306,7 @@ class Connections:
         for fd, (_, bound) in list(self._open.items()):
             if bound == address:
                 self._drop(fd)
+        self._names.pop(address, None)
 
     def close(self):
         """Stop monitoring; before the inbound sockets close."""
@@ -295,12 +314,14 @@ class Connections:
             self.unwatch(monitor)
         self._open.clear()
         self._per_address.clear()
+        self._names.clear()
 
 
 @contextlib.contextmanager
 def _borrowed(fd, address):
     """*fd* as a socket object if it is still a connection on *address*
-    (a TCP port, int, or a unix socket file path, str), else None.
+    (a TCP port, int; or the name, str, or names, a set, a unix socket
+    was bound with), else None.
 
     The descriptor stays libzmq's: the socket object only borrows it and
     gives it back with detach().
@@ -325,7 +346,8 @@ def _borrowed(fd, address):
                                             socket.AF_INET6) and
                         borrowed.getsockname()[1] == address)
             else:
-                ours = borrowed.getsockname() == address
+                names = {address} if isinstance(address, str) else address
+                ours = borrowed.getsockname() in names
         except OSError:
             ours = False
         yield borrowed if ours else None

@@ -19,9 +19,10 @@ EXIT_ALREADY_RUNNING = os.EX_UNAVAILABLE      # 69
 EXIT_INTERNAL = os.EX_SOFTWARE                # 70
 #: The TCP address is in use (possibly transient: an old instance stopping).
 EXIT_ADDRESS_IN_USE = os.EX_TEMPFAIL          # 75
-#: A file, directory or privilege problem the operator must fix.
+#: A file, directory or privilege problem the operator must fix (a config
+#: file the user may not read included).
 EXIT_PERMISSION = os.EX_NOPERM                # 77
-#: A configuration value is wrong or a config file is unreadable.
+#: A configuration value is wrong, or a config file missing or unparsable.
 EXIT_CONFIG = os.EX_CONFIG                    # 78
 
 

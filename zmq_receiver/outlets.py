@@ -37,6 +37,7 @@ import zmq
 
 from zmq_receiver import connections
 from zmq_receiver import errors
+from zmq_receiver import ipcfile
 from zmq_receiver import metrics
 from zmq_receiver import routing
 from zmq_receiver import wire
@@ -391,6 +392,7 @@ class Outlets:
             # connection capped.
             monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
             bind_ipc(sock, path, self.limits)
+            self.note_bound(sock, path)
         except (OSError, zmq.ZMQError) as exc:
             # ZMQError is no OSError: a failed outlet used to stay open,
             # holding descriptors and hanging ctx.term() at exit.
@@ -727,6 +729,13 @@ class Outlets:
         self.check_files()
         return bool(reaped)
 
+    def note_bound(self, sock, path):
+        """Tell the connection caps the name *sock* was just bound with at
+        *path* (see connections.Connections.bound)."""
+        if self.connections is not None:
+            self.connections.bound(
+                path, sock.getsockopt_string(zmq.LAST_ENDPOINT))
+
     def keep_bound(self, sock, path, name, clients):
         """Have :meth:`check_files` bind *sock* at *path* again whenever
         its file is missing, like an outlet's (the control socket). *name*
@@ -833,6 +842,7 @@ class Outlets:
         except OSError as exc:
             failure = exc
         if failure is None:
+            self.note_bound(sock, path)
             return True
         self._rescan = True
         reason = _ERRNO_REASONS.get(failure.errno, metrics.OUTLET_ERROR)
@@ -887,24 +897,14 @@ def _open_descriptors():
 
 
 def bind_ipc(sock, path, limits):
-    """Bind *sock* at *path* with the mode and group of *limits*.
+    """Bind *sock* at *path* with the mode and group of *limits*, never
+    following a link someone put in the directory (:mod:`ipcfile`).
 
     Raises OSError when it cannot (a zmq.ZMQError, which is not one, is
-    turned into one with the same errno).
+    turned into one with the same errno). A stale file left by an earlier
+    run, or anything else at *path*, is replaced.
     """
-    # libzmq creates the file with the process umask; narrow it for the
-    # bind so that the file never exists with wider permissions.
-    old_umask = os.umask(0o777 & ~limits.socket_mode)
-    try:
-        # libzmq replaces a stale file left by an earlier run.
-        sock.bind('ipc://' + path)
-    except zmq.ZMQError as exc:
-        raise OSError(exc.errno, exc.strerror) from None
-    finally:
-        os.umask(old_umask)
-    os.chmod(path, limits.socket_mode)
-    if limits.socket_gid != -1:
-        os.chown(path, -1, limits.socket_gid)
+    ipcfile.bind(sock, path, limits.socket_mode, limits.socket_gid)
 
 
 def remove_socket_file(path):

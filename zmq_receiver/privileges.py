@@ -7,6 +7,7 @@ regained. Everything here is idempotent: run as the target user already, it
 does nothing.
 """
 
+import contextlib
 import grp
 import logging
 import os
@@ -84,6 +85,14 @@ def resolve(user, group=None):
     return ident
 
 
+def group_label(gid):
+    """The name of group *gid*, or ``gid N`` without a group entry."""
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return 'gid %d' % gid
+
+
 def group_id(group, option):
     """The gid of *group* (a name or a number) from option *option*."""
     if group.isdigit():
@@ -94,6 +103,31 @@ def group_id(group, option):
         raise errors.ConfigError(
             '[zmq_receiver] %s = %s: no such group on this host; create it '
             '(groupadd --system %s) or fix the name' % (option, group, group))
+
+
+@contextlib.contextmanager
+def acting_as(ident):
+    """Within the block, open files with *ident*'s rights (its effective
+    uid, gid and groups), and be root again after it.
+
+    For a path another user may have linked somewhere: whatever the open
+    reaches, *ident* could reach itself. Nothing to do unless root acts for
+    someone else. Use it before any other thread starts: effective ids are
+    the process's.
+    """
+    if os.geteuid() != 0 or ident.uid == 0:
+        yield
+        return
+    groups, egid = os.getgroups(), os.getegid()
+    os.setgroups(sorted(ident.groups()))
+    os.setegid(ident.gid)
+    os.seteuid(ident.uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(egid)
+        os.setgroups(groups)
 
 
 def drop(ident):

@@ -382,6 +382,7 @@ class Receiver:
             # Owned and moded like the outlets: whoever may connect to a
             # topic may also read the stats.
             outlets_mod.bind_ipc(sock, path, self.settings.limits)
+            self.outlets.note_bound(sock, path)
         except OSError as exc:
             failure = exc
         if failure is not None:

@@ -7,11 +7,15 @@ lock file makes the second one stop at once and name the first.
 
 import errno
 import fcntl
+import logging
 import os
 import pwd
 import stat
 
 from zmq_receiver import errors
+from zmq_receiver import procfs
+
+LOG = logging.getLogger(__name__)
 
 LOCK_NAME = '.zmq-receiver.lock'
 
@@ -58,11 +62,17 @@ def prepare(path, ident, mode=0o755, gid=-1, allow_world_writable=False):
 
 def _create(path, ident, mode, gid):
     try:
-        os.makedirs(path, exist_ok=True)
-        # makedirs applies the umask; the configured mode is meant as is.
-        os.chmod(path, mode)
-        if os.geteuid() == 0:
-            os.chown(path, ident.uid, ident.gid if gid == -1 else gid)
+        fd = _make_dirs(path)
+        try:
+            # By the descriptor: the directory is the receiver's only from
+            # the fchown on, and no path to it could be swapped meanwhile.
+            # mkdir applied the umask; the configured mode is meant as is.
+            os.fchmod(fd, mode)
+            if os.geteuid() == 0:
+                os.fchown(fd, ident.uid, ident.gid if gid == -1 else gid)
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
     except OSError as exc:
         if exc.errno == errno.EROFS:
             raise errors.PermissionProblem(read_only_message(path,
@@ -71,7 +81,42 @@ def _create(path, ident, mode, gid):
             'IPC directory %s does not exist and cannot be created: %s; '
             'create it (install -d -o %s %s) or start the receiver as root'
             % (path, exc.strerror, ident.label, path))
-    return os.lstat(path)
+
+
+def _make_dirs(path):
+    """A descriptor of the new directory *path*, made with its missing
+    parents (as ``makedirs`` would, but safe for root).
+
+    The part of *path* that exists is resolved once; below it each missing
+    directory is made and entered through its parent's descriptor, never
+    following a symlink, and must be ours: a user who may write one of
+    the directories on the way cannot redirect root into another one.
+    """
+    missing = []
+    head = path
+    while not os.path.lexists(head):
+        head, name = os.path.split(head)
+        missing.append(name)
+    fd = os.open(head, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for depth, name in enumerate(reversed(missing), 1):
+            # The last one stays closed to others until its fchmod.
+            last = depth == len(missing)
+            try:
+                os.mkdir(name, 0o700 if last else 0o777, dir_fd=fd)
+            except FileExistsError:
+                pass
+            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY |
+                            os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = child
+            if os.fstat(fd).st_uid != os.geteuid():
+                raise OSError(errno.EEXIST, 'made meanwhile by uid %d, '
+                              'not by the receiver' % os.fstat(fd).st_uid)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def on_read_only_fs(path):
@@ -150,16 +195,32 @@ def remove_stale_sockets(path, prefixes):
     left by an earlier receiver that did not stop in order.
     """
     removed = 0
-    with os.scandir(path) as entries:
-        for entry in entries:
-            if (entry.name.startswith(prefixes) and
-                    stat.S_ISSOCK(entry.stat(follow_symlinks=False).st_mode)):
-                try:
-                    os.unlink(entry.path)
-                    removed += 1
-                except FileNotFoundError:
-                    pass
+    try:
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if (entry.name.startswith(prefixes) and stat.S_ISSOCK(
+                        entry.stat(follow_symlinks=False).st_mode)):
+                    try:
+                        os.unlink(entry.path)
+                        removed += 1
+                    except FileNotFoundError:
+                        pass
+                    except PermissionError:
+                        # Another user's, in a sticky directory: the
+                        # bind then says which topic cannot be served.
+                        pass
+    except OSError as exc:
+        # Replaced since prepare() looked (by whoever may write its
+        # parent), or its permissions changed.
+        raise errors.PermissionProblem(
+            'Cannot clean the IPC directory %s: %s; make sure that only '
+            'the receiver\'s user may write it and its parent' % (
+                path, exc.strerror))
     return removed
+
+
+#: Attempts at a lock file that keeps changing under the receiver.
+_ATTEMPTS = 5
 
 
 class InstanceLock:
@@ -167,64 +228,182 @@ class InstanceLock:
 
     The lock goes with the process: a receiver killed with SIGKILL leaves
     the file, but not the lock, so the next start succeeds.
+
+    ``flock`` works on any descriptor, a read-only one too: whoever may
+    open the file may hold its lock and keep every receiver out. So the
+    file is mode 0600 and the run-as user's (only that user and root can
+    open it), made with ``O_EXCL | O_NOFOLLOW``. A file at the path that is
+    not such a file (another owner, a symlink, more than one name, group
+    or other bits: what an older receiver made, 0644, or what someone
+    planted) is not trusted: since the directory is the receiver's, it is
+    unlinked and a new one made, unless a process of root or of the run-as
+    user has it open (an older receiver that still runs).
     """
 
     def __init__(self, directory):
         self.path = os.path.join(directory, LOCK_NAME)
         self._fd = None
+        #: Who the file is given to (uid, gid), when not the process.
+        self._owner = None
+        #: Uids whose processes may hold the lock: root and the run-as user.
+        self._trusted = {0, os.geteuid()}
 
     def acquire(self, owner=None):
         """Take the lock or raise :class:`errors.AlreadyRunning`.
 
         *owner* (an Identity) gets the file when we are root, so that a
         later receiver started directly as that user can open it again.
+        Better still, call it with the owner's rights
+        (:func:`privileges.acting_as`): nothing the path leads to is then
+        opened with more.
         """
+        self._trusted = {0, os.geteuid()}
+        if owner is not None:
+            self._trusted.add(owner.uid)
+            if os.geteuid() == 0 and owner.uid != 0:
+                self._owner = (owner.uid, owner.gid)
         fd = self._lock()
-        if owner is not None and os.geteuid() == 0 and owner.uid != 0:
-            os.fchown(fd, owner.uid, owner.gid)
+        if self._owner is not None:
+            os.fchown(fd, *self._owner)
         self._fd = fd
         self.update_pid()
 
     def _lock(self):
-        """A descriptor of the file at the path, locked; raises as
-        :meth:`_try_acquire`."""
-        while True:
-            fd = self._try_acquire()
+        """A descriptor of the file at the path, locked; raises
+        :class:`errors.AlreadyRunning` when another receiver holds it."""
+        for _ in range(_ATTEMPTS):
+            fd = self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    os.close(fd)
+                    raise
+                holder = os.pread(fd, 32, 0).decode(
+                    'ascii', 'replace').strip()
+                os.close(fd)
+                raise self._running(holder or 'unknown')
             # A stopping receiver unlinks the file it locked; a lock taken
             # on that unlinked file would exclude nobody, so take it again.
-            try:
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
+            if self._at_path(fd):
                 return fd
             os.close(fd)
+        raise self._unstable()
 
-    def _try_acquire(self):
+    def _open(self):
+        """A descriptor of a trusted file at the path: a new one, made when
+        there is none or the one there is not trusted."""
+        for _ in range(_ATTEMPTS):
+            try:
+                return os.open(self.path, os.O_RDWR | os.O_CREAT |
+                               os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                               0o600)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise errors.PermissionProblem(
+                    'Cannot create the lock file %s: %s; make the IPC '
+                    'directory writable for the receiver\'s user' % (
+                        self.path, exc.strerror))
+            fd = None
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW |
+                             # Whatever it is, opening it must not block.
+                             os.O_NONBLOCK | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                problem = ('a symbolic link' if exc.errno == errno.ELOOP
+                           else exc.strerror)
+            else:
+                problem = self._distrust(os.fstat(fd))
+                if problem is None:
+                    return fd
+            self._replace(fd, problem)
+        raise self._unstable()
+
+    def _distrust(self, st):
+        """Why the file with stat *st* is not one only we can open (None:
+        it is)."""
+        if not stat.S_ISREG(st.st_mode):
+            return 'not a regular file'
+        if st.st_nlink != 1:
+            return '%d names (hard links)' % st.st_nlink
+        if st.st_uid not in self._trusted:
+            return 'owned by %s' % _owner(st.st_uid)
+        if st.st_mode & 0o077:
+            return 'mode %04o: other users may open it' % stat.S_IMODE(
+                st.st_mode)
+        return None
+
+    def _replace(self, fd, problem):
+        """Unlink the untrusted file at the path (*fd*, closed here, is
+        open on it, or None) unless a receiver of ours has it open."""
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW |
-                         os.O_CLOEXEC, 0o644)
+            holders = self._trusted_holders(fd)
+        finally:
+            if fd is not None:
+                os.close(fd)
+        if holders:
+            raise self._running(', '.join(map(str, sorted(holders))))
+        LOG.warning('The lock file %s is not safe to use (%s): a process '
+                    'of anyone who can open it could hold its lock and keep '
+                    'every receiver out; replacing it with a new one (mode '
+                    '0600)', self.path, problem)
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
         except OSError as exc:
             if exc.errno == errno.EROFS:
                 raise errors.PermissionProblem(read_only_message(
                     os.path.dirname(self.path)))
             raise errors.PermissionProblem(
-                'Cannot open the lock file %s: %s; make the IPC directory '
-                'writable for the receiver\'s user' % (
-                    self.path, exc.strerror))
+                'The lock file %s is not safe to use (%s) and cannot be '
+                'replaced: %s; remove it (rm %s)' % (
+                    self.path, problem, exc.strerror, self.path))
+
+    def _trusted_holders(self, fd):
+        """Pids of root's and the run-as user's processes that lock or
+        have open the file (*fd* is open on it, or None): an older
+        receiver that still runs. Another user's are not counted."""
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return set()  # unlocked: no receiver has it
+            except OSError:
+                pass
+            st = os.fstat(fd)
+        else:
+            try:
+                st = os.lstat(self.path)
+            except OSError:
+                return set()
+        pids = procfs.lockers(st) | procfs.openers(st)
+        pids.discard(os.getpid())
+        return {pid for pid in pids if procfs.euid(pid) in self._trusted}
+
+    def _at_path(self, fd):
+        """Whether the path still names the file *fd* is open on."""
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            holder = os.read(fd, 32).decode('ascii', 'replace').strip()
-            os.close(fd)
-            raise errors.AlreadyRunning(
-                'Another receiver (pid %s) already serves the IPC directory '
-                '%s: stop it first, or give this one its own '
-                'rpc_zmq_ipc_dir' % (holder or 'unknown',
-                                     os.path.dirname(self.path)))
-        return fd
+            st = os.lstat(self.path)
+        except OSError:  # gone, or the directory is no longer one
+            return False
+        here = os.fstat(fd)
+        return (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino)
+
+    def _running(self, holder):
+        return errors.AlreadyRunning(
+            'Another receiver (pid %s) already serves the IPC directory '
+            '%s: stop it first, or give this one its own '
+            'rpc_zmq_ipc_dir' % (holder, os.path.dirname(self.path)))
+
+    def _unstable(self):
+        return errors.PermissionProblem(
+            'The lock file %s kept changing while the receiver took it: '
+            'another process replaces it; let no other user write the IPC '
+            'directory %s (chmod g-w,o-w, or chmod +t if it is shared)' % (
+                self.path, os.path.dirname(self.path)))
 
     def reacquire(self):
         """Lock a new file at the same path, after the directory was
@@ -251,11 +430,12 @@ class InstanceLock:
             os.pwrite(self._fd, b'%d\n' % os.getpid(), 0)
 
     def release(self):
-        """Drop the lock and remove the file."""
+        """Drop the lock and remove the file (when it is still ours)."""
         if self._fd is None:
             return
         try:
-            os.unlink(self.path)
+            if self._at_path(self._fd):
+                os.unlink(self.path)
         except OSError:
             pass
         os.close(self._fd)

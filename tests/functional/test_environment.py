@@ -45,11 +45,21 @@ def test_a_daemon_gets_only_what_its_test_sets(ctx, daemons, short_dir,
     assert support.recv(consumer) == frames
 
 
+def started(**popen):
+    """A child that waits on its stdin, once it runs: /proc/<pid>/environ
+    shows the child's own environment only after its exec, before that the
+    one pytest started with."""
+    proc = subprocess.Popen(
+        [sys.executable, '-c', 'import sys; print(flush=True); '
+                               'sys.stdin.read()'],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, **popen)
+    proc.stdout.readline()
+    return proc
+
+
 def test_what_a_test_asks_for_is_passed(polluted, tmp_path):
     asked = str(tmp_path / 'notify')
-    proc = subprocess.Popen(
-        [sys.executable, '-c', 'import sys; sys.stdin.read()'],
-        stdin=subprocess.PIPE, env=support.clean_env(NOTIFY_SOCKET=asked))
+    proc = started(env=support.clean_env(NOTIFY_SOCKET=asked))
     try:
         assert support.process_env(proc.pid)['NOTIFY_SOCKET'] == asked
         support.check_not_inherited(proc.pid, {'NOTIFY_SOCKET': asked})
@@ -59,9 +69,7 @@ def test_what_a_test_asks_for_is_passed(polluted, tmp_path):
 
 def test_the_check_fails_on_an_inherited_variable(polluted):
     # What a helper that passed os.environ on would start.
-    proc = subprocess.Popen(
-        [sys.executable, '-c', 'import sys; sys.stdin.read()'],
-        stdin=subprocess.PIPE)
+    proc = started()
     try:
         with pytest.raises(AssertionError, match='inherited JOURNAL_STREAM, '
                                                  'LISTEN_FDS, LISTEN_PID, '

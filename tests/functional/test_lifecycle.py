@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 
 import pytest
 import zmq
@@ -155,12 +156,21 @@ def forwards(ctx, daemon, topic='lifecycle.host1'):
 
 
 class NotifySocket:
-    """What systemd listens on for sd_notify: a bound datagram socket."""
+    """What systemd listens on for sd_notify: a bound datagram socket.
 
-    def __init__(self, directory):
-        self.path = os.path.join(directory, 'notify')
+    :attr:`path` is the NOTIFY_SOCKET value: a file in *directory*, or an
+    abstract name (``@...``, no file) with *abstract*.
+    """
+
+    def __init__(self, directory, abstract=False):
+        if abstract:
+            # Unique as the directory is (mkdtemp).
+            self.path = '@zrtest-notify-' + os.path.basename(directory)
+            address = '\0' + self.path[1:]
+        else:
+            self.path = address = os.path.join(directory, 'notify')
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
+        self.sock.bind(address)
         #: Every datagram received so far, decoded, in order.
         self.seen = []
 
@@ -243,10 +253,13 @@ def spawn():
     started = []
 
     def start(directory, options=None, env=None, unset=(), args=(),
-              wait_ready=True):
+              wait_ready=True, pythonpath=()):
         daemon = support.Daemon(directory, options, args=args, env=env)
         for name in unset:
             daemon.env.pop(name, None)
+        # Searched before the checkout (see no_systemd_python).
+        daemon.env['PYTHONPATH'] = os.pathsep.join(
+            list(pythonpath) + [daemon.env['PYTHONPATH']])
         started.append(daemon)
         return daemon.start(wait_ready=wait_ready)
 
@@ -272,6 +285,20 @@ def notify_socket(short_dir):
     sock.close()
 
 
+@pytest.fixture
+def no_systemd_python(short_dir):
+    """A directory that, first on the receiver's PYTHONPATH, makes
+    ``import systemd`` fail as if systemd-python were not installed (no
+    [systemd] extra). In short_dir: a receiver that dropped its
+    privileges still reads it, and does not fall through to the real one.
+    """
+    path = os.path.join(short_dir, 'hidden')
+    os.makedirs(os.path.join(path, 'systemd'))
+    with open(os.path.join(path, 'systemd', '__init__.py'), 'w') as f:
+        f.write('raise ImportError("systemd-python is hidden")\n')
+    return types.SimpleNamespace(path=path)
+
+
 # -- startup refusals ----------------------------------------------------
 
 
@@ -289,6 +316,25 @@ def test_ipc_dir_that_is_a_symlink_is_refused(short_dir):
     assert 'Traceback' not in out + err
     # Nothing was created through the link.
     assert os.listdir(real) == []
+
+
+@needs_root
+def test_a_config_file_the_user_may_not_read_is_a_permission_problem(
+        short_dir, system_user):
+    # As a unit with Group=openstack instead of the user's own group finds
+    # /etc/nova/nova.conf (0640 root:nova).
+    name, uid, gid = system_user
+    traversable(short_dir)
+    daemon = DaemonAs(short_dir, uid, gid)
+    if not daemon.usable():
+        pytest.skip('%s cannot run %s here' % (name, sys.executable))
+    os.chmod(daemon.config_file, 0o640)
+    daemon.start(wait_ready=False)
+    assert daemon.wait() == errors.EXIT_PERMISSION, daemon.log()
+    line = error_line(daemon.log())
+    assert daemon.config_file in line and 'permission denied' in line
+    assert 'for %s' % name in line and 'SupplementaryGroups=' in line
+    assert 'Traceback' not in daemon.log()
 
 
 @needs_root
@@ -626,12 +672,17 @@ def test_daemon_under_systemd_is_refused(short_dir):
 
 
 # -- sd_notify -----------------------------------------------------------
+#
+# Every receiver here runs with systemd-python hidden (no_systemd_python):
+# the notify protocol is spoken without it, as a plain install runs.
 
 
 def test_ready_after_bind_status_and_stopping(ctx, spawn, short_dir,
-                                              notify_socket):
+                                              notify_socket,
+                                              no_systemd_python):
     daemon = spawn(short_dir, env={'NOTIFY_SOCKET': notify_socket.path},
-                   unset=('WATCHDOG_USEC', 'WATCHDOG_PID'), wait_ready=False)
+                   unset=('WATCHDOG_USEC', 'WATCHDOG_PID'), wait_ready=False,
+                   pythonpath=[no_systemd_python.path])
     ready = notify_socket.wait_for('READY', '1')
     match = re.search(r'tcp://127\.0\.0\.1:(\d+)', ready.get('STATUS', ''))
     assert match, ready
@@ -655,9 +706,11 @@ def test_ready_after_bind_status_and_stopping(ctx, spawn, short_dir,
     assert daemon.wait() == errors.EXIT_OK
 
 
-def test_reload_is_reloading_then_ready(spawn, short_dir, notify_socket):
+def test_reload_is_reloading_then_ready(spawn, short_dir, notify_socket,
+                                        no_systemd_python):
     daemon = spawn(short_dir, env={'NOTIFY_SOCKET': notify_socket.path},
-                   unset=('WATCHDOG_USEC', 'WATCHDOG_PID'))
+                   unset=('WATCHDOG_USEC', 'WATCHDOG_PID'),
+                   pythonpath=[no_systemd_python.path])
     notify_socket.wait_for('READY', '1')
     daemon.signal(signal.SIGHUP)
     notify_socket.wait_for('RELOADING', '1')
@@ -667,11 +720,11 @@ def test_reload_is_reloading_then_ready(spawn, short_dir, notify_socket):
     assert 'READY=1' in ''.join(notify_socket.seen[reloading + 1:])
 
 
-def test_watchdog_pings_at_half_the_timeout(spawn, short_dir,
-                                            notify_socket):
+def test_watchdog_pings_at_half_the_timeout(spawn, short_dir, notify_socket,
+                                            no_systemd_python):
     spawn(short_dir, env={'NOTIFY_SOCKET': notify_socket.path,
                           'WATCHDOG_USEC': '400000'},
-          unset=('WATCHDOG_PID',))
+          unset=('WATCHDOG_PID',), pythonpath=[no_systemd_python.path])
     notify_socket.wait_for('WATCHDOG', '1')
     times = [time.monotonic()]
     while len(times) < 11:
@@ -682,11 +735,13 @@ def test_watchdog_pings_at_half_the_timeout(spawn, short_dir,
 
 
 def test_watchdog_for_another_pid_sends_no_pings(spawn, short_dir,
-                                                 notify_socket):
+                                                 notify_socket,
+                                                 no_systemd_python):
     # WATCHDOG_PID names the process systemd watches; not us.
     spawn(short_dir, env={'NOTIFY_SOCKET': notify_socket.path,
                           'WATCHDOG_USEC': '400000',
-                          'WATCHDOG_PID': str(os.getpid())})
+                          'WATCHDOG_PID': str(os.getpid())},
+          pythonpath=[no_systemd_python.path])
     notify_socket.wait_for('READY', '1')
     deadline = time.monotonic() + 1.0
     while time.monotonic() < deadline:
@@ -694,10 +749,12 @@ def test_watchdog_for_another_pid_sends_no_pings(spawn, short_dir,
         assert message is None or 'WATCHDOG' not in message, message
 
 
-def test_a_stopped_process_stops_pinging(spawn, short_dir, notify_socket):
+def test_a_stopped_process_stops_pinging(spawn, short_dir, notify_socket,
+                                         no_systemd_python):
     daemon = spawn(short_dir, env={'NOTIFY_SOCKET': notify_socket.path,
                                    'WATCHDOG_USEC': '400000'},
-                   unset=('WATCHDOG_PID',))
+                   unset=('WATCHDOG_PID',),
+                   pythonpath=[no_systemd_python.path])
     notify_socket.wait_for('WATCHDOG', '1')
     pid = daemon.proc.pid
     os.kill(pid, signal.SIGSTOP)
@@ -709,6 +766,81 @@ def test_a_stopped_process_stops_pinging(spawn, short_dir, notify_socket):
     finally:
         os.kill(pid, signal.SIGCONT)
     notify_socket.wait_for('WATCHDOG', '1', timeout=1.0)
+
+
+def test_an_abstract_notify_socket(ctx, spawn, short_dir, no_systemd_python):
+    # NOTIFY_SOCKET=@name: a socket in the abstract namespace, no file.
+    abstract = NotifySocket(short_dir, abstract=True)
+    try:
+        daemon = spawn(short_dir, env={'NOTIFY_SOCKET': abstract.path,
+                                       'WATCHDOG_USEC': '400000'},
+                       unset=('WATCHDOG_PID',),
+                       pythonpath=[no_systemd_python.path])
+        ready = abstract.wait_for('READY', '1')
+        assert ready['MAINPID'] == str(daemon.proc.pid)
+        abstract.wait_for('WATCHDOG', '1')
+        forwards(ctx, daemon)
+    finally:
+        abstract.close()
+
+
+@needs_root
+def test_a_notify_socket_only_root_may_write_works_after_the_drop(
+        ctx, spawn, short_dir, system_user, no_systemd_python):
+    # A container manager's or systemd's socket may be root's alone: it is
+    # connected before the privilege drop, when the kernel checks it.
+    name, uid, gid = system_user
+    traversable(short_dir)
+    private = os.path.join(short_dir, 'root-only')
+    os.mkdir(private, 0o700)
+    notify = NotifySocket(private)
+    try:
+        os.chmod(notify.path, 0o600)
+        daemon = spawn(short_dir, {'zmq_receiver': {'user': name}},
+                       env={'NOTIFY_SOCKET': notify.path,
+                            'WATCHDOG_USEC': '400000'},
+                       unset=('WATCHDOG_PID',),
+                       pythonpath=[no_systemd_python.path])
+        # READY=1 is sent after the drop, as the user.
+        notify.wait_for('READY', '1')
+        assert ids(daemon.proc.pid)['Uid'] == [uid] * 4
+        notify.wait_for('WATCHDOG', '1')
+        # Unwritable for everyone now: the socket is already connected.
+        os.chmod(notify.path, 0)
+        notify.drain()
+        notify.wait_for('WATCHDOG', '1')
+        forwards(ctx, daemon)
+        assert 'Cannot notify' not in daemon.log()
+        assert daemon.stop() == errors.EXIT_OK
+    finally:
+        notify.close()
+
+
+def test_a_notify_socket_that_goes_away_is_logged_not_fatal(
+        ctx, spawn, short_dir, notify_socket, no_systemd_python):
+    daemon = spawn(short_dir, env={'NOTIFY_SOCKET': notify_socket.path,
+                                   'WATCHDOG_USEC': '200000'},
+                   unset=('WATCHDOG_PID',),
+                   pythonpath=[no_systemd_python.path])
+    notify_socket.wait_for('WATCHDOG', '1')
+    # systemd's end closes: every ping (ten a second) now fails.
+    notify_socket.close()
+    os.unlink(notify_socket.path)
+    daemon.wait_for(r'Cannot notify systemd through NOTIFY_SOCKET=%s: '
+                    r'.*the receiver keeps running' % re.escape(
+                        notify_socket.path))
+    forwards(ctx, daemon)
+    # It comes back (systemd re-executed): the receiver connects again.
+    again = NotifySocket(short_dir)
+    try:
+        again.wait_for('WATCHDOG', '1')
+    finally:
+        again.close()
+    assert daemon.proc.poll() is None
+    # Many pings failed; one line said so (rate-limited).
+    warnings = [line for line in daemon.log().splitlines() if 'Cannot notify' in line]
+    assert len(warnings) == 1, warnings
+    assert daemon.stop() == errors.EXIT_OK
 
 
 # -- signals -------------------------------------------------------------

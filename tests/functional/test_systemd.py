@@ -29,6 +29,11 @@ UNIT = os.path.join(support.REPO, 'systemd',
                     'oslo-messaging-zmq-receiver@.service')
 TMPFILES = os.path.join(support.REPO, 'systemd',
                         'oslo-messaging-zmq-receiver.tmpfiles')
+SYSUSERS = os.path.join(support.REPO, 'systemd',
+                        'oslo-messaging-zmq-receiver.sysusers')
+SHARED_GROUP = os.path.join(support.REPO, 'systemd', 'shared-group.conf')
+#: Where the README's Install section puts the package.
+INSTALLED = '/opt/oslo-messaging-zmq-receiver/bin/oslo-messaging-zmq-receiver'
 CONTAINERFILE = os.path.join(support.REPO, 'Containerfile')
 #: The venv's console scripts, as pip installed them.
 BIN = os.path.dirname(sys.executable)
@@ -130,6 +135,70 @@ def test_unit_is_a_notify_service_with_a_watchdog():
     conf([], default_config_files=[])
     assert (seconds(unit['TimeoutStopSec'][0]) >
             conf[opts.GROUP].shutdown_timeout)
+
+
+def test_unit_runs_what_the_readme_installs():
+    unit = unit_settings(UNIT)
+    assert unit['ExecStart'][0].split()[0] == INSTALLED
+    with open(os.path.join(support.REPO, 'README.md')) as f:
+        readme = f.read()
+    venv = os.path.dirname(os.path.dirname(INSTALLED))
+    assert 'python3 -m venv %s\n' % venv in readme
+    assert '%s/bin/pip install ' % venv in readme
+
+
+def test_a_permanent_failure_stops_restarting():
+    unit = unit_settings(UNIT)
+    assert unit['Restart'] == ['on-failure']
+    # The start limit must be reachable: the burst's restarts, RestartSec
+    # apart, fit in the interval.
+    burst = int(unit['StartLimitBurst'][0])
+    interval = seconds(unit['StartLimitIntervalSec'][0])
+    assert 1 < burst and (burst - 1) * seconds(unit['RestartSec'][0]) < \
+        interval / 2
+    statuses = ' '.join(unit['RestartPreventExitStatus']).split()
+    # systemd's 203/EXEC and 217/USER, and ours that need the operator.
+    for status in ('203', '217', str(errors.EXIT_USAGE),
+                   str(errors.EXIT_ALREADY_RUNNING)):
+        assert status in statuses, statuses
+    # Transient ones are retried.
+    for status in (errors.EXIT_ADDRESS_IN_USE, errors.EXIT_INTERNAL):
+        assert str(status) not in statuses, statuses
+
+
+def test_shared_group_dropin_adds_the_group_without_replacing_it():
+    dropin = unit_settings(SHARED_GROUP)
+    assert dropin['SupplementaryGroups'] == ['openstack']
+    assert 'Group' not in dropin
+    assert dropin['RuntimeDirectory'] == ['']
+    assert dropin['ReadWritePaths'] == ['/run/openstack']
+
+
+def test_sysusers_makes_the_group_the_tmpfiles_entry_needs(tmp_path):
+    sysusers = shutil.which('systemd-sysusers')
+    tmpfiles = shutil.which('systemd-tmpfiles')
+    if sysusers is None or tmpfiles is None or os.geteuid() != 0:
+        reason = 'needs root and systemd-sysusers, systemd-tmpfiles'
+        print(reason)
+        pytest.skip(reason)
+    # A root of its own: the host's users and groups stay as they are.
+    etc = tmp_path / 'etc'
+    etc.mkdir()
+    for name in ('passwd', 'group', 'shadow', 'gshadow'):
+        (etc / name).write_text('root:x:0:\n' if name == 'group' else '')
+    result = subprocess.run([sysusers, '--root', str(tmp_path), SYSUSERS],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    groups = dict(line.split(':')[0:3:2] for line in
+                  (etc / 'group').read_text().splitlines())
+    assert 'openstack' in groups, groups
+    result = subprocess.run([tmpfiles, '--root', str(tmp_path), '--create',
+                             TMPFILES], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    st = os.stat(tmp_path / 'run' / 'openstack')
+    assert (oct(st.st_mode & 0o7777), st.st_uid, st.st_gid) == (
+        '0o2775', 0, int(groups['openstack']))
 
 
 def test_unit_is_hardened():

@@ -16,6 +16,7 @@ hint of their own. Every error names the file, line and column.
 import json
 import logging
 import os
+import tempfile
 
 from zmq_receiver.matchmaker import base
 
@@ -255,18 +256,22 @@ def write_text(path, text):
     """Write *text* at *path* atomically, keeping the mode of the file it
     replaces (0644 for a new one)."""
     directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, '.%s.%d.tmp' % (os.path.basename(path),
-                                                  os.getpid()))
+    # A new file of a name no one can guess (O_EXCL | O_NOFOLLOW), moded
+    # by its descriptor: the admin tool may run as root in a directory
+    # another user can write.
+    fd, tmp = tempfile.mkstemp(prefix='.%s.' % os.path.basename(path),
+                               suffix='.tmp', dir=directory)
     try:
-        with open(tmp, 'w') as f:
+        with os.fdopen(fd, 'w') as f:
+            try:
+                # The permission bits only: never a set-id bit.
+                mode = os.stat(path).st_mode & 0o777
+            except FileNotFoundError:
+                mode = 0o644
+            os.fchmod(f.fileno(), mode)
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        if os.path.exists(path):
-            st = os.stat(path)
-            os.chmod(tmp, st.st_mode & 0o7777)
-        else:
-            os.chmod(tmp, 0o644)
         # Readers (senders, a reload) see the old file or the new one.
         os.replace(tmp, path)
     finally:

@@ -1,0 +1,623 @@
+"""The shipped units under a real systemd, installed as the README says.
+
+A Debian 12 tree made by debootstrap (cached outside the checkout, in
+``/var/cache/oslo-messaging-zmq-receiver/bookworm``, so only the first run
+pays for it) is booted with ``systemd-nspawn -b --private-network`` on a
+throwaway overlay (``--register=no --keep-unit``: no machined or host
+systemd to register with where CI runs); commands run inside it through
+``nsenter`` into its PID 1's namespaces (machinectl needs the
+registration). The package is installed from a wheelhouse built on this
+host by a venv of /usr/bin/python3, the tree's Python version (the
+container has no network), with the README's own command lines: each
+command run here is looked up in the README first.
+
+Everything but the watchdog uses the shipped unit as it is; the watchdog
+check shortens WatchdogSec= to 3 s with a runtime drop-in, not to wait
+the shipped 30 s.
+
+Where nspawn cannot boot (no root, no debootstrap, no mirror, a kernel or
+container that refuses), the module is skipped with the reason. The time
+each part takes is printed at the end.
+"""
+
+import contextlib
+import fcntl
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from tests import support
+
+# The first run builds the tree (debootstrap: 2-5 minutes).
+pytestmark = pytest.mark.timeout(900)
+
+CACHE = '/var/cache/oslo-messaging-zmq-receiver'
+SUITE = 'bookworm'
+MIRROR = 'http://deb.debian.org/debian'
+PACKAGES = 'systemd,dbus,python3,python3-venv'
+VENV = '/opt/oslo-messaging-zmq-receiver'
+UNIT = 'oslo-messaging-zmq-receiver@%s'
+#: The checkout as the container sees it (read-only).
+SRC = '/src'
+PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+#: Generous: two cores shared by several test runs.
+WAIT = 60.0
+
+with open(os.path.join(support.REPO, 'README.md')) as _f:
+    README = _f.read()
+
+
+def readme(command):
+    """*command*, after checking that the README has that line."""
+    lines = [line.split('  #', 1)[0].strip() for line in README.splitlines()]
+    assert command in lines, 'the README no longer says: %s' % command
+    return command
+
+
+# -- timings -------------------------------------------------------------
+
+
+class Timings:
+    """How long each part took, printed at the end of the module."""
+
+    def __init__(self):
+        self.parts = []
+
+    @contextlib.contextmanager
+    def measure(self, name):
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.parts.append((name, time.monotonic() - start))
+
+    def report(self):
+        return 'real-systemd test timings: ' + ', '.join(
+            '%s %.1f s' % part for part in self.parts)
+
+
+@pytest.fixture(scope='module')
+def timings(request):
+    timings = Timings()
+    yield timings
+    if timings.parts:
+        capture = request.config.pluginmanager.get_plugin('capturemanager')
+        # Past the capture: the numbers are part of every run's output.
+        with capture.global_and_fixture_disabled():
+            print('\n' + timings.report())
+
+
+@pytest.fixture(autouse=True)
+def timed(request, timings, installed):
+    """Each check's own time (after the install), in the report."""
+    with timings.measure(request.node.name.replace('test_', '', 1)):
+        yield
+
+
+def skip(reason):
+    print(reason)
+    pytest.skip(reason)
+
+
+# -- the Debian tree, the wheelhouse, the machine --------------------------
+
+
+def debian_tree():
+    """The cached tree, built when missing (one builder at a time)."""
+    tree = os.path.join(CACHE, SUITE)
+    stamp = os.path.join(tree, '.zr-packages')
+    os.makedirs(CACHE, exist_ok=True)
+    with open(os.path.join(CACHE, '.lock'), 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            with open(stamp) as f:
+                if f.read().strip() == PACKAGES:
+                    return tree, False
+        except OSError:
+            pass
+        partial = tree + '.partial'
+        shutil.rmtree(partial, ignore_errors=True)
+        result = subprocess.run(
+            ['debootstrap', '--variant=minbase', '--include=' + PACKAGES,
+             SUITE, partial, MIRROR], capture_output=True, text=True,
+            timeout=600)
+        if result.returncode != 0:
+            shutil.rmtree(partial, ignore_errors=True)
+            skip('debootstrap %s from %s failed: %s' % (
+                SUITE, MIRROR, (result.stdout + result.stderr)[-800:]))
+        with open(os.path.join(partial, '.zr-packages'), 'w') as f:
+            f.write(PACKAGES + '\n')
+        shutil.rmtree(tree, ignore_errors=True)
+        os.rename(partial, tree)
+        return tree, True
+
+
+def python_version(argv):
+    return subprocess.run(
+        argv + ['-c', 'import platform; print(platform.python_version())'],
+        capture_output=True, text=True, timeout=WAIT).stdout.strip()
+
+
+def build_pip(tree):
+    """A pip for the tree's Python (wheels are built on the host, where
+    there is a network and a compiler): a venv of the host's
+    /usr/bin/python3, which must be the same version, cached."""
+    wanted = python_version(['chroot', tree, '/usr/bin/python3'])
+    have = python_version(['/usr/bin/python3'])
+    if not wanted or wanted != have:
+        skip('the wheels are built with /usr/bin/python3 (%s), which is not '
+             'the Debian tree\'s Python (%s)' % (have or 'missing', wanted))
+    venv = os.path.join(CACHE, 'build-venv-' + have)
+    with open(os.path.join(CACHE, '.lock'), 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(os.path.join(venv, 'bin', 'pip')):
+            subprocess.run(['/usr/bin/python3', '-m', 'venv', venv],
+                           check=True, capture_output=True, timeout=300)
+    return os.path.join(venv, 'bin', 'pip')
+
+
+def checkout_with_wheelhouse(directory, pip):
+    """A copy of the checkout with the wheels built by the README's line,
+    so the checkout itself gets no build output."""
+    src = os.path.join(directory, 'src')
+    shutil.copytree(support.REPO, src, ignore=shutil.ignore_patterns(
+        '.git', '.venv', 'run', 'build', 'dist', '*.egg-info', '*.so',
+        '__pycache__', '.pytest_cache', '.hypothesis', 'results'))
+    argv = shlex.split(readme('pip wheel --wheel-dir wheelhouse .'))
+    result = subprocess.run([pip] + argv[1:], cwd=src, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return src
+
+
+class Machine:
+    """A booted container, driven through nsenter into its PID 1."""
+
+    def __init__(self, root, src, log_path):
+        self.root = root
+        self.log_path = log_path
+        self.log = open(log_path, 'w')
+        self.nspawn = subprocess.Popen(
+            ['systemd-nspawn', '--quiet', '-b', '--private-network',
+             '--register=no', '--keep-unit', '--console=pipe',
+             '--machine=zrtest', '-D', root, '--bind-ro=%s:%s' % (src, SRC)],
+            stdin=subprocess.DEVNULL, stdout=self.log,
+            stderr=subprocess.STDOUT)
+        self.leader = None
+
+    def output(self):
+        with open(self.log_path) as f:
+            return f.read()[-2000:]
+
+    def wait_booted(self):
+        """PID 1 of the container, once it reports running; None if the
+        container ended first."""
+        deadline = time.monotonic() + WAIT
+        children = '/proc/%d/task/%d/children' % ((self.nspawn.pid,) * 2)
+        while self.leader is None:
+            if self.nspawn.poll() is not None or time.monotonic() > deadline:
+                return None
+            try:
+                with open(children) as f:
+                    pids = f.read().split()
+            except OSError:
+                return None
+            for pid in pids:
+                try:
+                    with open('/proc/%s/comm' % pid) as f:
+                        if f.read().strip() == 'systemd':
+                            self.leader = int(pid)
+                except OSError:
+                    pass  # gone already
+            if self.leader is None:
+                # nspawn forks its child and then execs systemd in it:
+                # nothing to wait on but the child's name.
+                time.sleep(0.05)
+        # Until PID 1 is on D-Bus, systemctl cannot ask it.
+        while time.monotonic() < deadline + WAIT:
+            state = self.sh('systemctl is-system-running --wait',
+                            check=False, timeout=WAIT * 2).stdout.strip()
+            # "offline": systemctl could not reach it (yet).
+            if state not in ('', 'offline') or self.nspawn.poll() is not None:
+                return state or None
+            time.sleep(0.2)
+        return None
+
+    def sh(self, command, check=True, timeout=WAIT, user=None):
+        """Run *command* with sh inside the machine (as *user*)."""
+        argv = ['nsenter', '-t', str(self.leader), '-a']
+        if user is not None:
+            argv += ['runuser', '-u', user, '--']
+        # (nsenter --wd opens the directory outside the container.)
+        result = subprocess.run(
+            argv + ['sh', '-c', 'cd %s && %s' % (SRC, command)],
+            capture_output=True, text=True,
+            timeout=timeout, env={'PATH': PATH, 'LANG': 'C.UTF-8'})
+        if check:
+            assert result.returncode == 0, '%s: status %d\n%s%s' % (
+                command, result.returncode, result.stdout, result.stderr)
+        return result
+
+    def show(self, unit, *properties):
+        """{property: value} of *unit*."""
+        out = self.sh('systemctl show %s -p %s' % (
+            unit, ','.join(properties))).stdout
+        return dict(line.split('=', 1) for line in out.splitlines()
+                    if '=' in line)
+
+    def wait_unit(self, unit, props, predicate, what, timeout=WAIT):
+        """Poll *unit*'s *props* until *predicate*(their values) holds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.show(unit, *props)
+            if predicate(state):
+                return state
+            if time.monotonic() > deadline:
+                raise AssertionError('%s: never %s: %s\n%s' % (
+                    unit, what, state, self.journal(unit)))
+            # systemd's state is the event; there is no wait for it here.
+            time.sleep(0.2)
+
+    def journal(self, unit, priority=None):
+        command = 'journalctl --no-pager -o cat -u %s' % unit
+        if priority:
+            command += ' -p ' + priority
+        return self.sh(command, check=False).stdout
+
+    def write(self, path, text, mode=0o644, group='root'):
+        self.sh('install -D -m %o -g %s /dev/stdin %s <<"EOF"\n%sEOF'
+                % (mode, group, path, text))
+
+    def poweroff(self):
+        if self.leader is not None and self.nspawn.poll() is None:
+            self.sh('systemctl poweroff', check=False)
+        try:
+            self.nspawn.wait(WAIT)
+        except subprocess.TimeoutExpired:
+            self.nspawn.kill()
+            self.nspawn.wait()
+        self.log.close()
+
+
+def overlay(tree, directory):
+    """A writable view of *tree* whose changes stay in *directory*."""
+    parts = {name: os.path.join(directory, name)
+             for name in ('upper', 'work', 'root')}
+    for path in parts.values():
+        os.mkdir(path)
+    result = subprocess.run(
+        ['mount', '-t', 'overlay', 'overlay', '-o',
+         'lowerdir=%s,upperdir=%s,workdir=%s' % (tree, parts['upper'],
+                                                 parts['work']),
+         parts['root']], capture_output=True, text=True)
+    if result.returncode != 0:
+        skip('cannot mount an overlay on the Debian tree: %s'
+             % result.stderr.strip())
+    return parts['root']
+
+
+@pytest.fixture(scope='module')
+def machine(timings):
+    if os.geteuid() != 0:
+        skip('booting systemd-nspawn needs root (CI runs as root)')
+    missing = [tool for tool in ('debootstrap', 'systemd-nspawn', 'nsenter')
+               if shutil.which(tool) is None]
+    if missing:
+        skip('%s not installed (./dev installs debootstrap and '
+             'systemd-container with apt-get)' % ', '.join(missing))
+    with timings.measure('Debian tree'):
+        tree, built = debian_tree()
+    if built:
+        timings.parts[-1] = ('debootstrap', timings.parts[-1][1])
+    directory = tempfile.mkdtemp(prefix='zr-boot-', dir='/var/tmp')
+    try:
+        with timings.measure('wheelhouse'):
+            src = checkout_with_wheelhouse(directory, build_pip(tree))
+        root = overlay(tree, directory)
+        try:
+            with timings.measure('boot'):
+                box = Machine(root, src, os.path.join(directory, 'boot.log'))
+                state = box.wait_booted()
+            try:
+                if state is None:
+                    skip('systemd-nspawn -b did not boot here: %s'
+                         % box.output())
+                failed = box.sh('systemctl --failed --no-legend',
+                                check=False).stdout
+                assert state == 'running', (state, failed)
+                yield box
+            finally:
+                box.poweroff()
+        finally:
+            subprocess.run(['umount', root], capture_output=True)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def project_config(port, ipc_dir, default=None, receiver=None):
+    """A service's config file: what the receiver reads of nova.conf."""
+    text = ('[DEFAULT]\nrpc_zmq_port = %s\nrpc_zmq_ipc_dir = %s\n'
+            % (port, ipc_dir))
+    text += ''.join('%s = %s\n' % item for item in (default or {}).items())
+    if receiver:
+        text += '[zmq_receiver]\n' + ''.join(
+            '%s = %s\n' % item for item in receiver.items())
+    return text
+
+
+def configure(box, name, port, ipc_dir=None, default=None, receiver=None):
+    """/etc/<name>/<name>.conf, 0640 root:<name> as the packages make it."""
+    box.sh('install -d -m 750 -g %s /etc/%s' % (name, name))
+    box.write('/etc/%s/%s.conf' % (name, name),
+              project_config(port, ipc_dir or '/var/run/' + name, default,
+                             receiver), mode=0o640, group=name)
+
+
+def useradd(box, name):
+    """The README's useradd line for the project *name*."""
+    command = ('useradd --system --user-group --no-create-home --shell '
+               '/usr/sbin/nologin %s')
+    readme(command % 'nova')
+    box.sh(command % name)
+
+
+@pytest.fixture(scope='module')
+def installed(machine, timings):
+    """The README's install and both units, as an operator runs them."""
+    box = machine
+    with timings.measure('install'):
+        box.sh(readme('python3 -m venv ' + VENV))
+        box.sh(readme(VENV + '/bin/pip install --no-index --find-links '
+                      'wheelhouse oslo-messaging-zmq-receiver'),
+               timeout=300)
+        box.sh(readme('ln -sf %s/bin/oslo-messaging-zmq-admin '
+                      '/usr/local/bin/' % VENV))
+        for name in ('nova', 'neutron'):
+            useradd(box, name)
+        box.sh(readme('install -m 644 systemd/oslo-messaging-zmq-receiver@'
+                      '.service /etc/systemd/system/'))
+        configure(box, 'nova', 9501)
+        configure(box, 'neutron', 9502)
+        box.sh(readme('systemctl daemon-reload'))
+    with timings.measure('start nova+neutron'):
+        box.sh(readme('systemctl enable --now %s %s' % (
+            UNIT % 'nova', UNIT % 'neutron')))
+    return box
+
+
+CLIENT = r'''
+import sys, zmq
+port, ipc, topic = sys.argv[1], sys.argv[2], sys.argv[3]
+ctx = zmq.Context()
+pull = ctx.socket(zmq.PULL)
+pull.connect('ipc://%s/zmq_topic_%s.host1' % (ipc, topic))
+sub = ctx.socket(zmq.SUB)
+sub.setsockopt(zmq.SUBSCRIBE, b'')
+sub.connect('ipc://%s/zmq_topic_fanout~%s' % (ipc, topic))
+push = ctx.socket(zmq.PUSH)
+push.connect('tcp://127.0.0.1:%s' % port)
+body = b'["{}", {"method": "ping", "args": {}}]'
+push.send_multipart([b'1', topic.encode() + b'.host1', b'cast', body])
+push.send_multipart([b'2', b'fanout~' + topic.encode() + b'.host1', b'cast',
+                     body])
+for name, sock in (('direct', pull), ('fanout', sub)):
+    if not sock.poll(30000):
+        sys.exit('no %s message' % name)
+    print(name, sock.recv_multipart()[1].decode())
+'''
+
+
+def client(box, user, port, ipc_dir, topic='compute'):
+    """Send a cast and a fanout as *user*, receive both; the output."""
+    return box.sh('%s/bin/python -c %s %s %s %s' % (
+        VENV, shlex.quote(CLIENT), port, ipc_dir, topic), user=user).stdout
+
+
+def running(state):
+    return (state['ActiveState'] == 'active' and
+            state['SubState'] == 'running')
+
+
+# -- the checks ----------------------------------------------------------
+
+
+def test_both_receivers_are_active_with_a_status(installed):
+    box = installed
+    for name, port in (('nova', 9501), ('neutron', 9502)):
+        state = box.show(UNIT % name, 'ActiveState', 'SubState',
+                         'StatusText', 'NRestarts', 'User')
+        assert running(state), (state, box.journal(UNIT % name))
+        assert state['NRestarts'] == '0'
+        assert re.search(r'Forwarding on tcp://\S+:%d: received 0' % port,
+                         state['StatusText']), state
+        log = box.journal(UNIT % name)
+        # The wheel from the wheelhouse has the compiled loop.
+        assert 'Forwarding loop: compiled' in log, log
+        assert 'as %s (uid' % name in log, log
+
+
+def test_a_client_running_as_nova_sends_and_receives(installed):
+    out = client(installed, 'nova', 9501, '/var/run/nova')
+    assert out.split('\n')[:2] == ['direct compute.host1',
+                                   'fanout fanout~compute.host1'], out
+
+
+def test_reload_applies_a_changed_option(installed):
+    box = installed
+    unit = UNIT % 'nova'
+    pid = box.show(unit, 'MainPID')['MainPID']
+    configure(box, 'nova', 9501, default={'rpc_zmq_topic_backlog': 2})
+    box.sh(readme('systemctl reload %s' % unit))
+    assert box.show(unit, 'MainPID')['MainPID'] == pid
+    # Five casts to a topic nobody consumes: two are kept, three dropped.
+    # term() waits until they are sent: pyzmq does not at exit.
+    sender = ('import zmq; c = zmq.Context(); s = c.socket(zmq.PUSH); '
+              's.connect("tcp://127.0.0.1:9501"); '
+              '[s.send_multipart([b"%d", b"reload.host1", b"cast", b"[]"]) '
+              'for i in range(5)]; s.close(linger=10000); c.term()')
+    box.sh('%s/bin/python -c %s' % (VENV, shlex.quote(sender)), user='nova')
+    box.wait_unit(unit, ['StatusText'],
+                  lambda s: 'dropped 3' in s['StatusText'],
+                  'STATUS= with 3 dropped after the reload')
+    assert 'Reloaded configuration' in box.journal(unit)
+    # Take the two kept, so later stops have nothing to drain.
+    taker = ('import zmq; s = zmq.Context().socket(zmq.PULL); '
+             's.connect("ipc:///var/run/nova/zmq_topic_reload.host1"); '
+             '[s.recv_multipart() for i in range(2)]')
+    box.sh('%s/bin/python -c %s' % (VENV, shlex.quote(taker)), user='nova')
+    configure(box, 'nova', 9501)
+    box.sh('systemctl reload ' + unit)
+
+
+def test_stop_is_clean_and_quick(installed, timings):
+    box = installed
+    unit = UNIT % 'neutron'
+    start = time.monotonic()
+    box.sh('systemctl stop ' + unit)
+    took = time.monotonic() - start
+    timings.parts.append(('systemctl stop', took))
+    state = box.show(unit, 'ActiveState', 'Result', 'ExecMainStatus',
+                     'ExecMainCode')
+    # Code 1 is CLD_EXITED: it exited 0 itself, no SIGKILL after a timeout.
+    assert state == {'ActiveState': 'inactive', 'Result': 'success',
+                     'ExecMainStatus': '0', 'ExecMainCode': '1'}, state
+    # Its socket files and lock are gone; the directory stays.
+    assert box.sh('ls -A /run/neutron').stdout == ''
+    box.sh('systemctl start ' + unit)
+
+
+def test_a_stopped_process_is_restarted_by_the_watchdog(installed, timings):
+    box = installed
+    unit = UNIT % 'neutron'
+    # A shorter watchdog than the shipped 30 s, only for this test.
+    dropin = '/run/systemd/system/%s.service.d/zr-test-watchdog.conf' % unit
+    box.write(dropin, '[Service]\nWatchdogSec=3s\n')
+    box.sh('systemctl daemon-reload && systemctl restart ' + unit)
+    try:
+        pid = box.show(unit, 'MainPID')['MainPID']
+        with timings.measure('watchdog restart'):
+            box.sh('kill -STOP %s' % pid)
+            state = box.wait_unit(
+                unit, ['MainPID', 'ActiveState', 'SubState'],
+                lambda s: (s['MainPID'] not in ('0', pid) and
+                                 s['ActiveState'] == 'active' and
+                                 s['SubState'] == 'running'),
+                'restarted after SIGSTOP')
+        assert int(box.show(unit, 'NRestarts')['NRestarts']) >= 1, state
+        assert 'Watchdog timeout' in box.sh(
+            'journalctl --no-pager -u %s' % unit).stdout
+    finally:
+        box.sh('rm -f %s && systemctl daemon-reload && systemctl restart %s'
+               % (dropin, unit))
+
+
+def failed_once(box, unit, timeout=WAIT):
+    """Start *unit*, which must fail; its state once it is failed."""
+    box.sh('systemctl start --no-block ' + unit)
+    # SubState would be auto-restart while a restart is due.
+    return box.wait_unit(
+        unit, ['ActiveState', 'SubState', 'NRestarts', 'Result',
+               'ExecMainStatus'],
+        lambda s: s['ActiveState'] == 'failed' and s['SubState'] == 'failed',
+        'failed', timeout)
+
+
+def test_a_broken_config_exits_78_and_is_not_restarted(installed):
+    box = installed
+    useradd(box, 'glance')
+    configure(box, 'glance', 'notaport')
+    state = failed_once(box, UNIT % 'glance')
+    assert state['ExecMainStatus'] == '78', state
+    assert state['NRestarts'] == '0', state
+    assert 'rpc_zmq_port' in box.journal(UNIT % 'glance')
+
+
+def test_errors_reach_the_journal_as_errors(installed):
+    box = installed
+    log = box.journal(UNIT % 'glance', priority='err')
+    assert 'rpc_zmq_port' in log, log
+    # And an info line is not a warning, but is in the journal.
+    assert 'Forwarding loop: compiled' in box.journal(UNIT % 'nova'), log
+    log = box.journal(UNIT % 'nova', priority='warning')
+    assert 'Forwarding loop: compiled' not in log, log
+
+
+def test_a_missing_program_or_user_is_not_restarted(installed):
+    box = installed
+    # 203/EXEC: the package is not where ExecStart= says.
+    useradd(box, 'cinder')
+    configure(box, 'cinder', 9503)
+    box.write('/run/systemd/system/%s.service.d/zr-test.conf'
+              % (UNIT % 'cinder'),
+              '[Service]\nExecStart=\nExecStart=/opt/missing/bin/x\n')
+    box.sh('systemctl daemon-reload')
+    state = failed_once(box, UNIT % 'cinder')
+    assert (state['ExecMainStatus'], state['NRestarts']) == ('203', '0'), \
+        state
+    # 217/USER: no such user.
+    state = failed_once(box, UNIT % 'nouser')
+    assert (state['ExecMainStatus'], state['NRestarts']) == ('217', '0'), \
+        state
+
+
+def test_a_port_in_use_stops_restarting_at_the_start_limit(installed,
+                                                           timings):
+    box = installed
+    unit = UNIT % 'heat'
+    useradd(box, 'heat')
+    # nova's port: 75 at every start.
+    configure(box, 'heat', 9501)
+    with timings.measure('start limit'):
+        state = failed_once(box, unit, timeout=120)
+    # Five runs in the minute (StartLimitBurst=5); the sixth start (the
+    # fifth restart) is refused.
+    assert (state['ExecMainStatus'], state['NRestarts']) == ('75', '5'), \
+        state
+    log = box.journal(unit)
+    assert 'Start request repeated too quickly' in log, log
+    assert 'already in use' in log
+    # nova's receiver was never disturbed.
+    assert running(box.show(UNIT % 'nova', 'ActiveState', 'SubState'))
+
+
+def test_the_shared_group_model_through_its_dropin(installed, timings):
+    box = installed
+    with timings.measure('shared-group model'):
+        for command in (
+                'install -D -m 644 systemd/oslo-messaging-zmq-receiver.sysusers '
+                '/etc/sysusers.d/oslo-messaging-zmq-receiver.conf',
+                'install -D -m 644 systemd/oslo-messaging-zmq-receiver.tmpfiles '
+                '/etc/tmpfiles.d/oslo-messaging-zmq-receiver.conf',
+                'systemd-sysusers oslo-messaging-zmq-receiver.conf',
+                'systemd-tmpfiles --create oslo-messaging-zmq-receiver.conf',
+                'usermod -a -G openstack nova',
+                'usermod -a -G openstack neutron',
+                'install -D -m 644 systemd/shared-group.conf /etc/systemd/'
+                'system/oslo-messaging-zmq-receiver@nova.service.d/'
+                'shared-group.conf'):
+            box.sh(readme(command))
+        shared = {'socket_group': 'openstack'}
+        configure(box, 'nova', 9501, '/var/run/openstack', shared)
+        configure(box, 'neutron', 9502, '/var/run/openstack', shared)
+        for command in ('systemctl disable --now %s' % (UNIT % 'neutron'),
+                        'systemctl daemon-reload',
+                        'systemctl restart %s' % (UNIT % 'nova')):
+            box.sh(readme(command))
+    assert box.sh('stat -c %a:%U:%G /run/openstack').stdout.strip() == \
+        '2775:root:openstack'
+    state = box.show(UNIT % 'nova', 'ActiveState', 'SubState')
+    assert running(state), (state, box.journal(UNIT % 'nova'))
+    # A neutron service (not nova: only the shared group) talks through
+    # nova's receiver.
+    out = client(box, 'neutron', 9501, '/var/run/openstack', 'network')
+    assert out.split('\n')[:2] == ['direct network.host1',
+                                   'fanout fanout~network.host1'], out
+    sockets = box.sh('stat -c "%a %U %G %n" /run/openstack/zmq_topic_*')
+    for line in sockets.stdout.splitlines():
+        assert line.split()[:3] == ['660', 'nova', 'openstack'], line
