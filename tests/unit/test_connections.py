@@ -15,6 +15,7 @@ import zmq
 
 from tests.support import TIMEOUT
 from zmq_receiver import connections
+from zmq_receiver import ipcfile
 from zmq_receiver import metrics
 from zmq_receiver import ratelimit
 
@@ -340,3 +341,30 @@ def test_shutdown_on_a_unix_path_touches_only_its_own_connections(local,
         unix_a.close()
         unix_b.close()
         tcp.close()
+
+
+def test_a_socket_bound_in_a_private_directory_is_capped_too(tmp_path):
+    # ipcfile binds in a private directory and renames the file into
+    # place: its connections carry the name it was bound with, which
+    # bound() gives; without it no connection would be recognised.
+    lp = Loop(cap=10, per_socket=1)
+    try:
+        path = str(tmp_path / 'zmq_topic_x')
+        sock = lp.socket()
+        lp.monitors.append(lp.conns.watch(
+            sock, path, reason=connections.TOO_MANY_CONSUMERS))
+        ipcfile.bind(sock, path, 0o660)
+        endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        assert endpoint != 'ipc://' + path
+        lp.conns.bound(path, endpoint)
+        for _ in range(3):
+            peer = socket.socket(socket.AF_UNIX)
+            peer.settimeout(TIMEOUT)
+            peer.connect(path)
+            lp.peers.append(peer)
+        lp.run_until(lambda: lp.conns.open + lp.counters.denied[
+            connections.TOO_MANY_CONSUMERS] == 3, 'three seen')
+        assert lp.conns.open == 1
+        assert ended(lp.peers) == 2
+    finally:
+        lp.close()
