@@ -58,6 +58,18 @@ parts_kept(Py_ssize_t max_frames)
         PY_SSIZE_T_MAX : max_frames + 1;
 }
 
+/* *keep* from a max_frames argument: 0, or -1 with an exception set. */
+static int
+keep_arg(PyObject *arg, Py_ssize_t *keep)
+{
+    Py_ssize_t max_frames = PyLong_AsSsize_t(arg);
+
+    if (max_frames == -1 && PyErr_Occurred())
+        return -1;
+    *keep = parts_kept(max_frames);
+    return 0;
+}
+
 /* libzmq's functions, resolved by bind(). */
 struct api {
     void (*version)(int *, int *, int *);
@@ -414,12 +426,8 @@ recv_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                      nargs);
         return NULL;
     }
-    if (nargs == 2) {
-        Py_ssize_t max_frames = PyLong_AsSsize_t(args[1]);
-        if (max_frames == -1 && PyErr_Occurred())
-            return NULL;
-        keep = parts_kept(max_frames);
-    }
+    if (nargs == 2 && keep_arg(args[1], &keep) < 0)
+        return NULL;
     if (check_bound() < 0 || (handle = socket_handle(args[0])) == NULL)
         return NULL;
     n = recv_parts(handle, msgs, &more, &total, keep);
@@ -705,12 +713,8 @@ forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (max_bytes == -1 && PyErr_Occurred())
             return NULL;
     }
-    if (nargs == 8) {
-        Py_ssize_t max_frames = PyLong_AsSsize_t(args[7]);
-        if (max_frames == -1 && PyErr_Occurred())
-            return NULL;
-        keep = parts_kept(max_frames);
-    }
+    if (nargs == 8 && keep_arg(args[7], &keep) < 0)
+        return NULL;
     if (check_bound() < 0 || (handle = socket_handle(sock)) == NULL)
         return NULL;
 
