@@ -239,8 +239,9 @@ def _by_reason(name, doc, counts):
 
 
 class _QuietHandler(simple_server.WSGIRequestHandler):
-    #: Per read or write: the deadline below bounds the whole request.
-    timeout = HTTP_REQUEST_TIMEOUT
+    #: Per read or write, a backstop: the deadline of _BoundedServer
+    #: bounds the whole request (and counts the connections it cuts).
+    timeout = 2 * HTTP_REQUEST_TIMEOUT
 
     def log_message(self, format, *args):
         """Scrapes are not worth a log line each."""
