@@ -90,7 +90,7 @@ def step_c(inbound, outlet, n):
 
 def make_step_forward(outlet_sock):
     outlet = Outlet()
-    outlet.direct = outlet_sock.underlying
+    outlet.direct = outlet_sock
     outlet.forwarded = 0
     outlet.last_active = 0.0
     routes = {TOPIC: outlet}

@@ -387,6 +387,38 @@ def queue_casts(daemon, out, topic, n):
     return sent
 
 
+def backlog_behind_consumer(ctx, daemon, out, topic, body=b'x' * 4096):
+    """A PULL consumer of *topic* (a PUSH topic) that is connected but does
+    not read, and the casts sent through *out* until *daemon* holds some of
+    them in the topic's backlog, behind what libzmq holds for the
+    consumer: (consumer, frames sent), for a stop that has a backlog to
+    deliver to a consumer that is there."""
+    sent = []
+    received = daemon.stats()['received']
+
+    def send(n):
+        for _ in range(n):
+            sent.append(cast(topic, b'%d ' % len(sent) + body))
+            out.send_multipart(sent[-1])
+        return daemon.wait_stats(
+            lambda s: s['received'] == received + len(sent))
+
+    send(1)
+    # The smallest buffers it may have: libzmq's own queue (about 1000
+    # messages) and the kernel's fill first.
+    consumer = pull(ctx, daemon, topic, RCVHWM=1, RCVBUF=4096)
+    daemon.wait_stats(
+        lambda s: s['topics'].get(topic, {}).get('consumers') == 1)
+    for _ in range(40):
+        # Forwarded too: a new outlet holds its first messages a moment
+        # (outlets.SETTLE) whether a consumer could take them or not.
+        stats = send(200)['topics'][topic]
+        if stats['backlog'] and stats['forwarded']:
+            return consumer, sent
+    raise AssertionError('no backlog behind the consumer: %s'
+                         % daemon.stats())
+
+
 def wait_until(predicate, what, timeout=TIMEOUT):
     """Poll *predicate* until true, or fail naming *what*.
 

@@ -89,20 +89,25 @@ struct api {
 static struct api Z;
 static void *bound_lib = NULL;
 
-static PyObject *Again = NULL;     /* zmq.Again */
-static PyObject *ZMQError = NULL;  /* zmq.ZMQError */
+/* error(errno) -> the exception pyzmq raises for it (wire.zmq_error). */
+static PyObject *ErrorFor = NULL;
+/* zmq.backend.Socket: the only objects whose handle is used. */
+static PyTypeObject *SocketType = NULL;
+/* Messages a send cut mid-way (a consumer left between two parts: libzmq's
+ * PUSH takes the parts back and refuses the next), for rollbacks(). */
+static unsigned long long cut_sends = 0;
 
 static PyObject *s_underlying, *s_direct, *s_forwarded, *s_last_active;
 
 /* ---- errors ------------------------------------------------------------ */
 
-/* Raise pyzmq's own exception classes, so callers catch what they catch
- * from pyzmq. Always returns NULL. */
+/* Raise what pyzmq raises for *err* (zmq.Again for EAGAIN, whichever part
+ * it came from; zmq.ContextTerminated for ETERM; zmq.ZMQError otherwise),
+ * so callers catch what they catch from pyzmq. Always returns NULL. */
 static PyObject *
-raise_zmq(int err, int first_part)
+raise_zmq(int err)
 {
-    PyObject *cls = (err == EAGAIN && first_part) ? Again : ZMQError;
-    PyObject *exc = PyObject_CallFunction(cls, "i", err);
+    PyObject *exc = PyObject_CallFunction(ErrorFor, "i", err);
     if (exc != NULL) {
         PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
         Py_DECREF(exc);
@@ -121,28 +126,37 @@ check_bound(void)
     return 0;
 }
 
-/* The libzmq socket behind *sock*: a pyzmq Socket (its ``underlying``
- * address) or that address as an int. pyzmq sets ``underlying`` to 0 on
- * close; libzmq would crash on that, so it becomes ENOTSOCK. */
+/* The libzmq socket behind *sock*, a pyzmq Socket: its ``underlying``
+ * address, read now. Anything else is a TypeError: a bare address may be
+ * stale (its socket closed and freed), and libzmq would crash on it. pyzmq
+ * sets ``underlying`` to 0 on close: then NULL with no exception. */
 static void *
-socket_handle(PyObject *sock)
+open_handle(PyObject *sock)
 {
     PyObject *addr;
     void *handle;
 
-    if (PyLong_CheckExact(sock)) {
-        addr = sock;
-        Py_INCREF(addr);
+    if (!PyObject_TypeCheck(sock, SocketType)) {
+        PyErr_Format(PyExc_TypeError, "expected a zmq.Socket, not %.100s",
+                     Py_TYPE(sock)->tp_name);
+        return NULL;
     }
-    else {
-        addr = PyObject_GetAttr(sock, s_underlying);
-        if (addr == NULL)
-            return NULL;
-    }
+    addr = PyObject_GetAttr(sock, s_underlying);
+    if (addr == NULL)
+        return NULL;
     handle = PyLong_AsVoidPtr(addr);
     Py_DECREF(addr);
+    return handle;
+}
+
+/* open_handle, with ENOTSOCK raised for a closed socket. */
+static void *
+socket_handle(PyObject *sock)
+{
+    void *handle = open_handle(sock);
+
     if (handle == NULL && !PyErr_Occurred())
-        raise_zmq(ENOTSOCK, 0);
+        raise_zmq(ENOTSOCK);
     return handle;
 }
 
@@ -340,7 +354,7 @@ recv_parts(void *sock, zmq_msg_t *msgs, int *more, size_t *total,
             if (n == 0 && err == EAGAIN)
                 return 0;
             if (err > 0)
-                raise_zmq(err, 0);
+                raise_zmq(err);
             return -1;
         }
         *total += Z.msg_size(&msgs[n]) + FRAME_COST;
@@ -384,7 +398,7 @@ parts_list(void *sock, zmq_msg_t *msgs, int n, int more, Py_ssize_t keep)
         if (rc != 0) {
             Z.msg_close(&msg);
             Py_DECREF(list);
-            return rc > 0 ? raise_zmq(rc, 0) : NULL;
+            return rc > 0 ? raise_zmq(rc) : NULL;
         }
         more = Z.msg_more(&msg);
         obj = part_object(&msg, index++);
@@ -403,8 +417,8 @@ parts_list(void *sock, zmq_msg_t *msgs, int n, int more, Py_ssize_t keep)
 
 PyDoc_STRVAR(recv_message_doc,
 "recv_message(sock, max_frames=-1) -> list\n\n"
-"The next whole message on *sock* (a pyzmq Socket, or its ``underlying``\n"
-"address) as a list of parts, without blocking. Parts 0 and 1 are\n"
+"The next whole message on *sock* (a zmq.Socket) as a list of parts,\n"
+"without blocking. Parts 0 and 1 are\n"
 "``bytes``; a later part is ``bytes`` below ZERO_COPY_MIN (4096) bytes and\n"
 "a :class:`Part` from there on. With *max_frames* of 0 or more, at most\n"
 "max_frames + 1 parts are kept and the rest received and discarded.\n"
@@ -432,7 +446,7 @@ recv_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     n = recv_parts(handle, msgs, &more, &total, keep);
     if (n == 0)
-        return raise_zmq(EAGAIN, 1);
+        return raise_zmq(EAGAIN);
     if (n < 0)
         return NULL;
     return parts_list(handle, msgs, n, more, keep);
@@ -449,7 +463,7 @@ prepare(zmq_msg_t *msg, PyObject *obj)
     if (PyBytes_CheckExact(obj)) {
         Py_ssize_t size = PyBytes_GET_SIZE(obj);
         if (Z.msg_init_size(msg, (size_t)size) < 0) {
-            raise_zmq(Z.errno_(), 0);
+            raise_zmq(Z.errno_());
             return -1;
         }
         memcpy(Z.msg_data(msg), PyBytes_AS_STRING(obj), (size_t)size);
@@ -460,7 +474,7 @@ prepare(zmq_msg_t *msg, PyObject *obj)
         if (Z.msg_copy(msg, &((PartObject *)obj)->msg) < 0) {
             int err = Z.errno_();
             Z.msg_close(msg);
-            raise_zmq(err, 0);
+            raise_zmq(err);
             return -1;
         }
         return 0;
@@ -476,7 +490,7 @@ prepare(zmq_msg_t *msg, PyObject *obj)
             return -1;
         if (Z.msg_init_size(msg, (size_t)view.len) < 0) {
             PyBuffer_Release(&view);
-            raise_zmq(Z.errno_(), 0);
+            raise_zmq(Z.errno_());
             return -1;
         }
         memcpy(Z.msg_data(msg), view.buf, (size_t)view.len);
@@ -485,43 +499,67 @@ prepare(zmq_msg_t *msg, PyObject *obj)
     }
 }
 
-/* Send msgs[0..n) as one message. Returns 0 (all sent), or the errno of
- * the failed send, or -1 with an exception set (from a signal handler):
- * when the first part failed nothing was sent and every message is still
- * the caller's (zmq_msg_send leaves a message it did not take alone);
- * after that, libzmq broke its promise, the message is cut, and every
- * message is closed (*sent_some* set). */
+/* Send msgs[0..n) as one message. Returns 0 (all sent, every message
+ * taken), or the errno of the failed send, or -1 with an exception set
+ * (from a signal handler, before the first part): then the message was not
+ * sent. A failure after the first part is no broken promise: a PUSH whose
+ * consumer left between two parts takes the parts back (the consumer never
+ * sees them) and refuses the next with EAGAIN; the message can be sent
+ * again, whole.
+ *
+ * On failure, with *keep* NULL, every message is closed (the caller still
+ * has the parts); with *keep*, room for n - 1 messages, msgs[0..n) is whole
+ * again and still the caller's: the parts but the last are copied into it
+ * first (cheap: libzmq shares the content, it does not copy it), since
+ * libzmq empties the parts it takes. */
 static int
-send_parts(void *sock, zmq_msg_t *msgs, int n, int *sent_some)
+send_parts(void *sock, zmq_msg_t *msgs, int n, zmq_msg_t *keep)
 {
-    int i;
+    int i, err = 0;
 
-    *sent_some = 0;
-    for (i = 0; i < n; i++) {
-        int flags = i < n - 1 ? ZMQ_SNDMORE | ZMQ_DONTWAIT : ZMQ_DONTWAIT;
-        int err = send_msg(&msgs[i], sock, flags, i == 0);
-
-        if (err != 0) {
-            if (i > 0) {
-                /* Sent ones were emptied by libzmq: close the rest. */
-                close_msgs(msgs + i, n - i);
-                *sent_some = 1;
-            }
-            return err;
+    if (keep != NULL) {
+        for (i = 0; i < n - 1; i++) {
+            Z.msg_init(&keep[i]);
+            Z.msg_copy(&keep[i], &msgs[i]);
         }
     }
-    return 0;
+    for (i = 0; i < n; i++) {
+        int flags = i < n - 1 ? ZMQ_SNDMORE | ZMQ_DONTWAIT : ZMQ_DONTWAIT;
+
+        err = send_msg(&msgs[i], sock, flags, i == 0);
+        if (err != 0)
+            break;
+    }
+    if (err != 0 && i > 0)
+        cut_sends++;
+    if (keep != NULL) {
+        /* Taken parts come back from their copies (zmq_msg_move closes
+         * the emptied part first); the other copies go. */
+        int j;
+
+        for (j = 0; j < n - 1; j++) {
+            if (err != 0 && j < i)
+                Z.msg_move(&msgs[j], &keep[j]);
+            Z.msg_close(&keep[j]);
+        }
+    }
+    else if (err != 0) {
+        close_msgs(msgs, n);
+    }
+    return err;
 }
 
 PyDoc_STRVAR(send_message_doc,
 "send_message(sock, frames)\n\n"
-"Send the sequence *frames* as one message on *sock* (a pyzmq Socket, or\n"
-"its ``underlying`` address) without blocking. Parts may be bytes,\n"
+"Send the sequence *frames* as one message on *sock* (a zmq.Socket)\n"
+"without blocking. Parts may be bytes,\n"
 ":class:`Part` (sent without a copy; it stays usable, so the same message\n"
 "can be sent again) or any other buffer (copied). Every part is checked\n"
 "before the first is sent, so a bad part sends nothing. Raises zmq.Again,\n"
-"with nothing sent, when *sock* cannot take the message now; once libzmq\n"
-"takes the first part it takes the rest.");
+"with nothing sent, when *sock* cannot take the message now, including\n"
+"when a PUSH's consumer left half way through it (libzmq takes back the\n"
+"parts it took: send the message again, whole); other errors as pyzmq\n"
+"raises them. *sock* must be a zmq.Socket (TypeError otherwise).");
 
 static PyObject *
 send_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -530,7 +568,7 @@ send_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *seq, *result = NULL;
     Py_ssize_t n, i;
     void *handle;
-    int err, sent_some;
+    int err;
 
     if (nargs != 2) {
         PyErr_Format(PyExc_TypeError,
@@ -570,12 +608,10 @@ send_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             goto done;
         }
     }
-    err = send_parts(handle, msgs, (int)n, &sent_some);
+    err = send_parts(handle, msgs, (int)n, NULL);
     if (err) {
-        if (!sent_some)
-            close_msgs(msgs, (int)n);
         if (err > 0)
-            raise_zmq(err, !sent_some);
+            raise_zmq(err);
         goto done;
     }
     result = Py_None;
@@ -590,32 +626,12 @@ done:
 /* ---- forward ----------------------------------------------------------- */
 
 /* The socket an outlet's ``direct`` names: NULL (with no exception) when
- * direct sending is off. Exact ints are handles; True is refused, as it
- * would be taken for address 1. */
+ * direct sending is off: None, or a closed socket. Anything but None or a
+ * zmq.Socket is a TypeError. */
 static void *
 direct_handle(PyObject *direct)
 {
-    void *handle;
-    int truth;
-
-    if (PyLong_CheckExact(direct)) {
-        handle = PyLong_AsVoidPtr(direct);
-        return handle;
-    }
-    if (direct == Py_True) {
-        PyErr_SetString(PyExc_TypeError,
-                        "outlet.direct must be a socket handle (int) or 0, "
-                        "not True");
-        return NULL;
-    }
-    truth = PyObject_IsTrue(direct);
-    if (truth <= 0)
-        return NULL;
-    /* Anything else true: a pyzmq Socket. */
-    handle = socket_handle(direct);
-    if (handle == NULL && PyErr_ExceptionMatches(ZMQError))
-        PyErr_Clear();  /* closed: not direct */
-    return handle;
+    return direct == Py_None ? NULL : open_handle(direct);
 }
 
 /* Outlet counters for a run of messages sent straight to one outlet, kept
@@ -660,24 +676,26 @@ PyDoc_STRVAR(forward_doc,
 "at least 2 parts and at most *max_frames* (if 0 or more), at most\n"
 "*max_size* bytes in all (FRAME_COST counted per part), ``routes.get(part 1)``\n"
 "(*routes*: a dict of topic bytes to outlet) an outlet whose ``direct`` is\n"
-"a socket handle (int, or a pyzmq Socket; 0 or None: not now), and that\n"
-"socket takes it at once. For those, outlet.forwarded grows by one and\n"
+"a zmq.Socket (None: not now; anything else: TypeError), and that\n"
+"socket takes it at once, whole. For those, outlet.forwarded grows by one and\n"
 "outlet.last_active becomes *now*. Every other message goes, as the list\n"
 "recv_message(sock, max_frames) would return, to ``slow(parts)``.\n\n"
 "Returns the number of messages sent directly. routes and each outlet's\n"
 "``direct`` are read once per topic and read again after every slow()\n"
-"call: only slow() may change them while forward runs. ``direct`` must be\n"
-"0 once its socket is closed. An exception from slow() or libzmq\n"
+"call: only slow() may change them while forward runs. A send the\n"
+"outlet refuses, at any part, is never an error: the message goes to\n"
+"slow(), whole. An exception from slow() or from receiving\n"
 "propagates with every message released; it then carries the number sent\n"
 "directly before it as its ``wire_forwarded`` attribute.");
 
 static PyObject *
 forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    zmq_msg_t msgs[MAX_PARTS];
+    zmq_msg_t msgs[MAX_PARTS], keep[MAX_PARTS];
     PyObject *sock, *routes, *now, *slow;
     Py_ssize_t batch, max_size, max_bytes = 0, received = 0, direct = 0;
-    Py_ssize_t keep = PY_SSIZE_T_MAX;
+    /* Parts kept of a message (see parts_kept). */
+    Py_ssize_t kept = PY_SSIZE_T_MAX;
     /* Bytes read so far: a batch of large messages ends early, so that
      * one turn of the loop stays short. */
     size_t read_bytes = 0;
@@ -713,7 +731,7 @@ forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (max_bytes == -1 && PyErr_Occurred())
             return NULL;
     }
-    if (nargs == 8 && keep_arg(args[7], &keep) < 0)
+    if (nargs == 8 && keep_arg(args[7], &kept) < 0)
         return NULL;
     if (check_bound() < 0 || (handle = socket_handle(sock)) == NULL)
         return NULL;
@@ -721,10 +739,10 @@ forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     while (received < batch &&
            (max_bytes <= 0 || read_bytes < (size_t)max_bytes)) {
         size_t total;
-        int more, n, err, sent_some;
+        int more, n, err;
         PyObject *parts, *res;
 
-        n = recv_parts(handle, msgs, &more, &total, keep);
+        n = recv_parts(handle, msgs, &more, &total, kept);
         if (n == 0)
             break;
         if (n < 0)
@@ -739,8 +757,8 @@ forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             out = NULL;
         }
 
-        /* (n == keep: one part more than allowed.) */
-        if (!more && n >= 2 && n < keep && max_size >= 0 &&
+        /* (n == kept: one part more than allowed.) */
+        if (!more && n >= 2 && n < kept && max_size >= 0 &&
                 total <= (size_t)max_size) {
             const char *data = Z.msg_data(&msgs[1]);
             Py_ssize_t size = (Py_ssize_t)Z.msg_size(&msgs[1]);
@@ -772,7 +790,7 @@ forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 }
             }
             if (out != NULL) {
-                err = send_parts(out, msgs, n, &sent_some);
+                err = send_parts(out, msgs, n, keep);
                 if (err == 0) {
                     if (run.outlet != outlet) {
                         if (run_flush(&run, now) < 0)
@@ -785,17 +803,13 @@ forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                     direct++;
                     continue;
                 }
-                if (sent_some) {
-                    /* libzmq broke its promise: the message is cut. */
-                    raise_zmq(err, 0);
-                    goto fail;
-                }
                 if (err < 0) {
                     close_msgs(msgs, n);
                     goto fail;
                 }
-                /* Refused, nothing sent, messages intact: slow() queues
-                 * it (and will see that the outlet is full). */
+                /* Refused (full, or its consumer left mid-message, or
+                 * any other error), the message whole again: slow() queues
+                 * it or counts it (and will see why the outlet refused). */
                 out = NULL;
             }
         }
@@ -806,7 +820,7 @@ forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             drain(handle, more);
             goto fail;
         }
-        parts = parts_list(handle, msgs, n, more, keep);
+        parts = parts_list(handle, msgs, n, more, kept);
         if (parts == NULL)
             goto fail;
         res = PyObject_CallOneArg(slow, parts);
@@ -819,12 +833,11 @@ forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_CLEAR(topic);
         Py_CLEAR(outlet);
         out = NULL;
-        handle = socket_handle(sock);
+        handle = open_handle(sock);
         if (handle == NULL) {
-            if (!PyErr_ExceptionMatches(ZMQError))
+            if (PyErr_Occurred())
                 goto fail;
-            PyErr_Clear();  /* closed by slow(): nothing more to read */
-            break;
+            break;  /* closed by slow(): nothing more to read */
         }
     }
     Py_XDECREF(topic);
@@ -856,10 +869,11 @@ fail:
 /* ---- binding ----------------------------------------------------------- */
 
 PyDoc_STRVAR(bind_doc,
-"bind(path, again, zmqerror, backend=None)\n\n"
-"Use the libzmq already loaded from *path* (never loads another copy) and\n"
-"raise *again* (zmq.Again) and *zmqerror* (zmq.ZMQError), both called with\n"
-"an errno. *backend*, pyzmq's loaded extension module file, if given,\n"
+"bind(path, socket_type, error, backend=None)\n\n"
+"Use the libzmq already loaded from *path* (never loads another copy) on\n"
+"instances of *socket_type* (zmq.backend.Socket) only, and raise\n"
+"``error(errno)`` (wire.zmq_error: the exception pyzmq raises for it).\n"
+"*backend*, pyzmq's loaded extension module file, if given,\n"
 "must use that very libzmq. Raises OSError when *path* is not loaded, lacks\n"
 "a function or is not *backend*'s libzmq. Binding again to the same\n"
 "library does nothing.");
@@ -867,16 +881,18 @@ PyDoc_STRVAR(bind_doc,
 static PyObject *
 bind(PyObject *module, PyObject *args)
 {
-    PyObject *path_obj, *again, *zmqerror, *backend = Py_None, *path_bytes;
+    PyObject *path_obj, *socket_type, *error, *backend = Py_None;
+    PyObject *path_bytes;
     struct api z;
     void *lib;
     int major = 0, minor = 0, patch = 0;
 
-    if (!PyArg_ParseTuple(args, "OOO|O:bind", &path_obj, &again, &zmqerror,
-                          &backend))
+    if (!PyArg_ParseTuple(args, "OOO|O:bind", &path_obj, &socket_type,
+                          &error, &backend))
         return NULL;
-    if (!PyType_Check(again) || !PyType_Check(zmqerror)) {
-        PyErr_SetString(PyExc_TypeError, "again and zmqerror are classes");
+    if (!PyType_Check(socket_type) || !PyCallable_Check(error)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "socket_type is a class and error a callable");
         return NULL;
     }
     if (!PyUnicode_FSConverter(path_obj, &path_bytes))
@@ -957,10 +973,10 @@ bind(PyObject *module, PyObject *args)
                      PyBytes_AS_STRING(path_bytes), major, minor, patch);
         goto fail;
     }
-    Py_INCREF(again);
-    Py_XSETREF(Again, again);
-    Py_INCREF(zmqerror);
-    Py_XSETREF(ZMQError, zmqerror);
+    Py_INCREF(socket_type);
+    Py_XSETREF(SocketType, (PyTypeObject *)socket_type);
+    Py_INCREF(error);
+    Py_XSETREF(ErrorFor, error);
     Z = z;
     /* lib stays open: pyzmq keeps libzmq loaded for the process anyway. */
     bound_lib = lib;
@@ -987,6 +1003,17 @@ wire_strerror(PyObject *module, PyObject *arg)
     return PyUnicode_FromString(Z.strerror((int)err));
 }
 
+PyDoc_STRVAR(rollbacks_doc,
+"rollbacks() -> int\n\nMessages whose send was cut after its first part "
+"(a PUSH's consumer left\nhalf way through: libzmq took the parts back) "
+"since the start.");
+
+static PyObject *
+rollbacks(PyObject *module, PyObject *unused)
+{
+    return PyLong_FromUnsignedLongLong(cut_sends);
+}
+
 static PyMethodDef methods[] = {
     {"bind", bind, METH_VARARGS, bind_doc},
     {"recv_message", (PyCFunction)(void (*)(void))recv_message,
@@ -996,6 +1023,7 @@ static PyMethodDef methods[] = {
     {"forward", (PyCFunction)(void (*)(void))forward, METH_FASTCALL,
      forward_doc},
     {"strerror", wire_strerror, METH_O, strerror_doc},
+    {"rollbacks", rollbacks, METH_NOARGS, rollbacks_doc},
     {NULL},
 };
 

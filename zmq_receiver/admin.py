@@ -192,6 +192,9 @@ def main(argv=None):
             admin_check.config_error_line(exc)
         else:
             print('%s: error: %s' % (PROG, exc), file=sys.stderr)
+        if isinstance(exc, cfg.ConfigFilesPermissionDeniedError):
+            # As the receiver exits for it.
+            return errors.EXIT_PERMISSION
         return errors.EXIT_CONFIG
     command = conf.command
     try:

@@ -101,12 +101,57 @@ def config_error_line(exc, out=sys.stdout):
         report.fail('config', 'not found or unreadable: %s' % ', '.join(
             exc.config_files), 'check the --config-file path and that this '
                                'user may read it')
+    elif isinstance(exc, cfg.ConfigFilesPermissionDeniedError):
+        for path in exc.config_files:
+            report.fail('config', *unreadable_config(path))
     elif isinstance(exc, cfg.ConfigFileParseError):
         report.fail('config', '%s cannot be parsed: %s' % (
             exc.config_file, exc.msg), 'correct the line it names')
     else:
         report.fail('config', str(exc), 'correct the option it names')
     return report.summary()
+
+
+def unreadable_config(path):
+    """(text, fix) for config file *path*, which this process may not read
+    (as the receiver would exit 77 for it): whose it is and its mode, and
+    what would let this user read it."""
+    who = privileges.current()
+    # The groups this process has, which a unit's Group= or sudo -g may
+    # make other than the user's own.
+    gids = set(os.getgroups()) | {os.getegid()}
+    text = 'cannot read %s as %s (permission denied)' % (path, who.label)
+    alternative = '' if who.uid == 0 else ', or run check as root'
+    try:
+        blocked = _unreachable(os.path.dirname(os.path.abspath(path)),
+                               who.uid, gids)
+        if blocked:
+            return ('%s: it may not enter %s' % (text, blocked),
+                    'chmod o+x %s, or give %s its group%s' % (
+                        blocked, who.label, alternative))
+        st = os.stat(path)
+    except OSError as exc:
+        return ('%s: %s' % (text, exc.strerror),
+                'make it and its directories readable for %s%s'
+                % (who.label, alternative))
+    mode = stat.S_IMODE(st.st_mode)
+    group = _group_label(st.st_gid)
+    text += ': it is %04o %s:%s' % (mode, _user_label(st.st_uid), group)
+    if st.st_uid == who.uid:
+        fix = 'chmod u+r %s' % path
+    elif st.st_gid in gids:
+        fix = 'chmod g+r %s' % path
+    elif mode & stat.S_IRGRP:
+        fix = 'add %s to group %s (usermod -a -G %s %s)' % (
+            who.label, group, group, who.label)
+        if st.st_gid in who.groups():
+            # Its account has the group, this process does not.
+            fix = 'run check with the groups of %s (runuser -u %s --)' % (
+                who.label, who.label)
+    else:
+        fix = 'chgrp %s %s; chmod g+r %s' % (
+            _group_label(who.gid), path, path)
+    return text, fix + alternative
 
 
 # -- names -----------------------------------------------------------------

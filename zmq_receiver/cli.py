@@ -234,6 +234,8 @@ def run(argv):
     # Connected now, before the privilege drop: see zmq_receiver.notify.
     notifier = notify.Notifier()
     global _logging_ready, _log_in_journal
+    if conf.use_journal:
+        journal.require_bindings()
     setup_logging(conf, ident)
     _logging_ready = True
     _log_in_journal = journal.adopt(keep_format=conf.use_json)

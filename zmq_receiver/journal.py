@@ -19,6 +19,8 @@ import logging
 import os
 import sys
 
+from zmq_receiver import errors
+
 #: syslog priorities (sd-daemon(3) SD_ERR, SD_WARNING, ...) by level.
 PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3),
               (logging.WARNING, 4), (logging.INFO, 6))
@@ -115,3 +117,19 @@ def error_line(text, stream):
     """*text* as an error line for *stream*: prefixed when it is the
     journal."""
     return prefixed(text, logging.ERROR) if is_journal(stream) else text
+
+
+def require_bindings():
+    """For ``--use-journal``: raise ConfigError unless systemd-python,
+    which oslo.log's journal handler needs, can be imported. Without it
+    oslo.log fails inside its setup with a bare RuntimeError; an operator
+    who asked for the journal is told at start, with the fix."""
+    try:
+        import systemd.journal  # noqa: F401
+    except ImportError as exc:
+        raise errors.ConfigError(
+            '--use-journal needs systemd-python, which cannot be imported '
+            '(%s): pip install \'oslo-messaging-zmq-receiver[systemd]\' '
+            '(needs libsystemd-dev and gcc), or drop --use-journal: under '
+            'systemd the receiver already logs to the journal with '
+            'priorities through stderr' % exc)

@@ -13,9 +13,17 @@ import collections
 BACKLOG_FULL = 'backlog_full'
 BACKLOG_BYTES_FULL = 'backlog_bytes_full'
 NO_SUBSCRIBER = 'no_subscriber'
-#: Still queued when its outlet was closed for having no consumer.
+#: Still queued when its outlet was closed for having no consumer, or at a
+#: stop, when no consumer was connected to receive it.
 NO_CONSUMER = 'no_consumer'
 SHUTDOWN = 'shutdown'
+#: Sent by a PUB outlet past a subscriber that was full for
+#: outlets.SLOW_SUBSCRIBER_GRACE, or while one does not read: the
+#: subscribers with room got it, that one did not (once per message, not
+#: per subscriber: see outlets.Outlets._past_full_subscriber).
+SLOW_SUBSCRIBER = 'slow_subscriber'
+#: Refused by its outlet's socket with an error other than "full" (EAGAIN).
+SEND_FAILED = 'send_failed'
 
 # Reasons, beside routing's, a message is refused before an outlet.
 OVERSIZED = 'oversized_message'
@@ -35,7 +43,7 @@ CONTROL_PEER_FULL = 'reply_dropped_peer_full'
 CONTROL_PEER_GONE = 'reply_dropped_peer_gone'
 
 DROP_REASONS = (BACKLOG_FULL, BACKLOG_BYTES_FULL, NO_SUBSCRIBER, NO_CONSUMER,
-                SHUTDOWN)
+                SHUTDOWN, SLOW_SUBSCRIBER, SEND_FAILED)
 
 
 class Counters:

@@ -8,11 +8,21 @@ backlog is empty again. No call here blocks.
 PUB outlets (fanout, replies) bind an XPUB socket so that they learn every
 subscription. A message that no current subscription matches would be lost
 by plain PUB; instead it waits, up to the join window, for a subscriber that
-matches it, without holding up the messages that do have one.
+matches it, without holding up the messages that do have one. A subscriber
+that is full holds a message up for everyone (XPUB_NODROP) only for
+SLOW_SUBSCRIBER_GRACE: then the messages go on to the subscribers with
+room, and count as dropped (slow_subscriber) for as long as a subscriber
+does not read (see :meth:`Outlets._past_full_subscriber`).
+
+Nothing a socket says when sent to ends the loop: a full socket keeps the
+message in the backlog (so does a PUSH whose consumer left half way through
+a message: libzmq takes the parts back, and the message goes again, whole),
+any other error drops it, counted.
 
 Consumers of PUSH outlets are counted from the socket's monitor (accepted
-and disconnected connections); an outlet with no consumer, no queued
-message and no traffic for the idle timeout is closed and its file removed.
+and disconnected connections; for PUB outlets it gives the subscribers'
+descriptors); an outlet with no consumer, no queued message and no traffic
+for the idle timeout is closed and its file removed.
 
 A new PUSH outlet is *joining* for its first join window: after a restart
 the senders' queued bursts arrive before the consumers, which retry the
@@ -28,9 +38,13 @@ dealt out among them.
 
 import collections
 import errno
+import fcntl
 import logging
 import os
 import resource
+import socket
+import struct
+import termios
 import time
 
 import zmq
@@ -54,6 +68,16 @@ LOG = logging.getLogger(__name__)
 PUB_RETRY = 0.001
 PUB_RETRY_MAX = 0.016
 
+#: Seconds a PUB outlet lets a full subscriber hold up a message for every
+#: subscriber (XPUB_NODROP refuses it for all, and libzmq cannot say which
+#: one is full) before it sends the message anyway, without NODROP. Sooner
+#: when the outlet's backlog is full. A subscriber that paused only loses
+#: nothing; a stalled one (a hung service, a suspended admin tap) costs the
+#: others this delay once per stall, not at every message.
+SLOW_SUBSCRIBER_GRACE = 1.0
+#: Seconds between two looks at the subscribers' connections while one
+#: does not read (see Outlets._skipping).
+STALL_CHECK = 0.01
 #: Seconds a new PUSH outlet holds its messages for the consumers already
 #: retrying its path: libzmq retries a failed connect after
 #: RECONNECT_IVL (100 ms) plus a random part as long, so all of them are
@@ -106,6 +130,7 @@ class Outlet:
                  'waiting', 'backlog_bytes', 'subscriptions', 'peers',
                  'forwarded', 'dropped', 'last_active', 'polling_out',
                  'retry_at', 'retry_delay', 'pinned', 'direct',
+                 'blocked_since', 'slow', 'stall_checked', 'fds',
                  'joining_until', 'settle_until')
 
     def __init__(self, key, kind, path, socket, monitor, now):
@@ -134,11 +159,21 @@ class Outlet:
         self.retry_delay = PUB_RETRY
         #: Kept open even when idle (the matchmaker agent serves its topic).
         self.pinned = False
-        #: The libzmq socket address while a message may be sent straight
-        #: to it, bypassing :meth:`Outlets.deliver` (wire.forward): PUSH
-        #: with an empty backlog. 0 otherwise, and always before the
-        #: socket closes: wire.forward would use a freed socket.
-        self.direct = socket.underlying if kind is routing.Kind.PUSH else 0
+        #: The socket while a message may be sent straight to it,
+        #: bypassing :meth:`Outlets.deliver` (wire.forward): PUSH with an
+        #: empty backlog. None otherwise. Always the pyzmq Socket, never
+        #: its libzmq address: that would outlive the socket.
+        self.direct = socket if kind is routing.Kind.PUSH else None
+        #: PUB only: when a full subscriber began to hold up the messages
+        #: (None: the last send went); whether messages go past one that
+        #: does not read (see Outlets._past_full_subscriber), and when its
+        #: connection was last looked at.
+        self.blocked_since = None
+        self.slow = False
+        self.stall_checked = 0.0
+        #: The descriptors of the connected consumers, from the monitor,
+        #: and (PUB, while slow) the bytes unread on each at the last look.
+        self.fds = {}
         #: PUSH only: until when it may be joining (see the module's
         #: docstring); None once it is not (or never was).
         self.joining_until = None
@@ -215,6 +250,10 @@ class Outlets:
         #: New PUSH outlets still joining, and those still settling.
         self._joining = set()
         self._settling = set()
+        #: At a stop (see :meth:`pending`): since when the consumers'
+        #: connections carry nothing unread, and when to look again.
+        self._quiet_since = None
+        self._drain_check = None
         #: Called when the IPC directory is back after it was removed, to
         #: lock it again (rundir.InstanceLock.reacquire); may raise
         #: errors.ReceiverError.
@@ -411,9 +450,10 @@ class Outlets:
         else:
             self.loop.register(sock, 0,
                                lambda events: self._flush(outlet))
-            self._start_joining(outlet)
         self.loop.register(monitor, zmq.POLLIN,
                            lambda events: self._on_monitor(outlet))
+        if route.kind is routing.Kind.PUSH:
+            self._start_joining(outlet)
         return outlet
 
     def _start_joining(self, outlet):
@@ -422,16 +462,18 @@ class Outlets:
             outlet.joining_until = now + self.limits.join_window
             self._joining.add(outlet)
         # Nothing is sent straight (wire.forward) until it has settled.
-        outlet.direct = 0
+        outlet.direct = None
         outlet.settle_until = now + SETTLE
         self._settling.add(outlet)
 
     def close(self, outlet, reason=metrics.SHUTDOWN, linger=0):
         """Close *outlet*, counting what it still held as dropped."""
-        outlet.direct = 0
+        outlet.direct = None
         if outlet.queued:
             LOG.warning('Outlet %s closed with %d undelivered messages '
-                        '(%s)', outlet.path, outlet.queued, reason)
+                        '(%s)%s', outlet.path, outlet.queued, reason,
+                        ': no consumer was connected to receive them'
+                        if reason == metrics.NO_CONSUMER else '')
             self._drop(outlet, reason, outlet.queued)
         self.buffered_bytes -= outlet.backlog_bytes
         self.held -= outlet.queued
@@ -446,7 +488,10 @@ class Outlets:
         self.loop.unregister(outlet.socket)
         if outlet.monitor is not None:
             self.loop.unregister(outlet.monitor)
-            outlet.socket.disable_monitor()
+            try:
+                outlet.socket.disable_monitor()
+            except zmq.ZMQError:
+                pass  # the context is ending (ETERM): it goes anyway
             outlet.monitor.close(linger=0)
         if self.connections is not None:
             self.connections.forget_address(outlet.path)
@@ -456,9 +501,11 @@ class Outlets:
         outlet.socket.close(linger=linger)
 
     def close_all(self, linger=0):
-        """Close every outlet (at exit)."""
+        """Close every outlet (at exit). What an outlet with no consumer
+        holds is dropped as ``no_consumer``: nobody could have taken it."""
         for outlet in self:
-            self.close(outlet, linger=linger)
+            self.close(outlet, linger=linger, reason=metrics.SHUTDOWN
+                       if outlet.consumers else metrics.NO_CONSUMER)
 
     # -- the message path --------------------------------------------------
 
@@ -476,17 +523,137 @@ class Outlets:
                      size))
                 self._waiting.add(outlet)
             return
+        if (outlet.backlog and outlet.kind is routing.Kind.PUB and
+                outlet.queued >= self.limits.backlog):
+            # Full behind a full subscriber: send the oldest past it,
+            # instead of dropping the newest for every subscriber.
+            self._flush(outlet)
         if not outlet.backlog and outlet.settle_until is None:
-            try:
-                wire.send_message(outlet.socket, frames)
-            except zmq.Again:
-                pass
-            else:
+            sent = self._send(outlet, frames)
+            if sent:
                 outlet.forwarded += 1
                 self.counters.forwarded += 1
                 return
+            if sent is None:
+                return
         if self._admit(outlet, size):
             self._enqueue(outlet, frames, size)
+
+    def _send(self, outlet, frames):
+        """Send *frames* on *outlet*'s socket now: True when sent; False
+        when it cannot take them now, and the caller keeps them; None when
+        they are dropped (counted). Whatever the socket says is the
+        outlet's event, never an exception for the loop."""
+        try:
+            wire.send_message(outlet.socket, frames)
+        except zmq.Again:
+            error = None
+        except zmq.ZMQError as exc:
+            error = exc
+        else:
+            outlet.blocked_since = None
+            if outlet.slow and self._skipping(outlet):
+                self._drop(outlet, metrics.SLOW_SUBSCRIBER)
+                return None
+            return True
+        # Outside the except blocks: oslo.log would append the exception
+        # being handled to any warning logged there.
+        if error is not None:
+            self._send_failed(outlet, error)
+            return None
+        if outlet.kind is routing.Kind.PUB:
+            return self._past_full_subscriber(outlet, frames)
+        return False
+
+    def _past_full_subscriber(self, outlet, frames):
+        """A PUB send that XPUB_NODROP refused, a matching subscriber being
+        full: False to keep the message for now, or, once that lasted
+        SLOW_SUBSCRIBER_GRACE (at once when the backlog is full), None:
+        sent without NODROP, so that libzmq gives it to every subscriber
+        with room and none to a full one, and counted as dropped
+        (slow_subscriber).
+
+        From then on libzmq sends that subscriber nothing until it has read
+        half its queue, and says nothing about it: the outlet is *slow*,
+        and every message it sends counts as dropped too, for as long as a
+        subscriber's connection holds bytes its peer does not read
+        (:meth:`_skipping`).
+
+        What the count can say, since libzmq keeps no count per subscriber:
+        messages that at least one subscriber missed, not copies (the
+        subscribers with room got them). It is exact for a subscriber that
+        stopped reading. It counts too many when a full subscriber's
+        subscription does not match them, and too few (at most half a
+        queue, 500 messages by default) for one that reads again, slowly,
+        while libzmq still skips it.
+        """
+        now = self.clock()
+        if outlet.blocked_since is None:
+            outlet.blocked_since = now
+        if (outlet.queued < self.limits.backlog and
+                now - outlet.blocked_since < SLOW_SUBSCRIBER_GRACE):
+            # (Even when slow: libzmq skips the stalled subscriber by now,
+            # so this one may be a subscriber that only paused.)
+            return False
+        sock = outlet.socket
+        error = None
+        try:
+            sock.setsockopt(zmq.XPUB_NODROP, 0)
+            try:
+                wire.send_message(sock, frames)
+            finally:
+                sock.setsockopt(zmq.XPUB_NODROP, 1)
+        except zmq.ZMQError as exc:
+            error = exc
+        if error is not None:
+            self._send_failed(outlet, error)
+            return None
+        if not outlet.slow:
+            outlet.slow = True
+            outlet.stall_checked = now
+            for fd in outlet.fds:
+                outlet.fds[fd] = None
+        self._drop(outlet, metrics.SLOW_SUBSCRIBER)
+        self.warn.warning(
+            'slow-subscriber',
+            'A subscriber of outlet %s is full and holds up the others '
+            '(%d messages queued, for %.1f s): sending on to the others '
+            'without it, counting what it misses as dropped '
+            '(slow_subscriber); check the services subscribed to it (a '
+            'hung one, a suspended admin tap)', outlet.path, outlet.queued,
+            now - outlet.blocked_since)
+        return None
+
+    def _skipping(self, outlet):
+        """Whether libzmq may still skip a subscriber of slow *outlet*:
+        one of its connections holds bytes that its peer did not read
+        since the last look (every STALL_CHECK; at the first look, bytes
+        at all). Ends the slow state otherwise."""
+        now = self.clock()
+        if now - outlet.stall_checked >= STALL_CHECK:
+            outlet.stall_checked = now
+            stalled = False
+            fds = outlet.fds
+            for fd, before in fds.items():
+                unread = _unread(fd)
+                fds[fd] = unread
+                if unread and before in (None, unread):
+                    stalled = True
+            if not stalled:
+                outlet.slow = False
+                LOG.info('Every subscriber of outlet %s reads again: '
+                         'messages go to all of them again', outlet.path)
+        return outlet.slow
+
+    def _send_failed(self, outlet, error):
+        # Reported here, outside the except block: oslo.log would append
+        # the exception being handled to the warning.
+        self._drop(outlet, metrics.SEND_FAILED)
+        self.warn.warning(
+            'send-failed',
+            'Outlet %s refused a message (%s, errno %d): dropped it '
+            '(send_failed); if it goes on, restart the receiver and report '
+            'it', outlet.path, error.strerror, error.errno)
 
     def _admit(self, outlet, size):
         """Whether the backlogs have room for one more message of *size*.
@@ -525,7 +692,7 @@ class Outlets:
 
     def _enqueue(self, outlet, frames, size):
         # Later messages must queue behind this one, not overtake it.
-        outlet.direct = 0
+        outlet.direct = None
         self.enqueued += 1
         outlet.backlog.append((frames, size))
         self._wait_for_room(outlet)
@@ -553,19 +720,19 @@ class Outlets:
         sock = outlet.socket
         while backlog:
             frames, size = backlog[0]
-            try:
-                wire.send_message(sock, frames)
-            except zmq.Again:
+            sent = self._send(outlet, frames)
+            if sent is False:
                 self._wait_for_room(outlet)
                 return
             backlog.popleft()
             outlet.backlog_bytes -= size
             self.buffered_bytes -= size
             self.held -= 1
-            outlet.forwarded += 1
-            self.counters.forwarded += 1
+            if sent:
+                outlet.forwarded += 1
+                self.counters.forwarded += 1
         if outlet.kind is routing.Kind.PUSH:
-            outlet.direct = sock.underlying
+            outlet.direct = sock
         if outlet.polling_out:
             # PUSH only: a PUB outlet waits on its retry timer instead.
             outlet.polling_out = False
@@ -616,9 +783,11 @@ class Outlets:
             if event == zmq.EVENT_ACCEPTED:
                 if conns is None or conns.admit(fd, outlet.path):
                     outlet.peers += 1
+                    outlet.fds[fd] = None
             elif event == zmq.EVENT_DISCONNECTED:
                 if conns is None or conns.gone(fd, outlet.path):
                     outlet.peers = max(0, outlet.peers - 1)
+                    outlet.fds.pop(fd, None)
             outlet.last_active = self.clock()
 
     # -- time ------------------------------------------------------------------
@@ -628,11 +797,14 @@ class Outlets:
         new PUSH outlet has settled, or None; the loop must call
         :meth:`run_due` then, not a tick later.
         """
-        if not self._waiting and not self._retry and not self._settling:
+        if (not self._waiting and not self._retry and not self._settling and
+                self._drain_check is None):
             return None
         times = [o.waiting[0][0] for o in self._waiting]
         times.extend(o.retry_at for o in self._retry)
         times.extend(o.settle_until for o in self._settling)
+        if self._drain_check is not None:
+            times.append(self._drain_check)
         return min(times)
 
     def run_due(self):
@@ -860,8 +1032,46 @@ class Outlets:
         return self._dir_stat is False
 
     def pending(self):
-        """Whether any backlog or join window still holds a message."""
-        return any(o.queued for o in self.by_key.values())
+        """Whether an outlet with a consumer still holds a message for it,
+        or a consumer has not read all that its connection carries yet: a
+        stop waits for those only (what has no consumer, or waits for a
+        subscriber that has not joined, cannot be delivered).
+
+        libzmq's linger does not cover the second: closing a socket drops
+        what its connections still buffer (measured: 8 to 11 of 201 4 KiB
+        messages to a consumer that was reading). So the stop waits until
+        the kernel has held nothing unread on any consumer's connection
+        for STALL_CHECK, which libzmq, still open, uses to write what it
+        has left; :meth:`next_due` wakes the loop to look again.
+        """
+        self._drain_check = None
+        connected = unread = False
+        for o in self.by_key.values():
+            if not o.consumers:
+                continue
+            if o.backlog:
+                self._quiet_since = None
+                return True
+            if o.fds:
+                connected = True
+                unread = unread or any(_unread(fd) for fd in o.fds)
+        if not connected:
+            return False
+        now = self.clock()
+        if unread:
+            self._quiet_since = None
+        elif self._quiet_since is None:
+            self._quiet_since = now
+        elif now - self._quiet_since >= STALL_CHECK:
+            return False
+        self._drain_check = now + STALL_CHECK
+        return True
+
+    @property
+    def deliverable(self):
+        """Messages that :meth:`pending` waits for."""
+        return sum(len(o.backlog) for o in self.by_key.values()
+                   if o.consumers)
 
 
 #: Nanoseconds within which a directory's mtime may miss a later change
@@ -905,6 +1115,25 @@ def bind_ipc(sock, path, limits):
     run, or anything else at *path*, is replaced.
     """
     ipcfile.bind(sock, path, limits.socket_mode, limits.socket_gid)
+
+
+def _unread(fd):
+    """Bytes sent on unix stream socket *fd* (libzmq's: only borrowed)
+    that its peer has not read yet (SIOCOUTQ); 0 for any other
+    descriptor, or one closed meanwhile."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return 0
+    try:
+        if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+            return 0
+        return struct.unpack(
+            'i', fcntl.ioctl(fd, termios.TIOCOUTQ, b'\0\0\0\0'))[0]
+    except OSError:
+        return 0
+    finally:
+        sock.detach()
 
 
 def remove_socket_file(path):

@@ -793,9 +793,15 @@ class Receiver:
                         not sock.poll(STOP_QUIET_MS)):
                     break
             self.unregister(sock)
-        LOG.info('Stopping: delivering %d queued messages (at most %.1f s)',
-                 self.outlets.queued,
-                 max(0.0, self._deadline - self.clock()))
+        # Only to a consumer that is there: a backlog with none (or a
+        # message still waiting for its first subscriber) would hold the
+        # stop for the whole shutdown time, to be dropped at its end.
+        deliverable = self.outlets.deliverable
+        LOG.info('Stopping: delivering %d queued messages to connected '
+                 'consumers (at most %.1f s); %d more have no consumer to '
+                 'take them and are dropped at exit', deliverable,
+                 max(0.0, self._deadline - self.clock()),
+                 self.outlets.queued - deliverable)
 
     def _publish(self, ready=None):
         """Hand the metrics endpoint a fresh snapshot (once per tick)."""
@@ -825,6 +831,9 @@ class Receiver:
                                if self.connections is not None else 0)
         snap['local_connections'] = (self.local.open
                                      if self.local is not None else 0)
+        # Consumers that left half way through a message being sent to
+        # them: each such message was taken back by libzmq and sent again.
+        snap['send_rollbacks'] = wire.rollbacks()
         if self.agent is not None:
             snap['agent'] = self.agent.snapshot()
         return snap
@@ -840,8 +849,10 @@ class Receiver:
         if self.outlets is not None:
             # Messages already handed to libzmq for a connected consumer
             # get what is then left of the shutdown time to leave (the
-            # context's termination below waits for them).
-            self.outlets.close_all(linger=int(remaining() * 1000))
+            # context's termination below waits for them); none after a
+            # second stop request, which must not wait for a stalled one.
+            self.outlets.close_all(
+                linger=0 if self._stop_now else int(remaining() * 1000))
         if self.connections is not None:
             self.connections.close()
         if self.inbound is not None:

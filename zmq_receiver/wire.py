@@ -25,14 +25,15 @@ available as :func:`py_recv_message` and :func:`py_send_message`, are used.
 Setting ``ZMQ_RECEIVER_PURE_PYTHON=1`` in the environment forces them.
 """
 
+import errno
 import glob
 import os
 
 import zmq
-from zmq import backend
+from zmq import backend as _backend
 
-_recv = backend.Socket.recv
-_send = backend.Socket.send
+_recv = _backend.Socket.recv
+_send = _backend.Socket.send
 
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE = int(zmq.SNDMORE) | _NOBLOCK
@@ -44,6 +45,9 @@ ZERO_COPY_MIN = 4096
 #: held, whatever its size (measured: README, "Limits"). Keep in step with
 #: _wire.c's FRAME_COST.
 FRAME_COST = 64
+
+#: Messages py_send_message found cut after their first part.
+_py_rollbacks = 0
 
 
 def message_cost(frames):
@@ -94,12 +98,42 @@ def py_send_message(sock, frames):
     """Send *frames* as one message without blocking.
 
     Raises :class:`zmq.Again`, with nothing sent, when *sock* cannot take it
-    now. Once libzmq accepts the first part it accepts the rest.
+    now. That includes a PUSH whose consumer left between two parts: libzmq
+    takes back the parts it took (the consumer never sees them) and refuses
+    the next, and the message can be sent again, whole (counted in
+    :func:`rollbacks`).
     """
+    global _py_rollbacks
     last = len(frames) - 1
-    for i in range(last):
-        _send(sock, frames[i], _MORE)
-    _send(sock, frames[last], _NOBLOCK)
+    _send(sock, frames[0], _MORE if last else _NOBLOCK)
+    try:
+        for i in range(1, last):
+            _send(sock, frames[i], _MORE)
+        if last:
+            _send(sock, frames[last], _NOBLOCK)
+    except zmq.ZMQError:
+        _py_rollbacks += 1
+        raise
+
+
+def rollbacks():
+    """Messages whose send was cut after its first part since the start (a
+    PUSH's consumer left half way through), by either implementation."""
+    return _py_rollbacks + (_module.rollbacks() if FAST else 0)
+
+
+#: What pyzmq raises for libzmq's errnos, as zmq.error._check_rc does.
+_ERRORS = {
+    errno.EAGAIN: zmq.Again,
+    zmq.ETERM: zmq.ContextTerminated,
+    errno.EINTR: zmq.InterruptedSystemCall,
+}
+
+
+def zmq_error(err):
+    """The exception pyzmq raises for libzmq's errno *err*: the compiled
+    functions raise the same."""
+    return _ERRORS.get(err, zmq.ZMQError)(err)
 
 
 def _backend_file():
@@ -148,7 +182,7 @@ def _bind():
     problems = []
     for path in _loaded_libzmq(backend):
         try:
-            _wire.bind(path, zmq.Again, zmq.ZMQError, backend)
+            _wire.bind(path, _backend.Socket, zmq_error, backend)
         except (OSError, RuntimeError) as e:
             problems.append(str(e))
         else:
@@ -169,6 +203,7 @@ send_message = py_send_message
 forward = None
 #: The compiled type of large received parts; None without the extension.
 Part = None
+_module = None
 
 
 def use_compiled():
@@ -177,6 +212,7 @@ def use_compiled():
     parts received by one implementation are sent by either, but a
     process should not mix them without reason."""
     global FAST, FAST_PROBLEM, recv_message, send_message, forward, Part
+    global _module
     if FAST:
         return True
     module, FAST_PROBLEM = _bind()
@@ -186,4 +222,5 @@ def use_compiled():
         send_message = module.send_message
         forward = module.forward
         Part = module.Part
+        _module = module
     return FAST

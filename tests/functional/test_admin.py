@@ -463,6 +463,53 @@ def test_check_as_root_assumes_the_receiver_runs_as_the_directory_owner(
         'root {0}), or set [zmq_receiver] socket_group to a group of {0}'
         .format(name))]
 
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which('setpriv'),
+                    reason='needs root and setpriv to run check as another '
+                    'user')
+def test_check_names_a_config_file_its_user_may_not_read(setup, system_user):
+    # As /etc/nova/nova.conf (0640 root:nova) is for a user without the
+    # group: the receiver would exit 77, "permission denied".
+    name, uid, gid = system_user
+    setup.write()
+
+    def check_as_user():
+        argv = ['setpriv', '--reuid=%d' % uid, '--regid=%d' % gid,
+                '--clear-groups'] + ADMIN + [
+                    'check', '--config-file', setup.config_file]
+        return subprocess.run(argv, capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, env=support.clean_env(),
+                              timeout=support.TIMEOUT)
+
+    os.chmod(setup.config_file, 0o644)
+    readable = check_as_user()
+    if 'PASS  config' not in readable.stdout:
+        pytest.skip('%s cannot run check here: %s' % (name, readable.stderr))
+    os.chmod(setup.config_file, 0o640)
+    result = check_as_user()
+    assert result.returncode == 77, result.stdout + result.stderr
+    assert failures(result) == [(
+        'config', 'cannot read {0} as {1} (permission denied): it is 0640 '
+        'root:root; fix: add {1} to group root (usermod -a -G root {1}), or '
+        'run check as root'.format(setup.config_file, name))]
+    # Its own group, without the read bit.
+    os.chown(setup.config_file, 0, gid)
+    os.chmod(setup.config_file, 0o600)
+    result = check_as_user()
+    assert failures(result) == [(
+        'config', 'cannot read {0} as {1} (permission denied): it is 0600 '
+        'root:{2}; fix: chmod g+r {0}, or run check as root'.format(
+            setup.config_file, name, _group_name(gid)))]
+    assert 'Traceback' not in result.stderr
+    # A directory on the way it may not enter.
+    os.chmod(setup.directory, 0o700)
+    result = check_as_user()
+    os.chmod(setup.directory, 0o755)
+    assert failures(result) == [(
+        'config', 'cannot read {0} as {1} (permission denied): it may not '
+        'enter {2}; fix: chmod o+x {2}, or give {1} its group, or run check '
+        'as root'.format(setup.config_file, name, setup.directory))]
+
+
 def test_check_says_whom_it_assumes_without_a_directory(setup):
     os.rmdir(setup.ipc_dir)
     result = setup.check()

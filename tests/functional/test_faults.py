@@ -553,4 +553,4 @@ def test_descriptor_limit_refuses_new_topics_existing_keep_flowing(
     assert 'descriptors free for connections' in daemon.log()
     # The outlets of the flood held one message each, with no consumer.
     assert daemon.stop() == 0
-    assert 'dropped[shutdown=%d]' % (topics - refused) in daemon.log()
+    assert 'dropped[no_consumer=%d]' % (topics - refused) in daemon.log()

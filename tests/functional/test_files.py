@@ -20,7 +20,7 @@ import pytest
 import zmq
 
 from tests import support
-from tests.support import cast, pull, queue_casts, recv
+from tests.support import cast, pull, recv
 
 LOCK = '.zmq-receiver.lock'
 CONTROL = '.zmq-receiver-control'
@@ -169,36 +169,42 @@ def test_sigterm_removes_every_file_and_exits_0(ctx, daemons, short_dir):
     assert os.listdir(daemon.ipc_dir) == []
 
 
-def test_consumer_joining_during_the_drain_gets_the_backlog(ctx, daemons,
-                                                           short_dir):
+def test_connected_consumer_gets_the_backlog_at_a_stop(ctx, daemons,
+                                                      short_dir):
     daemon = daemons(short_dir, {'zmq_receiver': {'shutdown_timeout': 20}})
     out = support.sender(ctx, daemon)
-    queue_casts(daemon, out, 'drain.host1', 3)
+    consumer, sent = support.backlog_behind_consumer(ctx, daemon, out,
+                                                     'drain.host1')
     stop_when_ready(daemon)
-    daemon.wait_for(r'Stopping: delivering 3 queued messages')
-    assert daemon.proc.poll() is None  # waiting for a consumer
-    consumer = pull(ctx, daemon, 'drain.host1')
-    assert [recv(consumer)[3] for _ in range(3)] == [b'0', b'1', b'2']
+    daemon.wait_for(r'Stopping: delivering [1-9]\d* queued messages to '
+                    r'connected consumers')
+    assert daemon.proc.poll() is None  # waiting for the consumer
+    assert [recv(consumer) for _ in sent] == sent
     # Done as soon as the backlog is out, far within the 20 s.
-    assert daemon.wait(timeout=5) == 0
-    assert re.search(r'Stopped\. received=3 forwarded=3 rejected\[0\] '
-                     r'dropped\[0\] queued=0', daemon.log()), daemon.log()
+    assert daemon.wait(timeout=support.TIMEOUT) == 0
+    assert re.search(r'Stopped\. received=%d forwarded=%d rejected\[0\] '
+                     r'dropped\[0\] queued=0' % (len(sent), len(sent)),
+                     daemon.log()), daemon.log()
     assert os.listdir(daemon.ipc_dir) == []
 
 
-def test_drain_without_a_consumer_gives_up_after_the_timeout(ctx, daemons,
-                                                            short_dir):
+def test_drain_to_a_stalled_consumer_gives_up_after_the_timeout(
+        ctx, daemons, short_dir):
     daemon = daemons(short_dir, {'zmq_receiver': {'shutdown_timeout': 0.3}})
     out = support.sender(ctx, daemon)
-    queue_casts(daemon, out, 'nobody.host1', 3)
+    # Kept: once collected, the consumer would be gone.
+    consumer, _ = support.backlog_behind_consumer(ctx, daemon, out,
+                                                  'stalled.host1')
+    queued = daemon.stats()['queued']
     started = time.monotonic()
     stop_when_ready(daemon)
     assert daemon.wait(timeout=5) == 0
     assert time.monotonic() - started < 3
     log = daemon.log()
-    assert re.search(r'Outlet \S+zmq_topic_nobody\.host1 closed with 3 '
-                     r'undelivered messages \(shutdown\)', log), log
-    assert re.search(r'Stopped\. .*dropped\[shutdown=3\] queued=0', log), log
+    assert re.search(r'Outlet \S+zmq_topic_stalled\.host1 closed with %d '
+                     r'undelivered messages \(shutdown\)' % queued, log), log
+    assert re.search(r'Stopped\. .*dropped\[shutdown=%d\] queued=0'
+                     % queued, log), log
     assert os.listdir(daemon.ipc_dir) == []
 
 
@@ -206,13 +212,17 @@ def test_second_sigterm_during_the_drain_stops_at_once(ctx, daemons,
                                                       short_dir):
     daemon = daemons(short_dir, {'zmq_receiver': {'shutdown_timeout': 60}})
     out = support.sender(ctx, daemon)
-    queue_casts(daemon, out, 'nobody.host1', 3)
+    # Kept: once collected, the consumer would be gone.
+    consumer, _ = support.backlog_behind_consumer(ctx, daemon, out,
+                                                  'stalled.host1')
+    queued = daemon.stats()['queued']
     stop_when_ready(daemon)
-    daemon.wait_for(r'Stopping: delivering 3 queued messages')
+    daemon.wait_for(r'Stopping: delivering %d queued messages' % queued)
     assert daemon.proc.poll() is None
     daemon.signal(signal.SIGTERM)
     daemon.wait_for(r'Second stop request')
     # Nowhere near the 60 s the first one allowed.
     assert daemon.wait(timeout=5) == 0
-    assert re.search(r'dropped\[shutdown=3\]', daemon.log()), daemon.log()
+    assert re.search(r'dropped\[shutdown=%d\]' % queued,
+                     daemon.log()), daemon.log()
     assert os.listdir(daemon.ipc_dir) == []

@@ -1,21 +1,26 @@
-"""Outlets.check_files: socket files that vanish under a running receiver.
+"""Outlets in one process: the branches a daemon cannot reach on demand.
 
-The daemon-level cases are in tests/functional/test_faults.py; here the
-branch that a process cannot reach on demand: the directory comes back,
-but another receiver locked it first.
+Outlets.check_files, socket files that vanish under a running receiver
+(the daemon-level cases are in tests/functional/test_faults.py): the
+directory comes back, but another receiver locked it first. And the send
+path: a socket error other than "full" is the outlet's event, counted,
+never the loop's exception.
 """
 
 import logging
 import os
 import shutil
+import threading
 
 import pytest
+import zmq
 
 from zmq_receiver import errors
 from zmq_receiver import metrics
 from zmq_receiver import outlets
 from zmq_receiver import ratelimit
 from zmq_receiver import routing
+from tests.unit.test_ratelimit import Clock
 
 
 class Loop:
@@ -78,3 +83,34 @@ def test_failed_outlet_leaves_no_socket_open(made, ctx):
     # Before the fix the PUSH and its monitor stayed open (ZMQError is no
     # OSError) and the context never terminated.
     assert [s for s in ctx._sockets if not s.closed] == []
+
+
+def test_a_send_error_drops_and_counts_the_message(short_dir, caplog):
+    ipc_dir = os.path.join(short_dir, 'ipc')
+    os.mkdir(ipc_dir)
+    context = zmq.Context()
+    counters = metrics.Counters()
+    clock = Clock()
+    made = outlets.Outlets(context, Loop(), ipc_dir,
+                           outlets.Limits(10, 0, 10, 300, 5), counters,
+                           ratelimit.RateLimitedLog(
+                               logging.getLogger('test_outlet_files'), 10,
+                               clock), clock)
+    outlet = made.get(routing.route(b'a.host1', 100))
+    # Settled (see test_outlet_joining): it sends at once from now on.
+    clock.now = outlet.settle_until
+    made.run_due()
+    # Every send fails with ETERM once the context is being terminated.
+    term = threading.Thread(target=context.term)
+    term.start()
+    try:
+        with pytest.raises(zmq.ContextTerminated):
+            outlet.socket.poll(10000, zmq.POLLOUT)
+        made.deliver(outlet, [b'0', b'a.host1', b'cast', b'{}'], 16)
+    finally:
+        made.close_all()
+        term.join(10)
+    assert not term.is_alive()
+    assert counters.dropped == {metrics.SEND_FAILED: 1}
+    assert outlet.dropped == {metrics.SEND_FAILED: 1}
+    assert 'refused a message (Context was terminated' in caplog.text

@@ -97,12 +97,13 @@ def test_new_outlet_sends_nothing_until_settled(made, ctx, clock):
     assert outlet.socket.poll(int(support.TIMEOUT * 1000), zmq.POLLOUT)
     put(made, outlet, 3)
     # A consumer could take them, but others may still be on their way.
-    assert outlet.queued == 3 and not outlet.direct
+    assert outlet.queued == 3 and outlet.direct is None
     assert made.next_due() == outlet.settle_until
     clock.now = outlet.settle_until
     made.run_due()
     assert outlet.settle_until is None and made.next_due() is None
-    assert outlet.queued == 0 and outlet.direct
+    # The Socket itself, never its libzmq address, which outlives it.
+    assert outlet.queued == 0 and outlet.direct is outlet.socket
     assert [support.recv(consumer)[3] for _ in range(3)] == [
         b'0', b'1', b'2']
     assert_held(made)

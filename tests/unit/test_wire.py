@@ -14,6 +14,7 @@ import gc
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 import zmq
@@ -122,15 +123,16 @@ def test_bound_to_the_libzmq_pyzmq_loaded():
     assert os.path.basename(paths[0]).startswith('libzmq')
     assert paths[-1] == backend
     # The same library again: nothing changes.
-    _wire.bind(paths[0], zmq.Again, zmq.ZMQError, backend)
+    _wire.bind(paths[0], zmq.backend.Socket, wire.zmq_error, backend)
     assert _wire.strerror(errno.EAGAIN) == zmq.strerror(errno.EAGAIN)
     # Never loads a library itself.
     with pytest.raises(OSError, match='not loaded'):
-        _wire.bind('/nonexistent/libzmq.so.5', zmq.Again, zmq.ZMQError)
+        _wire.bind('/nonexistent/libzmq.so.5', zmq.backend.Socket,
+                   wire.zmq_error)
     # Nor another loaded library once bound.
     libc = [p for p in maps() if os.path.basename(p).startswith('libc.so')]
     with pytest.raises(RuntimeError, match='already bound'):
-        _wire.bind(libc[0], zmq.Again, zmq.ZMQError)
+        _wire.bind(libc[0], zmq.backend.Socket, wire.zmq_error)
 
 
 @fast
@@ -148,17 +150,26 @@ except RuntimeError as e:
 libc = [p for p in open('/proc/self/maps').read().split()
         if os.path.basename(p).startswith('libc.so')][0]
 try:
-    _wire.bind(libc, zmq.Again, zmq.ZMQError)
+    _wire.bind(libc, zmq.backend.Socket, wire.zmq_error)
 except OSError as e:
     print('libc:', e)
 # pyzmq's extension finds, through its own links, the libzmq it uses.
 backend = wire._backend_file()
-_wire.bind(backend, zmq.Again, zmq.ZMQError, backend)
+_wire.bind(backend, zmq.backend.Socket, wire.zmq_error, backend)
 pull.bind('inproc://x')
 push = ctx.socket(zmq.PUSH)
 push.connect('inproc://x')
 _wire.send_message(push, [b'a', b'b'])
 print('bound:', _wire.recv_message(pull))
+# A bare address is never taken for a socket: it may be stale (this one
+# is not even mapped), and libzmq would crash on it.
+for call in (lambda: _wire.send_message(0x1000, [b'x']),
+             lambda: _wire.recv_message(push.underlying),
+             lambda: _wire.forward(0x1000, {}, 1, 1, 0.0, print)):
+    try:
+        call()
+    except TypeError as e:
+        print('stale:', e)
 '''
     out = subprocess.run(
         [sys.executable, '-c', code], capture_output=True, text=True,
@@ -169,6 +180,7 @@ print('bound:', _wire.recv_message(pull))
     assert lines[0] == 'unbound: zmq_receiver._wire: bind() was not called'
     assert lines[1].startswith('libc: ') and 'has no zmq_' in lines[1]
     assert lines[2] == "bound: [b'a', b'b']"
+    assert lines[3:] == ['stale: expected a zmq.Socket, not int'] * 3
 
 
 def maps():
@@ -310,6 +322,37 @@ def test_closed_socket_raises(ctx, name):
     assert e.value.errno == errno.ENOTSOCK
 
 
+@pytest.mark.parametrize('name', ['c', 'py'])
+def test_errors_are_the_ones_pyzmq_raises(name):
+    recv_message, send_message = impl(name)
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    push.bind('inproc://term-%s' % name)
+    pull = context.socket(zmq.PULL)
+    pull.bind('inproc://term-pull-%s' % name)
+    with pytest.raises(zmq.Again):
+        send_message(push, [b'id', b'topic'])
+    term = threading.Thread(target=context.term)
+    term.start()
+    try:
+        # Each socket hears of it when it next looks at its commands.
+        with pytest.raises(zmq.ContextTerminated):
+            pull.poll(support.TIMEOUT * 1000)
+        with pytest.raises(zmq.ContextTerminated):
+            push.poll(support.TIMEOUT * 1000, zmq.POLLOUT)
+        with pytest.raises(zmq.ContextTerminated):
+            send_message(push, [b'id', b'topic'])
+        with pytest.raises(zmq.ContextTerminated):
+            recv_message(pull)
+    finally:
+        push.close(linger=0)
+        pull.close(linger=0)
+        term.join(support.TIMEOUT)
+    assert not term.is_alive()
+    assert type(wire.zmq_error(errno.ENOTSOCK)) is zmq.ZMQError
+    assert wire.zmq_error(errno.ENOTSOCK).errno == errno.ENOTSOCK
+
+
 # -- forward -----------------------------------------------------------------
 
 
@@ -320,7 +363,7 @@ class Outlet:
 
     def __init__(self, socket, direct=True):
         self.socket = socket
-        self.direct = socket.underlying if direct else 0
+        self.direct = socket if direct else None
         self.forwarded = 0
         self.last_active = 0.0
 
@@ -390,19 +433,33 @@ def test_forward_direct(fwd):
 
 
 @fast
-def test_forward_direct_may_be_a_socket(fwd):
+@pytest.mark.parametrize('direct', [True, 0, 0x1000, 'socket'])
+def test_forward_direct_is_a_socket_or_none(fwd, direct):
     (push, pull), (opush, opull) = fwd
     outlet = Outlet(opush)
-    outlet.direct = opush
     feed(push, [msg(1)])
     assert wire.forward(pull, {b'compute.host1': outlet}, 10, 1 << 20, 1.0,
                         Slow()) == 1
     assert drain(opull) == [msg(1)]
-    outlet.direct = True
+    # Never a handle: a stale one would crash libzmq.
+    outlet.direct = opush.underlying if direct == 'socket' else direct
     feed(push, [msg(2)])
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match='expected a zmq.Socket'):
         wire.forward(pull, {b'compute.host1': outlet}, 10, 1 << 20, 1.0,
                      Slow())
+
+
+@fast
+def test_forward_direct_socket_closed_is_not_direct(ctx, fwd):
+    (push, pull), _ = fwd
+    gone = ctx.socket(zmq.PUSH)
+    gone.close()
+    outlet = Outlet(gone)
+    feed(push, [msg(1)])
+    slow = Slow()
+    assert wire.forward(pull, {b'compute.host1': outlet}, 10, 1 << 20, 1.0,
+                        slow) == 0
+    assert slow.got == [msg(1)]
 
 
 @fast
@@ -430,7 +487,7 @@ def test_forward_slow(ctx, fwd, case):
     max_size = 1000
     frames = msg(1)
     if case == 'not direct':
-        outlet.direct = 0
+        outlet.direct = None
     elif case == 'no route':
         frames = msg(1, b'elsewhere')
     elif case == 'too big':
@@ -531,7 +588,7 @@ def test_forward_reads_routes_again_after_slow(fwd):
 
     def open_up(parts):
         # What Outlets.deliver does once the backlog empties.
-        outlet.direct = opush.underlying
+        outlet.direct = opush
 
     sent = [msg(i) for i in range(4)]
     feed(push, sent)
@@ -541,7 +598,7 @@ def test_forward_reads_routes_again_after_slow(fwd):
     assert drain(opull) == sent[1:]
 
     def close_down(parts):
-        outlet.direct = 0
+        outlet.direct = None
         routes.clear()
 
     feed(push, [msg(i, b'other') for i in range(1)] + sent)
