@@ -10,6 +10,7 @@ import grp
 import json
 import os
 import pwd
+import resource
 import secrets
 import shutil
 import signal
@@ -95,7 +96,7 @@ class Daemon:
     """
 
     def __init__(self, directory, options=None, args=(), env=None,
-                 config=True, journal=False):
+                 config=True, journal=False, nofile=None):
         self.directory = directory
         self.ipc_dir = os.path.join(directory, 'ipc')
         merged = {
@@ -116,6 +117,8 @@ class Daemon:
             self.args = ['--config-file', self.config_file] + self.args
         self.env = clean_env(env)
         self.journal = journal
+        #: RLIMIT_NOFILE (soft and hard) to start the process with, or None.
+        self.nofile = nofile
         self.proc = None
         self.endpoint = None
         self.output = None
@@ -128,6 +131,10 @@ class Daemon:
     def start(self, wait_ready=True):
         """Start the process; by default wait until it listens."""
         argv, kwargs = self.command()
+        if self.nofile is not None:
+            limit = self.nofile
+            kwargs['preexec_fn'] = lambda: resource.setrlimit(
+                resource.RLIMIT_NOFILE, (limit, limit))
         stream = None
         out = subprocess.PIPE
         if self.journal:

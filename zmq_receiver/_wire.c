@@ -44,6 +44,32 @@ typedef struct zmq_msg_t {
  * rest of their parts go straight into the Python list. */
 #define MAX_PARTS 16
 
+/* Bytes each part costs in the receiver's byte limits beside its content.
+ * Keep in step with wire.FRAME_COST. */
+#define FRAME_COST 64
+
+/* Parts kept of a message when at most *max_frames* are allowed (-1: no
+ * limit): one more than allowed shows that it has too many; the rest are
+ * received and discarded. */
+static Py_ssize_t
+parts_kept(Py_ssize_t max_frames)
+{
+    return max_frames < 0 || max_frames >= PY_SSIZE_T_MAX - 1 ?
+        PY_SSIZE_T_MAX : max_frames + 1;
+}
+
+/* *keep* from a max_frames argument: 0, or -1 with an exception set. */
+static int
+keep_arg(PyObject *arg, Py_ssize_t *keep)
+{
+    Py_ssize_t max_frames = PyLong_AsSsize_t(arg);
+
+    if (max_frames == -1 && PyErr_Occurred())
+        return -1;
+    *keep = parts_kept(max_frames);
+    return 0;
+}
+
 /* libzmq's functions, resolved by bind(). */
 struct api {
     void (*version)(int *, int *, int *);
@@ -304,19 +330,21 @@ close_msgs(zmq_msg_t *msgs, int n)
         Z.msg_close(&msgs[i]);
 }
 
-/* Receive parts into msgs[0..MAX_PARTS) until the last part or the array
- * is full. Returns the number received (0: nothing waits) and sets *more
- * when parts remain; -1 with an exception set and nothing held. The first
+/* Receive parts into msgs[0..MAX_PARTS) until the last part, the array
+ * is full or *keep* parts are held. Returns the number received (0:
+ * nothing waits) and sets *more when parts remain; -1 with an exception set
+ * and nothing held. *total is their size with FRAME_COST each. The first
  * part may be refused with EAGAIN; libzmq hands over whole messages, so a
  * later one never is. */
 static int
-recv_parts(void *sock, zmq_msg_t *msgs, int *more, size_t *total)
+recv_parts(void *sock, zmq_msg_t *msgs, int *more, size_t *total,
+           Py_ssize_t keep)
 {
     int n = 0;
 
     *more = 1;
     *total = 0;
-    while (*more && n < MAX_PARTS) {
+    while (*more && n < MAX_PARTS && n < keep) {
         int err;
 
         Z.msg_init(&msgs[n]);
@@ -329,7 +357,7 @@ recv_parts(void *sock, zmq_msg_t *msgs, int *more, size_t *total)
                 raise_zmq(err);
             return -1;
         }
-        *total += Z.msg_size(&msgs[n]);
+        *total += Z.msg_size(&msgs[n]) + FRAME_COST;
         *more = Z.msg_more(&msgs[n]);
         n++;
     }
@@ -337,9 +365,10 @@ recv_parts(void *sock, zmq_msg_t *msgs, int *more, size_t *total)
 }
 
 /* The list recv_message returns, from the *n* parts held in *msgs* (all
- * consumed) and, when *more*, the parts still waiting on *sock*. */
+ * consumed) and, when *more*, the parts still waiting on *sock*, up to
+ * *keep* parts in all: the rest of a longer message is discarded. */
 static PyObject *
-parts_list(void *sock, zmq_msg_t *msgs, int n, int more)
+parts_list(void *sock, zmq_msg_t *msgs, int n, int more, Py_ssize_t keep)
 {
     PyObject *list = PyList_New(n);
     Py_ssize_t index;
@@ -359,7 +388,7 @@ parts_list(void *sock, zmq_msg_t *msgs, int n, int more)
         }
         PyList_SET_ITEM(list, index, obj);
     }
-    while (more) {
+    while (more && index < keep) {
         zmq_msg_t msg;
         PyObject *obj;
         int rc;
@@ -381,33 +410,46 @@ parts_list(void *sock, zmq_msg_t *msgs, int n, int more)
             return NULL;
         }
     }
+    /* Over the limit: frame by frame, never held. */
+    drain(sock, more);
     return list;
 }
 
 PyDoc_STRVAR(recv_message_doc,
-"recv_message(sock) -> list\n\n"
+"recv_message(sock, max_frames=-1) -> list\n\n"
 "The next whole message on *sock* (a zmq.Socket) as a list of parts,\n"
 "without blocking. Parts 0 and 1 are\n"
 "``bytes``; a later part is ``bytes`` below ZERO_COPY_MIN (4096) bytes and\n"
-"a :class:`Part` from there on. Raises zmq.Again when no message waits,\n"
-"zmq.ZMQError on any other failure (ENOTSOCK for a closed socket).");
+"a :class:`Part` from there on. With *max_frames* of 0 or more, at most\n"
+"max_frames + 1 parts are kept and the rest received and discarded.\n"
+"Raises zmq.Again when no message waits, zmq.ZMQError on any other\n"
+"failure (ENOTSOCK for a closed socket).");
 
 static PyObject *
-recv_message(PyObject *module, PyObject *sock)
+recv_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     zmq_msg_t msgs[MAX_PARTS];
     void *handle;
     size_t total;
+    Py_ssize_t keep = PY_SSIZE_T_MAX;
     int more, n;
 
-    if (check_bound() < 0 || (handle = socket_handle(sock)) == NULL)
+    if (nargs != 1 && nargs != 2) {
+        PyErr_Format(PyExc_TypeError,
+                     "recv_message() takes 1 or 2 arguments (%zd given)",
+                     nargs);
         return NULL;
-    n = recv_parts(handle, msgs, &more, &total);
+    }
+    if (nargs == 2 && keep_arg(args[1], &keep) < 0)
+        return NULL;
+    if (check_bound() < 0 || (handle = socket_handle(args[0])) == NULL)
+        return NULL;
+    n = recv_parts(handle, msgs, &more, &total, keep);
     if (n == 0)
         return raise_zmq(EAGAIN);
     if (n < 0)
         return NULL;
-    return parts_list(handle, msgs, n, more);
+    return parts_list(handle, msgs, n, more, keep);
 }
 
 /* ---- sending ----------------------------------------------------------- */
@@ -626,16 +668,18 @@ run_flush(Run *run, PyObject *now)
 }
 
 PyDoc_STRVAR(forward_doc,
-"forward(sock, routes, batch, max_size, now, slow, max_bytes=0) -> int\n\n"
+"forward(sock, routes, batch, max_size, now, slow, max_bytes=0,\n"
+"        max_frames=-1) -> int\n\n"
 "Receive up to *batch* messages from *sock* without blocking (stopping\n"
 "when none waits, and once they add up to *max_bytes* if that is above\n"
 "0: one more message is always read) and send each one that can go straight to its outlet:\n"
-"at least 2 parts, at most *max_size* bytes in all, ``routes.get(part 1)``\n"
+"at least 2 parts and at most *max_frames* (if 0 or more), at most\n"
+"*max_size* bytes in all (FRAME_COST counted per part), ``routes.get(part 1)``\n"
 "(*routes*: a dict of topic bytes to outlet) an outlet whose ``direct`` is\n"
 "a zmq.Socket (None: not now; anything else: TypeError), and that\n"
 "socket takes it at once, whole. For those, outlet.forwarded grows by one and\n"
 "outlet.last_active becomes *now*. Every other message goes, as the list\n"
-"recv_message would return, to ``slow(parts)``.\n\n"
+"recv_message(sock, max_frames) would return, to ``slow(parts)``.\n\n"
 "Returns the number of messages sent directly. routes and each outlet's\n"
 "``direct`` are read once per topic and read again after every slow()\n"
 "call: only slow() may change them while forward runs. A send the\n"
@@ -650,6 +694,8 @@ forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     zmq_msg_t msgs[MAX_PARTS], keep[MAX_PARTS];
     PyObject *sock, *routes, *now, *slow;
     Py_ssize_t batch, max_size, max_bytes = 0, received = 0, direct = 0;
+    /* Parts kept of a message (see parts_kept). */
+    Py_ssize_t kept = PY_SSIZE_T_MAX;
     /* Bytes read so far: a batch of large messages ends early, so that
      * one turn of the loop stays short. */
     size_t read_bytes = 0;
@@ -661,9 +707,9 @@ forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     unsigned long handlers_seen = handlers_ran;
     void *handle;
 
-    if (nargs != 6 && nargs != 7) {
+    if (nargs < 6 || nargs > 8) {
         PyErr_Format(PyExc_TypeError,
-                     "forward() takes 6 or 7 arguments (%zd given)", nargs);
+                     "forward() takes 6 to 8 arguments (%zd given)", nargs);
         return NULL;
     }
     sock = args[0];
@@ -680,11 +726,13 @@ forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     max_size = PyLong_AsSsize_t(args[3]);
     if (max_size == -1 && PyErr_Occurred())
         return NULL;
-    if (nargs == 7) {
+    if (nargs >= 7) {
         max_bytes = PyLong_AsSsize_t(args[6]);
         if (max_bytes == -1 && PyErr_Occurred())
             return NULL;
     }
+    if (nargs == 8 && keep_arg(args[7], &kept) < 0)
+        return NULL;
     if (check_bound() < 0 || (handle = socket_handle(sock)) == NULL)
         return NULL;
 
@@ -694,7 +742,7 @@ forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         int more, n, err;
         PyObject *parts, *res;
 
-        n = recv_parts(handle, msgs, &more, &total);
+        n = recv_parts(handle, msgs, &more, &total, kept);
         if (n == 0)
             break;
         if (n < 0)
@@ -709,7 +757,9 @@ forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             out = NULL;
         }
 
-        if (!more && n >= 2 && max_size >= 0 && total <= (size_t)max_size) {
+        /* (n == kept: one part more than allowed.) */
+        if (!more && n >= 2 && n < kept && max_size >= 0 &&
+                total <= (size_t)max_size) {
             const char *data = Z.msg_data(&msgs[1]);
             Py_ssize_t size = (Py_ssize_t)Z.msg_size(&msgs[1]);
 
@@ -770,7 +820,7 @@ forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             drain(handle, more);
             goto fail;
         }
-        parts = parts_list(handle, msgs, n, more);
+        parts = parts_list(handle, msgs, n, more, kept);
         if (parts == NULL)
             goto fail;
         res = PyObject_CallOneArg(slow, parts);
@@ -966,7 +1016,8 @@ rollbacks(PyObject *module, PyObject *unused)
 
 static PyMethodDef methods[] = {
     {"bind", bind, METH_VARARGS, bind_doc},
-    {"recv_message", recv_message, METH_O, recv_message_doc},
+    {"recv_message", (PyCFunction)(void (*)(void))recv_message,
+     METH_FASTCALL, recv_message_doc},
     {"send_message", (PyCFunction)(void (*)(void))send_message,
      METH_FASTCALL, send_message_doc},
     {"forward", (PyCFunction)(void (*)(void))forward, METH_FASTCALL,
@@ -1004,7 +1055,8 @@ PyInit__wire(void)
     Py_INCREF(&PartType);
     if (PyModule_AddObject(m, "Part", (PyObject *)&PartType) < 0 ||
             PyModule_AddIntConstant(m, "ZERO_COPY_MIN", ZERO_COPY_MIN) < 0 ||
-            PyModule_AddIntConstant(m, "MAX_PARTS", MAX_PARTS) < 0) {
+            PyModule_AddIntConstant(m, "MAX_PARTS", MAX_PARTS) < 0 ||
+            PyModule_AddIntConstant(m, "FRAME_COST", FRAME_COST) < 0) {
         Py_DECREF(&PartType);
         Py_DECREF(m);
         return NULL;

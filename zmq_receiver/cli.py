@@ -162,7 +162,8 @@ def settings_from(conf):
             io_threads=conf.rpc_zmq_contexts,
             shutdown_timeout=group.shutdown_timeout,
             log_interval=group.log_interval,
-            max_connections=group.max_connections)
+            max_connections=group.max_connections,
+            max_frames=group.max_frames)
     except (cfg.Error, ValueError) as exc:
         raise errors.ConfigError(str(exc))
 

@@ -1,4 +1,4 @@
-"""The TCP connections the inbound sockets accept: a cap, and a clean stop.
+"""The connections the receiver's sockets accept: caps, and a clean stop.
 
 libzmq gives no handle on the connections a bound socket accepts, and no
 option to limit them. Its socket monitor does report each one, with its
@@ -12,12 +12,17 @@ cannot:
   kernel filter of :mod:`zmq_receiver.peerfilter` has kept every byte it
   sent out of libzmq meanwhile, so nothing it sent is ever forwarded.
 
-* **A cap on open connections.** Idle connections from the network could
-  otherwise use every descriptor, and libzmq 4.3 aborts the whole process
-  when it then cannot accept a consumer on an IPC socket (an errno_assert
-  in its IPC listener). A connection over the cap is shut down at once
+* **A cap on open connections.** Idle connections from the network, or
+  from a local user to the outlets and the control socket, could otherwise
+  use every descriptor, and libzmq 4.3 aborts the whole process when it
+  then cannot accept a connection on an IPC socket (an errno_assert in its
+  IPC listener). A connection over the cap is shut down at once
   (``shutdown(2)``, which libzmq sees as the peer leaving and cleans up
-  itself) and counted as denied.
+  itself) and counted as denied. The inbound TCP sockets have one cap
+  (:func:`connection_cap`); the unix sockets (outlets, control) another,
+  for all of them together and per socket (:func:`local_caps`), so that
+  the network cannot take the descriptors the local consumers need, nor
+  one local socket those of the others.
 * **A stop that loses nothing in flight.** Closing a connection drops what
   its peer sent but the receiver has not read yet. At a stop the receiver
   half-closes each connection instead (``SHUT_WR``): a legacy sender's
@@ -28,25 +33,62 @@ cannot:
 Only ``shutdown(2)`` is used on libzmq's descriptors, never ``close(2)``,
 so libzmq keeps owning them. A descriptor from an event may have been
 closed and reused by the time the event is read; before acting on one,
-its local port is checked to still be an inbound port.
+its local address (TCP port, or socket file path) is checked to still be
+the one of the socket that accepted it.
 """
 
+import collections
 import contextlib
 import errno
 import logging
 import os
 import socket
 
+import struct
+
 import zmq
-from zmq.utils import monitor as zmq_monitor
+from zmq import backend
 
 LOG = logging.getLogger(__name__)
 
-#: Reason, in the ``denied`` counter, of a connection over the cap.
+#: Reasons, in the ``denied`` counter, of a connection over a cap: TCP
+#: from senders, to an outlet, to the control socket.
 TOO_MANY_CONNECTIONS = 'too_many_connections'
+TOO_MANY_CONSUMERS = 'too_many_consumer_connections'
+TOO_MANY_CONTROL = 'too_many_control_connections'
+
+#: Connections the control socket takes at once: the admin tool needs one.
+CONTROL_CONNECTIONS = 16
+#: Unix connections in all take at most this share of the descriptor
+#: limit, and at least LOCAL_MIN.
+LOCAL_SHARE = 8
+LOCAL_MIN = 32
 
 _EVENTS = (zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED |
            zmq.EVENT_ACCEPT_FAILED)
+
+_recv = backend.Socket.recv
+_NOBLOCK = int(zmq.NOBLOCK)
+_EVENT = struct.Struct('=HI')
+
+
+def read_events(monitor):
+    """The (event, value) pairs waiting on *monitor*, a libzmq socket
+    monitor, without blocking: the value is the descriptor of ACCEPTED and
+    DISCONNECTED, the errno of ACCEPT_FAILED.
+
+    pyzmq's recv_monitor_message costs several times more per event (flag
+    enums, the endpoint decoded): during a flood of connections, refusing
+    them as fast as libzmq accepts them is what keeps descriptors free.
+    """
+    events = []
+    while True:
+        try:
+            head = _recv(monitor, _NOBLOCK, True)
+        except zmq.Again:
+            return events
+        _recv(monitor, _NOBLOCK, True)  # the endpoint: known already
+        events.append(_EVENT.unpack_from(head))
 
 
 def connection_cap(configured, nofile, outlets_need):
@@ -69,22 +111,46 @@ def connection_cap(configured, nofile, outlets_need):
     return fits
 
 
-class Connections:
-    """Tracks the connections of the inbound sockets, caps and stops them.
+def local_caps(nofile):
+    """(all unix connections, those to one socket) for the descriptor
+    limit *nofile*: an eighth of it (at least LOCAL_MIN), and a quarter of
+    that per socket, so that a local user who holds the connections of
+    a few sockets leaves room for the consumers of the others."""
+    total = max(LOCAL_MIN, nofile // LOCAL_SHARE)
+    return total, total // 4
 
-    :meth:`watch` each inbound socket before it binds, register
-    :meth:`on_events` with the loop for every :attr:`monitors` socket, call
+
+class Connections:
+    """Tracks the connections of some sockets, caps and stops them.
+
+    :meth:`watch` each socket before it binds, register :meth:`on_events`
+    with the loop for every :attr:`monitors` socket, call
     :meth:`half_close` at a stop and wait for :attr:`open` to reach 0.
+    Sockets that read their monitors themselves (the outlets, which count
+    their consumers) call :meth:`admit` and :meth:`gone` instead.
+
+    *cap* bounds the connections of all the sockets together; *per_socket*
+    (0: no such cap) those of one address. The addresses are TCP ports
+    (int) or socket file paths (str).
     """
 
-    def __init__(self, cap, counters, warn):
+    def __init__(self, cap, counters, warn, per_socket=0):
         self.cap = cap
+        self.per_socket = per_socket
         self.counters = counters
         self.warn = warn
-        #: Monitor socket -> (inbound socket, its TCP port).
+        #: Monitor socket -> (its socket, its address, its own cap or 0,
+        #: the denied reason over it).
         self.monitors = {}
-        #: Descriptor -> monitor socket, of each open connection.
+        #: Descriptor -> (monitor socket or None, address), of each open
+        #: connection.
         self._open = {}
+        #: Address -> its open connections.
+        self._per_address = collections.Counter()
+        #: Socket file path -> the names its listeners were bound with,
+        #: which its connections carry (ipcfile binds in a private
+        #: directory, then renames the file into place): see bound().
+        self._names = {}
         #: Monitor socket -> the allow-list check of its socket's peers.
         self._admits = {}
         self._closing = False
@@ -94,20 +160,22 @@ class Connections:
         """Connections accepted and not yet gone."""
         return len(self._open)
 
-    def watch(self, sock, port, admits=None):
-        """Follow the connections *sock* accepts on TCP *port*; returns the
+    def watch(self, sock, address, cap=0, reason=TOO_MANY_CONNECTIONS,
+              admits=None):
+        """Follow the connections *sock* accepts on *address* (TCP port or
+        socket file path), at most *cap* at once if not 0; returns the
         monitor socket to poll. Call it before the bind, so that none is
-        missed. *admits(address)*, when given, says whether a peer at that
-        address may stay connected (and counts and logs a refusal)."""
+        missed. *admits(address)*, when given, says whether a TCP peer at
+        that address may stay connected (and counts and logs a refusal)."""
         monitor = sock.get_monitor_socket(_EVENTS)
-        self.monitors[monitor] = (sock, port)
+        self.monitors[monitor] = (sock, address, cap, reason)
         if admits is not None:
             self._admits[monitor] = admits
         return monitor
 
     def unwatch(self, monitor):
         """Stop following what *monitor* watches (its bind failed)."""
-        sock, _ = self.monitors.pop(monitor)
+        sock = self.monitors.pop(monitor)[0]
         self._admits.pop(monitor, None)
         try:
             sock.disable_monitor()
@@ -117,23 +185,17 @@ class Connections:
 
     def set_port(self, monitor, port):
         """The TCP port its socket has bound (known after a bind to 0)."""
-        sock, _ = self.monitors[monitor]
-        self.monitors[monitor] = (sock, port)
+        sock, _, cap, reason = self.monitors[monitor]
+        self.monitors[monitor] = (sock, port, cap, reason)
 
     def on_events(self, monitor):
         """Read what *monitor* reports; refuse or half-close as needed."""
-        _, port = self.monitors[monitor]
-        while True:
-            try:
-                event = zmq_monitor.recv_monitor_message(monitor, zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            kind = event['event']
-            fd = int(event['value'])
+        _, port, cap, reason = self.monitors[monitor]
+        for kind, fd in read_events(monitor):
             if kind == zmq.EVENT_ACCEPTED:
-                self._accepted(monitor, fd, port)
+                self.admit(fd, port, cap, reason, monitor)
             elif kind == zmq.EVENT_DISCONNECTED:
-                self._open.pop(fd, None)
+                self.gone(fd, port)
             elif kind == zmq.EVENT_ACCEPT_FAILED:
                 # libzmq's TCP listener retries by itself; the value is
                 # the errno.
@@ -143,69 +205,149 @@ class Connections:
                     '[zmq_receiver] max_connections', port,
                     _strerror(fd))
 
-    def _accepted(self, monitor, fd, port):
+    def bound(self, address, endpoint):
+        """The socket of file *address* is now also bound as *endpoint*
+        (its LAST_ENDPOINT after the bind): connections accepted there are
+        named after that path, not the file's."""
+        self._names.setdefault(address, set()).add(
+            endpoint[len('ipc://'):] if endpoint.startswith('ipc://')
+            else endpoint)
+
+    def _own(self, address):
+        """What _shutdown checks a descriptor of *address* against."""
+        if isinstance(address, int):
+            return address
+        return self._names.get(address) or {address}
+
+    def admit(self, fd, address, cap=0, reason=TOO_MANY_CONSUMERS,
+              monitor=None):
+        """Connection *fd* was accepted on *address*: keep it, or shut it
+        down when over a cap (*cap* for its socket, or per_socket, and the
+        cap of all), counting it under *reason*. Returns whether it was
+        kept; one already gone counts as neither."""
         admits = self._admits.get(monitor)
         if admits is not None:
-            peer = _peer_address(fd, port)
+            peer = _peer_address(fd, address)
             if peer is not None and not admits(peer):
-                _shutdown(fd, port, socket.SHUT_RDWR)
-                return
+                _shutdown(fd, address, socket.SHUT_RDWR)
+                return False
         if self._closing:
             # A sender reconnecting during the stop: it sees the end of
             # the stream before it can send.
-            _shutdown(fd, port, socket.SHUT_WR)
-            self._open[fd] = monitor
+            _shutdown(fd, self._own(address), socket.SHUT_WR)
+            self._keep(fd, address, monitor)
+            return True
+        cap = cap or self.per_socket
+        held = self._per_address[address]
+        if len(self._open) >= self.cap or (cap and held >= cap):
+            if _shutdown(fd, self._own(address), socket.SHUT_RDWR):
+                self.counters.denied[reason] += 1
+                self._refused(address, held, cap, reason)
+            return False
+        self._keep(fd, address, monitor)
+        return True
+
+    def _keep(self, fd, address, monitor):
+        # A descriptor still listed was closed unseen (its socket was
+        # closed with its monitor): it is this connection's now.
+        self._drop(fd)
+        self._open[fd] = (monitor, address)
+        self._per_address[address] += 1
+
+    def _drop(self, fd, address=None):
+        entry = self._open.get(fd)
+        if entry is None or address is not None and entry[1] != address:
+            return False
+        del self._open[fd]
+        address = entry[1]
+        self._per_address[address] -= 1
+        if self._per_address[address] <= 0:
+            del self._per_address[address]
+        return True
+
+    def gone(self, fd, address):
+        """Connection *fd* on *address* closed; whether it was one kept by
+        :meth:`admit` (a refused one closes too)."""
+        return self._drop(fd, address)
+
+    def _refused(self, address, held, cap, reason):
+        if isinstance(address, int):
+            self.warn.warning(
+                'too-many-connections', 'Refused a connection on TCP '
+                'port %d: %d are open, [zmq_receiver] max_connections '
+                'allows %d; find the peer that opens so many (ss -tn '
+                "'sport = :%d'), or raise max_connections and "
+                'LimitNOFILE=', address, len(self._open), self.cap, address)
             return
-        if len(self._open) >= self.cap:
-            if _shutdown(fd, port, socket.SHUT_RDWR):
-                self.counters.denied[TOO_MANY_CONNECTIONS] += 1
-                self.warn.warning(
-                    'too-many-connections', 'Refused a connection on TCP '
-                    'port %d: %d are open, [zmq_receiver] max_connections '
-                    'allows %d; find the peer that opens so many (ss -tn '
-                    "'sport = :%d'), or raise max_connections and "
-                    'LimitNOFILE=', port, len(self._open), self.cap, port)
-            return
-        self._open[fd] = monitor
+        self.warn.warning(
+            'refused-' + reason, 'Refused a connection to %s (%s): %d are '
+            'open to it (at most %d) and %d to all the unix sockets (at '
+            'most %d, an eighth of the descriptor limit); find the local '
+            'process that opens so many (ss -xp | grep %s), or raise '
+            'LimitNOFILE= (ulimit -n)', address, reason, held, cap,
+            len(self._open), self.cap, address)
 
     def half_close(self):
         """Stop: end the stream to every peer, who then closes its side."""
         self._closing = True
-        for fd, monitor in list(self._open.items()):
-            if not _shutdown(fd, self.monitors[monitor][1], socket.SHUT_WR):
-                self._open.pop(fd, None)
+        for fd, (_, address) in list(self._open.items()):
+            if not _shutdown(fd, self._own(address), socket.SHUT_WR):
+                self._drop(fd)
 
     def forget(self, sock):
         """*sock* is unbound: its connections are closed by libzmq."""
-        for fd, monitor in list(self._open.items()):
-            if self.monitors[monitor][0] is sock:
-                del self._open[fd]
+        for fd, (monitor, _) in list(self._open.items()):
+            if monitor is not None and self.monitors[monitor][0] is sock:
+                self._drop(fd)
+
+    def forget_address(self, address):
+        """The socket bound at *address* is closed, and its connections
+        with it (their monitor went with it, unread)."""
+        for fd, (_, bound) in list(self._open.items()):
+            if bound == address:
+                self._drop(fd)
+        self._names.pop(address, None)
 
     def close(self):
         """Stop monitoring; before the inbound sockets close."""
         for monitor in list(self.monitors):
             self.unwatch(monitor)
         self._open.clear()
+        self._per_address.clear()
+        self._names.clear()
 
 
 @contextlib.contextmanager
-def _borrowed(fd, port):
-    """*fd* as a socket object if it is still a connection on TCP *port*,
-    else None.
+def _borrowed(fd, address):
+    """*fd* as a socket object if it is still a connection on *address*
+    (a TCP port, int; or the name, str, or names, a set, a unix socket
+    was bound with), else None.
 
     The descriptor stays libzmq's: the socket object only borrows it and
     gives it back with detach().
     """
+    tcp = isinstance(address, int)
     try:
-        borrowed = socket.socket(fileno=fd)
+        # For a unix path, the family and type are not asked of the
+        # kernel (three calls, in a flood of connections): getsockname
+        # alone tells, since only a unix stream connection accepted on
+        # that path has that name (a descriptor of anything else gives
+        # another name, or fails).
+        borrowed = (socket.socket(fileno=fd) if tcp else
+                    socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd))
     except OSError:
         yield None  # closed meanwhile
         return
     try:
         try:
-            ours = (borrowed.type == socket.SOCK_STREAM and
-                    borrowed.family in (socket.AF_INET, socket.AF_INET6) and
-                    borrowed.getsockname()[1] == port)
+            if tcp:
+                ours = (borrowed.type == socket.SOCK_STREAM and
+                        borrowed.family in (socket.AF_INET,
+                                            socket.AF_INET6) and
+                        borrowed.getsockname()[1] == address)
+            else:
+                names = {address} if isinstance(address, str) else address
+                ours = borrowed.getsockname() in names
         except OSError:
             ours = False
         yield borrowed if ours else None
@@ -214,12 +356,11 @@ def _borrowed(fd, port):
         borrowed.detach()
 
 
-def _shutdown(fd, port, how):
-    """shutdown(2) *fd* if it is still a connection on TCP *port*.
-
-    Returns whether it was.
+def _shutdown(fd, address, how):
+    """shutdown(2) *fd* if it is still a connection on *address* (see
+    _borrowed). Returns whether it was.
     """
-    with _borrowed(fd, port) as sock:
+    with _borrowed(fd, address) as sock:
         if sock is None:
             return False
         try:

@@ -31,6 +31,15 @@ HEALTH_MAX_AGE = 5.0
 PREFIX = 'zmq_receiver_'
 #: The label of the topics beyond the busiest N.
 OTHER = 'other'
+#: Connections served at once; the next wait in the listen backlog, which
+#: holds no descriptor of the receiver's.
+HTTP_WORKERS = 8
+#: Connections the kernel queues for the workers (listen(2); the kernel
+#: may lower it to net.core.somaxconn): 200 scrapers at once all get in.
+HTTP_BACKLOG = 1024
+#: Seconds a connection may take from its accept to its answer; one that
+#: takes longer (a peer that holds it open, or sends slowly) is shut down.
+HTTP_REQUEST_TIMEOUT = 5.0
 
 
 class LoopState:
@@ -69,6 +78,9 @@ class Collector:
         self._totals = {}
         self._other = (0, 0)
         self._last_snap = self._last_families = None
+        #: Returns the HTTP connections shut down at their deadline
+        #: (the Exporter sets it once its server exists).
+        self.http_timed_out = lambda: 0
 
     def describe(self):
         return []
@@ -87,11 +99,17 @@ class Collector:
         yield _by_reason('dropped', 'Messages an outlet dropped, by reason.',
                          snap['dropped'])
         yield _by_reason('denied', 'Connections refused by access control '
-                         '(allowed_networks, CURVE keys) or over '
-                         'max_connections, by reason.',
-                         snap.get('denied', {}))
+                         '(allowed_networks, CURVE keys) or over a cap '
+                         '(max_connections; the unix sockets\' caps), by '
+                         'reason.', snap.get('denied', {}))
         yield _gauge('connections', 'Open TCP connections from senders.',
                      snap.get('connections', 0))
+        yield _gauge('local_connections', 'Open unix connections to the '
+                     'outlets and the control socket.',
+                     snap.get('local_connections', 0))
+        yield _by_reason('control_requests', 'Requests on the control '
+                         'socket, by outcome (answered, or why not).',
+                         snap.get('control', {}))
         yield _gauge('backlog_messages', 'Messages queued in all backlogs.',
                      snap['queued'])
         yield _gauge('backlog_bytes', 'Bytes queued in all backlogs.',
@@ -122,6 +140,9 @@ class Collector:
                      state.last_max_iteration)
         yield _gauge('ready', '1 once bound and ready, 0 while stopping.',
                      int(state.ready))
+        yield _counter('http_timed_out', 'Connections to this endpoint shut '
+                       'down unanswered after %g s.' % HTTP_REQUEST_TIMEOUT,
+                       self.http_timed_out())
         with self._lock:
             families = self._topics(snap)
         yield from families
@@ -218,8 +239,71 @@ def _by_reason(name, doc, counts):
 
 
 class _QuietHandler(simple_server.WSGIRequestHandler):
+    #: Per read or write, a backstop: the deadline of _BoundedServer
+    #: bounds the whole request (and counts the connections it cuts).
+    timeout = 2 * HTTP_REQUEST_TIMEOUT
+
     def log_message(self, format, *args):
         """Scrapes are not worth a log line each."""
+
+
+class _BoundedServer(exposition.ThreadingWSGIServer):
+    """prometheus_client's thread-per-request server, with a bound.
+
+    At most HTTP_WORKERS connections are accepted at once (each with its
+    thread); the rest wait in the kernel's listen backlog (HTTP_BACKLOG),
+    so that held connections cost the receiver no more than that many
+    descriptors. Each connection is shut down HTTP_REQUEST_TIMEOUT after
+    its accept if it is not done by then, so that a peer that holds one
+    (or trickles its request) frees its worker.
+    """
+
+    request_queue_size = HTTP_BACKLOG
+
+    def __init__(self, *args, **kwargs):
+        self._slots = threading.BoundedSemaphore(HTTP_WORKERS)
+        #: Connections shut down at their deadline (written by timer
+        #: threads, read by scrapes: one int, under the GIL).
+        self.timed_out = 0
+        super().__init__(*args, **kwargs)
+
+    def get_request(self):
+        # Wait for a free worker before the accept, not after it.
+        self._slots.acquire()
+        try:
+            return super().get_request()
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        timer = threading.Timer(HTTP_REQUEST_TIMEOUT, self._cut, (request,))
+        timer.daemon = True
+        timer.start()
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            timer.cancel()
+
+    def _cut(self, request):
+        try:
+            # Wakes the worker blocked on it; a socket already closed
+            # (fileno -1) raises instead of touching a reused descriptor.
+            request.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            return
+        self.timed_out += 1
+
+    def shutdown_request(self, request):
+        """Close *request* and free its worker: called once for every
+        accepted connection, whatever happened to it."""
+        try:
+            super().shutdown_request(request)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address):
+        """A peer that went away or was cut is not worth a traceback."""
 
 
 class Exporter:
@@ -232,7 +316,10 @@ class Exporter:
         self.port = port
         self.state = state
         self.registry = prometheus_client.CollectorRegistry()
-        self.registry.register(Collector(state, top_topics))
+        self._collector = Collector(state, top_topics)
+        self._collector.http_timed_out = lambda: (
+            self._server.timed_out if self._server is not None else 0)
+        self.registry.register(self._collector)
         prometheus_client.ProcessCollector(registry=self.registry)
         prometheus_client.PlatformCollector(registry=self.registry)
         self._metrics_app = prometheus_client.make_wsgi_app(self.registry)
@@ -248,7 +335,7 @@ class Exporter:
             # The family follows the address: an IPv6 literal or a name
             # that resolves only to IPv6 needs an AF_INET6 server.
             family = _family(address)
-            server_class = type('Server', (exposition.ThreadingWSGIServer,),
+            server_class = type('Server', (_BoundedServer,),
                                 {'address_family': family})
             self._server = simple_server.make_server(
                 address, self.port, self._app, server_class=server_class,

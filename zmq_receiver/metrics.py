@@ -27,11 +27,20 @@ SEND_FAILED = 'send_failed'
 
 # Reasons, beside routing's, a message is refused before an outlet.
 OVERSIZED = 'oversized_message'
+TOO_MANY_FRAMES = 'too_many_frames'
 TOO_MANY_TOPICS = 'too_many_topics'
 OUT_OF_DESCRIPTORS = 'out_of_descriptors'
 IPC_PERMISSION = 'ipc_permission_denied'
 IPC_DIR_MISSING = 'ipc_dir_missing'
 OUTLET_ERROR = 'outlet_error'
+
+# Outcomes of a request on the control socket (Counters.control).
+CONTROL_ANSWERED = 'answered'
+CONTROL_UNKNOWN = 'unknown_request'
+CONTROL_MALFORMED = 'malformed_request'
+#: The peer did not read its earlier replies: this one is dropped.
+CONTROL_PEER_FULL = 'reply_dropped_peer_full'
+CONTROL_PEER_GONE = 'reply_dropped_peer_gone'
 
 DROP_REASONS = (BACKLOG_FULL, BACKLOG_BYTES_FULL, NO_SUBSCRIBER, NO_CONSUMER,
                 SHUTDOWN, SLOW_SUBSCRIBER, SEND_FAILED)
@@ -49,6 +58,8 @@ class Counters:
         #: reason: connections, not messages, since a refused peer sends
         #: none.
         self.denied = collections.Counter()
+        #: Requests on the control socket, by outcome.
+        self.control = collections.Counter()
         self.outlets_created = 0
         self.outlets_reaped = 0
         #: Times the loop stopped reading the network for a moment because
@@ -64,6 +75,7 @@ class Counters:
             'rejected': dict(self.rejected),
             'dropped': dict(self.dropped),
             'denied': dict(self.denied),
+            'control': dict(self.control),
             'queued': sum(t['backlog'] for t in per_topic.values()),
             'queued_bytes': sum(t['backlog_bytes']
                                 for t in per_topic.values()),

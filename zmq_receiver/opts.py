@@ -242,9 +242,27 @@ receiver_opts = [
         'max_message_size',
         default=64 * 1024 * 1024,
         min=1,
-        help='Largest message accepted, in bytes. A single larger frame '
+        help='Largest message accepted, in bytes, counting 64 bytes for '
+             'each frame beside its content. A single larger frame '
              'makes libzmq disconnect the peer; a larger multipart message '
-             'is rejected and counted.'),
+             'is rejected and counted.\n\n'
+             'Related options:\n\n'
+             '* ``max_frames``'),
+    cfg.IntOpt(
+        'max_frames',
+        default=32,
+        min=2,
+        max=65536,
+        help='Most frames a message may have. A message with more is '
+             'rejected and counted (reason too_many_frames); its frames '
+             'beyond the limit are discarded as they are read, never '
+             'kept. Legacy messages have 4 frames and impl_zmq_v2 '
+             'notifications 8 (4 plus two per key); the default leaves '
+             'room for more keys. Each frame also counts 64 bytes in '
+             '``max_message_size`` and the backlog limits, what holding '
+             'it costs beside its content.\n\n'
+             'Related options:\n\n'
+             '* ``max_message_size``, ``max_backlog_bytes``'),
     cfg.StrOpt(
         'socket_mode',
         default='0660',

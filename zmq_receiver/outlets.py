@@ -51,8 +51,8 @@ import termios
 import time
 
 import zmq
-from zmq.utils import monitor as zmq_monitor
 
+from zmq_receiver import connections
 from zmq_receiver import errors
 from zmq_receiver import ipcfile
 from zmq_receiver import metrics
@@ -90,6 +90,16 @@ STALL_CHECK = 0.01
 SETTLE = 0.2
 
 _MONITOR_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+
+#: listen(2) backlog of the unix sockets (outlets, control; libzmq's
+#: default is 100). Connections over a cap are shut down only once libzmq
+#: has accepted them and the loop has read its monitor; a short backlog
+#: makes a local flood of connections wait for libzmq's accepts, so that
+#: the loop mostly keeps up (under 256 descriptors, with 100 three flooding
+#: processes made libzmq abort the receiver; with 2, two never did, six
+#: did once in two runs: see README, "Limits"). A consumer that finds it
+#: full retries after libzmq's reconnect interval (0.1 s).
+LISTEN_BACKLOG = 2
 
 _ERRNO_REASONS = {
     errno.EMFILE: metrics.OUT_OF_DESCRIPTORS,
@@ -276,6 +286,10 @@ class Outlets:
         #: opened since.
         self._fds = None
         self._fds_opened = 0
+        #: The unix sockets' connections.Connections: each consumer's
+        #: connection is admitted there (caps on descriptors), or shut
+        #: down. None: every one is taken.
+        self.connections = None
 
     def __iter__(self):
         return iter(list(self.by_key.values()))
@@ -414,10 +428,13 @@ class Outlets:
         monitor = None
         try:
             sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.BACKLOG, LISTEN_BACKLOG)
             # Before the bind: a consumer that connects at once must be
-            # counted, or its outlet would be reaped under it.
+            # counted (or its outlet would be reaped under it), and each
+            # connection capped.
             monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
             bind_ipc(sock, path, self.limits)
+            self.note_bound(sock, path)
         except (OSError, zmq.ZMQError) as exc:
             # ZMQError is no OSError: a failed outlet used to stay open,
             # holding descriptors and hanging ctx.term() at exit.
@@ -479,6 +496,8 @@ class Outlets:
             except zmq.ZMQError:
                 pass  # the context is ending (ETERM): it goes anyway
             outlet.monitor.close(linger=0)
+        if self.connections is not None:
+            self.connections.forget_address(outlet.path)
         # libzmq leaves the file behind. Removing it before the close, not
         # after, can never remove the file of a newer outlet of the same key.
         remove_socket_file(outlet.path)
@@ -762,18 +781,16 @@ class Outlets:
             self._flush(outlet)
 
     def _on_monitor(self, outlet):
-        while True:
-            try:
-                event = zmq_monitor.recv_monitor_message(outlet.monitor,
-                                                         zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            if event['event'] == zmq.EVENT_ACCEPTED:
-                outlet.peers += 1
-                outlet.fds[int(event['value'])] = None
-            elif event['event'] == zmq.EVENT_DISCONNECTED:
-                outlet.peers = max(0, outlet.peers - 1)
-                outlet.fds.pop(int(event['value']), None)
+        conns = self.connections
+        for event, fd in connections.read_events(outlet.monitor):
+            if event == zmq.EVENT_ACCEPTED:
+                if conns is None or conns.admit(fd, outlet.path):
+                    outlet.peers += 1
+                    outlet.fds[fd] = None
+            elif event == zmq.EVENT_DISCONNECTED:
+                if conns is None or conns.gone(fd, outlet.path):
+                    outlet.peers = max(0, outlet.peers - 1)
+                    outlet.fds.pop(fd, None)
             outlet.last_active = self.clock()
 
     # -- time ------------------------------------------------------------------
@@ -887,6 +904,13 @@ class Outlets:
         self.check_files()
         return bool(reaped)
 
+    def note_bound(self, sock, path):
+        """Tell the connection caps the name *sock* was just bound with at
+        *path* (see connections.Connections.bound)."""
+        if self.connections is not None:
+            self.connections.bound(
+                path, sock.getsockopt_string(zmq.LAST_ENDPOINT))
+
     def keep_bound(self, sock, path, name, clients):
         """Have :meth:`check_files` bind *sock* at *path* again whenever
         its file is missing, like an outlet's (the control socket). *name*
@@ -993,6 +1017,7 @@ class Outlets:
         except OSError as exc:
             failure = exc
         if failure is None:
+            self.note_bound(sock, path)
             return True
         self._rescan = True
         reason = _ERRNO_REASONS.get(failure.errno, metrics.OUTLET_ERROR)

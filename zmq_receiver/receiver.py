@@ -22,6 +22,7 @@ import zmq
 from zmq_receiver import access as access_mod
 from zmq_receiver import connections as connections_mod
 from zmq_receiver import errors
+from zmq_receiver import memory
 from zmq_receiver import metrics
 from zmq_receiver import notify
 from zmq_receiver import outlets as outlets_mod
@@ -62,6 +63,24 @@ STOP_CLOSE_WAIT = 1.0
 DEFAULT_CONNECTIONS = 16384
 #: The control socket's file; not a ``zmq_topic_`` name, so no topic hits it.
 CONTROL_NAME = '.zmq-receiver-control'
+#: Control requests answered per turn of the loop: the rest wait in libzmq
+#: (CONTROL_HWM per peer), so that a flood of them cannot take the loop
+#: away from forwarding.
+CONTROL_BATCH = 8
+#: Snapshots built for control requests per tick; beyond, the last one is
+#: answered again. Enough for an operator or a poller at 50 a second to
+#: always read fresh figures; a flood of stats costs at most this many.
+CONTROL_FRESH_PER_TICK = 64
+#: Messages libzmq queues per control peer in each direction: a peer that
+#: sends without reading fills its few and loses the rest of its replies
+#: (counted), instead of growing the receiver's memory.
+CONTROL_HWM = 4
+#: Largest control frame: libzmq disconnects a peer that sends a larger
+#: one. A request is a word.
+CONTROL_MAX_FRAME = 256
+#: Frames of a control request as the ROUTER socket reads it: the peer's
+#: identity, REQ's empty delimiter, the request.
+CONTROL_MAX_FRAMES = 3
 
 
 def tcp_endpoint(address, port):
@@ -94,7 +113,8 @@ class Settings:
 
     def __init__(self, bind_address, port, ipc_dir, limits,
                  max_message_size, io_threads=1, shutdown_timeout=10.0,
-                 log_interval=10.0, access=None, max_connections=0):
+                 log_interval=10.0, access=None, max_connections=0,
+                 max_frames=32):
         self.bind_address = bind_address
         self.port = port
         self.ipc_dir = ipc_dir
@@ -107,6 +127,8 @@ class Settings:
         self.access = access
         #: Inbound TCP connections allowed at once; 0: automatic.
         self.max_connections = max_connections
+        #: Frames a message may have.
+        self.max_frames = max_frames
 
 
 class Receiver:
@@ -141,6 +163,8 @@ class Receiver:
         self.curve_endpoint = None
         #: The inbound sockets' connections (connections.Connections).
         self.connections = None
+        #: The unix sockets' (outlets, control) connections.
+        self.local = None
         #: During a stop: until when the senders may take to close their
         #: connections; None once the inbound sockets are unbound.
         self._inputs_until = None
@@ -161,6 +185,13 @@ class Receiver:
         #: reload, where the level may change).
         self.debug = LOG.isEnabledFor(logging.DEBUG)
         self._deadline = None
+        #: The last encoded stats reply, the turn it was built in, and how
+        #: many more may be built in this tick (see _stats_reply).
+        self._control_reply = None
+        self._control_turn = None
+        self._control_fresh = CONTROL_FRESH_PER_TICK
+        #: Messages rejected for too many frames, at the last tick.
+        self._long_seen = 0
 
     # -- the loop's socket registry, used by the outlets -------------------
 
@@ -208,11 +239,17 @@ class Receiver:
         self.outlets = outlets_mod.Outlets(
             self.ctx, self, s.ipc_dir, s.limits, self.counters, self.warn,
             self.clock)
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        # The unix sockets' connections (consumers, the admin tool) have a
+        # share of the descriptors the network cannot take.
+        local, per_outlet = connections_mod.local_caps(nofile)
+        self.local = connections_mod.Connections(
+            local, self.counters, self.warn, per_socket=per_outlet)
+        self.outlets.connections = self.local
         self.connections = connections_mod.Connections(
             connections_mod.connection_cap(
-                s.max_connections,
-                resource.getrlimit(resource.RLIMIT_NOFILE)[0],
-                outlets_mod.descriptors_needed(s.limits.max_topics)),
+                s.max_connections, nofile,
+                outlets_mod.descriptors_needed(s.limits.max_topics) + local),
             self.counters, self.warn)
         policy = s.access
         try:
@@ -281,7 +318,7 @@ class Receiver:
             secure(sock)
         # Before the bind: no connection may go uncounted.
         monitor = self.connections.watch(
-            sock, port, access_mod.NetworkCheck(
+            sock, port, admits=access_mod.NetworkCheck(
                 networks, self.counters, self.warn).admits
             if networks else None)
         try:
@@ -321,16 +358,31 @@ class Receiver:
 
         The outlets keep its file bound like theirs (it vanishes with the
         IPC directory), and bind it once they can when this first bind
-        fails.
+        fails. A ROUTER socket, not REP, so that a reply a peer does not
+        read is refused at once (ROUTER_MANDATORY, NOBLOCK) and counted,
+        instead of being queued or dropped unseen.
         """
         path = control_path(self.settings.ipc_dir)
-        sock = self.ctx.socket(zmq.REP)
+        sock = self.ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.SNDHWM, CONTROL_HWM)
+        sock.setsockopt(zmq.RCVHWM, CONTROL_HWM)
+        sock.setsockopt(zmq.MAXMSGSIZE, CONTROL_MAX_FRAME)
+        sock.setsockopt(zmq.BACKLOG, outlets_mod.LISTEN_BACKLOG)
+        # Before the bind, as for every socket: no connection uncapped.
+        monitor = self.local.watch(
+            sock, path, min(connections_mod.CONTROL_CONNECTIONS,
+                            self.local.per_socket),
+            connections_mod.TOO_MANY_CONTROL)
+        self.register(monitor, zmq.POLLIN,
+                      lambda events: self.local.on_events(monitor))
         failure = None
         try:
             # Owned and moded like the outlets: whoever may connect to a
             # topic may also read the stats.
             outlets_mod.bind_ipc(sock, path, self.settings.limits)
+            self.outlets.note_bound(sock, path)
         except OSError as exc:
             failure = exc
         if failure is not None:
@@ -343,20 +395,50 @@ class Receiver:
                                 'the admin tool')
 
     def _on_control(self, events):
-        while True:
+        """Answer at most CONTROL_BATCH requests (one snapshot per turn)."""
+        for _ in range(CONTROL_BATCH):
             try:
-                request = self.control.recv(zmq.NOBLOCK)
+                frames = wire.py_recv_message(self.control,
+                                              CONTROL_MAX_FRAMES)
             except zmq.Again:
                 return
-            if request == b'stats':
-                reply = json.dumps(self.snapshot()).encode()
-            else:
-                reply = json.dumps({'error': 'unknown request %r; try '
-                                             'stats' % request[:64]}).encode()
-            try:
-                self.control.send(reply, zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
+            self._answer(frames)
+
+    def _answer(self, frames):
+        outcome = self.counters.control
+        # [identity, request] from a DEALER, [identity, b'', request] from
+        # REQ; anything else gets no answer.
+        if not 2 <= len(frames) <= CONTROL_MAX_FRAMES or (
+                len(frames) == 3 and frames[1]):
+            outcome[metrics.CONTROL_MALFORMED] += 1
+            return
+        request = frames[-1]
+        if request == b'stats':
+            reply = self._stats_reply()
+        else:
+            outcome[metrics.CONTROL_UNKNOWN] += 1
+            reply = json.dumps({'error': 'unknown request %r; try '
+                                         'stats' % request[:64]}).encode()
+        try:
+            self.control.send_multipart(frames[:-1] + [reply], zmq.NOBLOCK)
+        except zmq.Again:
+            outcome[metrics.CONTROL_PEER_FULL] += 1
+        except zmq.ZMQError:
+            # EHOSTUNREACH: gone before its answer.
+            outcome[metrics.CONTROL_PEER_GONE] += 1
+        else:
+            outcome[metrics.CONTROL_ANSWERED] += 1
+
+    def _stats_reply(self):
+        """The encoded snapshot: built again unless one was built in this
+        turn, or CONTROL_FRESH_PER_TICK were built in this tick."""
+        turn = self.outlets.now
+        if self._control_reply is None or (
+                self._control_turn != turn and self._control_fresh > 0):
+            self._control_reply = json.dumps(self.snapshot()).encode()
+            self._control_turn = turn
+            self._control_fresh -= 1
+        return self._control_reply
 
     # -- run ---------------------------------------------------------------
 
@@ -449,6 +531,8 @@ class Receiver:
                 if outlets.tick():
                     self._routes.clear()
                 self.warn.flush()
+                self._control_fresh = CONTROL_FRESH_PER_TICK
+                self._trim_after_long_messages()
                 self.notifier.status(self.status_line())
                 self._publish()
                 next_tick = now + TICK
@@ -456,6 +540,14 @@ class Receiver:
                 # What fell due during this turn falls due later than the
                 # earliest one known before the poll.
                 outlets.run_due()
+
+    def _trim_after_long_messages(self):
+        """Give back what libzmq held of the messages rejected for too
+        many frames since the last tick (see :mod:`memory`)."""
+        count = self.counters.rejected[metrics.TOO_MANY_FRAMES]
+        if count != self._long_seen:
+            self._long_seen = count
+            memory.trim()
 
     def _on_inbound(self, events):
         self._read_paced(self.inbound)
@@ -510,14 +602,15 @@ class Receiver:
         if wire.forward is not None and not self.debug:
             return self._read_fast(sock)
         dispatch = self.dispatch
+        max_frames = self.settings.max_frames
         read = 0
         for _ in range(INBOUND_BATCH):
             try:
-                frames = wire.recv_message(sock)
+                frames = wire.recv_message(sock, max_frames)
             except zmq.Again:
                 return False
             dispatch(frames)
-            read += sum(map(len, frames))
+            read += wire.message_cost(frames)
             if read >= INBOUND_BATCH_BYTES:
                 break
         return True
@@ -533,7 +626,8 @@ class Receiver:
             direct = wire.forward(sock, self._routes, INBOUND_BATCH,
                                   self.settings.max_message_size,
                                   self.outlets.now, self.dispatch,
-                                  INBOUND_BATCH_BYTES)
+                                  INBOUND_BATCH_BYTES,
+                                  self.settings.max_frames)
         except BaseException as exc:
             direct = getattr(exc, 'wire_forwarded', 0)
             counters.received += direct
@@ -555,12 +649,22 @@ class Receiver:
                          '%d frame(s), fewer than the 2 of the legacy '
                          'protocol' % len(frames))
             return
-        size = sum(map(len, frames))
+        if len(frames) > self.settings.max_frames:
+            # The receive kept one frame more than allowed, and discarded
+            # the rest.
+            self._reject(metrics.TOO_MANY_FRAMES, frames[1],
+                         'more than the %d frames of [zmq_receiver] '
+                         'max_frames' % self.settings.max_frames,
+                         'raise max_frames if a real service sends '
+                         'messages of more frames')
+            return
+        size = wire.message_cost(frames)
         if size > self.settings.max_message_size:
             self._reject(metrics.OVERSIZED, frames[1],
-                         '%d bytes, more than [zmq_receiver] '
-                         'max_message_size (%d)' % (
-                             size, self.settings.max_message_size),
+                         '%d bytes (%d per frame included), more than '
+                         '[zmq_receiver] max_message_size (%d)' % (
+                             size, wire.FRAME_COST,
+                             self.settings.max_message_size),
                          'raise max_message_size if a real service sends '
                          'messages this large')
             return
@@ -725,6 +829,8 @@ class Receiver:
         snap = self.counters.snapshot(self.outlets or ())
         snap['connections'] = (self.connections.open
                                if self.connections is not None else 0)
+        snap['local_connections'] = (self.local.open
+                                     if self.local is not None else 0)
         # Consumers that left half way through a message being sent to
         # them: each such message was taken back by libzmq and sent again.
         snap['send_rollbacks'] = wire.rollbacks()
@@ -758,6 +864,8 @@ class Receiver:
         if self.access is not None:
             self.access.stop()
             self.access = None
+        if self.local is not None:
+            self.local.close()
         if self.control is not None:
             outlets_mod.remove_socket_file(
                 control_path(self.settings.ipc_dir))

@@ -40,18 +40,34 @@ _MORE = int(zmq.SNDMORE) | _NOBLOCK
 
 #: Parts at least this long are forwarded as frames, without a copy.
 ZERO_COPY_MIN = 4096
+#: Bytes each frame of a message costs in every byte limit
+#: (max_message_size, the backlogs), beside its content: what a frame costs
+#: held, whatever its size (measured: README, "Limits"). Keep in step with
+#: _wire.c's FRAME_COST.
+FRAME_COST = 64
 
 #: Messages py_send_message found cut after their first part.
 _py_rollbacks = 0
 
 
-def py_recv_message(sock):
+def message_cost(frames):
+    """The bytes *frames* count as in the limits: content plus
+    FRAME_COST per frame."""
+    return sum(map(len, frames)) + FRAME_COST * len(frames)
+
+
+def py_recv_message(sock, max_frames=-1):
     """The next whole message on *sock* as a list of parts.
 
     The first two parts (message id and topic, which routing reads) are
     always ``bytes``; a later part is ``bytes`` or, from
     :data:`ZERO_COPY_MIN` bytes on, a :class:`zmq.Frame`. Both have
     ``len()`` and :func:`send_message` takes both.
+
+    With *max_frames* of 0 or more, at most ``max_frames + 1`` parts are
+    kept (one more than allowed shows that the message is too long); the
+    rest are received and discarded, so that a message of millions of empty
+    frames never becomes a list of them.
 
     Raises :class:`zmq.Again` when none is waiting. libzmq delivers a
     multipart message whole, so the parts after the first never wait.
@@ -61,11 +77,21 @@ def py_recv_message(sock):
     if frame.more:
         frame = _recv(sock, _NOBLOCK, False)
         frames.append(frame.bytes)
+        keep = max_frames + 1 if max_frames >= 0 else -1
         while frame.more:
             frame = _recv(sock, _NOBLOCK, False)
+            if len(frames) >= keep > 0:
+                _discard(sock, frame.more)
+                break
             frames.append(frame if len(frame) >= ZERO_COPY_MIN
                           else frame.bytes)
     return frames
+
+
+def _discard(sock, more):
+    """Receive and drop the rest of a message (about 1 us a frame)."""
+    while more:
+        more = _recv(sock, _NOBLOCK, False).more
 
 
 def py_send_message(sock, frames):

@@ -23,6 +23,7 @@ from tests.support import (assert_balanced, cast, pull, queue_casts, recv,
                            sub)
 # Every test here runs on the compiled and the pure-Python path.
 from tests.support import daemons_on_both_paths as daemons  # noqa: F401
+from zmq_receiver import wire
 
 
 def topic_stats(stats, key):
@@ -91,14 +92,15 @@ def test_late_push_consumer_gets_backlog_then_live_traffic_in_order(
 def test_max_backlog_bytes_caps_all_topics_together(ctx, daemons,
                                                     short_dir):
     a = cast('bytes.a', b'A' * 100)
-    size = sum(map(len, a))
+    # Content and the fixed cost of each frame (wire.FRAME_COST).
+    size = wire.message_cost(a)
     # Room for three messages in all, far less than each topic's backlog.
     daemon = daemons(short_dir, with_backlog(10, max_backlog_bytes=3 * size))
     out = support.sender(ctx, daemon)
 
     def msg(topic, tag):
         frames = cast(topic, tag * 100)
-        assert sum(map(len, frames)) == size
+        assert wire.message_cost(frames) == size
         return frames
 
     for frames in (msg('bytes.a', b'1'), msg('bytes.a', b'2'),
@@ -179,7 +181,7 @@ def test_new_push_outlet_nobody_joins_keeps_its_backlog_after_the_window(
 def test_new_push_outlet_joining_stays_within_max_backlog_bytes(
         ctx, daemons, short_dir):
     frames = cast('bytes.join', b'x' * 100)
-    size = sum(map(len, frames))
+    size = wire.message_cost(frames)
     daemon = daemons(short_dir, with_backlog(2, max_backlog_bytes=6 * size))
     out = support.sender(ctx, daemon)
     for _ in range(8):

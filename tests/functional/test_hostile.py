@@ -19,6 +19,7 @@ from zmq.utils import monitor
 
 from tests import support
 from tests.support import assert_balanced, cast, pull, recv
+from zmq_receiver import wire
 
 #: Files in the IPC directory that are not outlets.
 NOT_OUTLETS = {'.zmq-receiver.lock', '.zmq-receiver-control'}
@@ -118,14 +119,15 @@ def test_fanout_key_length_counts_not_the_whole_topic(ctx, receiver):
 def test_oversized_multipart_message_is_rejected(ctx, daemons, short_dir):
     daemon = daemons(short_dir, {'zmq_receiver': {'max_message_size': 1000}})
     head = cast('compute.host1', b'')
-    room = 1000 - sum(map(len, head))
+    # Each of the 5 frames counts wire.FRAME_COST beside its content.
+    room = 1000 - sum(map(len, head)) - 5 * wire.FRAME_COST
     # Every frame fits, the whole does not.
     too_big = head[:3] + [b'a' * (room // 2), b'b' * (room - room // 2 + 1)]
     assert all(len(f) < 1000 for f in too_big)
     out, consumer = assert_refused(ctx, daemon, too_big, 'oversized_message')
     # Exactly the limit is accepted, byte for byte.
     exact = head[:3] + [b'a' * (room // 2), b'b' * (room - room // 2)]
-    assert sum(map(len, exact)) == 1000
+    assert wire.message_cost(exact) == 1000
     out.send_multipart(exact)
     assert recv(consumer) == exact
 
@@ -315,7 +317,11 @@ def test_push_flood_does_not_lock_new_topics_out_for_ever(ctx, daemons,
 
 # -- random input --
 
-FUZZ_MAX_SIZE = 200
+#: Messages of up to 8 frames fit or not at random (each frame costs
+#: FRAME_COST beside its content).
+FUZZ_MAX_SIZE = 200 + 8 * wire.FRAME_COST
+#: Fewer than some of the random messages have.
+FUZZ_MAX_FRAMES = 8
 STEADY = b'steady.fuzz'
 TOPICS = st.sampled_from([
     STEADY, b'fanout~fuzz.h', b'fanout~', b'zmq_replies.fuzz', b'fuzz.h',
@@ -325,7 +331,8 @@ TOPICS = st.sampled_from([
 @st.composite
 def messages(draw):
     # libzmq cannot send a message of no frames: one is the least.
-    frames = draw(st.lists(st.binary(max_size=64), min_size=1, max_size=8))
+    frames = draw(st.lists(st.binary(max_size=64), min_size=1,
+                           max_size=FUZZ_MAX_FRAMES + 3))
     if len(frames) >= 2 and draw(st.booleans()):
         frames[1] = draw(TOPICS)
     return frames
@@ -339,6 +346,7 @@ def fuzzed():
         # Small enough that random messages reach it, larger than any one
         # frame (64 bytes), so that libzmq never cuts the sender.
         'max_message_size': FUZZ_MAX_SIZE,
+        'max_frames': FUZZ_MAX_FRAMES,
         'join_window': 0.2,
     }})
     context = zmq.Context()
@@ -364,8 +372,8 @@ def test_random_frames_never_hurt_the_receiver(fuzzed, frames):
     fuzzed['sent'] += 2
     # A random message that is a valid cast to the steady topic arrives
     # first, unchanged; anything else must not arrive at all.
-    if (len(frames) >= 2 and frames[1] == STEADY and
-            sum(map(len, frames)) <= FUZZ_MAX_SIZE):
+    if (2 <= len(frames) <= FUZZ_MAX_FRAMES and frames[1] == STEADY and
+            wire.message_cost(frames) <= FUZZ_MAX_SIZE):
         assert recv(steady) == frames
     assert recv(steady) == normal
     stats = daemon.wait_stats(lambda s: s['received'] == fuzzed['sent'])

@@ -45,6 +45,7 @@ from tests.support import pull, recv, sub
 from zmq_receiver import __version__
 from zmq_receiver import errors
 from zmq_receiver import exporter
+from zmq_receiver import wire
 
 ADMIN = os.path.join(os.path.dirname(sys.executable),
                      'oslo-messaging-zmq-admin')
@@ -248,7 +249,8 @@ def test_scraped_counters_equal_what_was_sent_forwarded_dropped_rejected(
             'zmq_receiver_received_total': received,
             'zmq_receiver_forwarded_total': 9,
             'zmq_receiver_backlog_messages': 3,
-            'zmq_receiver_backlog_bytes': 3 * sum(map(len, queued_frames)),
+            'zmq_receiver_backlog_bytes': 3 * wire.message_cost(
+                queued_frames),
             'zmq_receiver_outlets': 3,
             'zmq_receiver_outlets_created_total': 3,
             'zmq_receiver_ready': 1,

@@ -491,10 +491,12 @@ def test_forward_slow(ctx, fwd, case):
     elif case == 'no route':
         frames = msg(1, b'elsewhere')
     elif case == 'too big':
-        # 14 bytes of id and topic: this one is one byte too many, and
-        # one that is just max_size goes straight.
-        frames = msg(1, body=b'x' * (max_size - 13))
-        feed(push, [msg(0, body=b'x' * (max_size - 14))])
+        # 14 bytes of id and topic and FRAME_COST for each of the 4 frames:
+        # this one is one byte too many, and one that is just max_size
+        # goes straight.
+        fits = max_size - 14 - 4 * wire.FRAME_COST
+        frames = msg(1, body=b'x' * (fits + 1))
+        feed(push, [msg(0, body=b'x' * fits)])
     elif case == 'one part':
         frames = [b'compute.host1']
     elif case == 'full':
@@ -733,3 +735,60 @@ def test_no_leak_forward(fwd):
     assert_level(run)
     assert (sys.getrefcount(now), sys.getrefcount(outlet)) == refs
     assert outlet.forwarded == 100000 * 2 // 5
+
+
+# -- frames beyond max_frames: kept one over, the rest discarded -------------
+
+@pytest.mark.parametrize('name', ['c', 'py'])
+@pytest.mark.parametrize('count, kept', [(3, 3), (4, 4), (5, 5), (6, 5),
+                                         (40, 5), (100000, 5)])
+def test_recv_keeps_one_frame_over_max_frames(ctx, name, count, kept):
+    recv_message, send_message = impl(name)
+    push, pull = pair(ctx, 'inproc', None, 'cap-%s-%d' % (name, count))
+    frames = [b'id', b'topic'] + [b'%d' % i for i in range(count - 2)]
+    send_message(push, frames)
+    send_message(push, [b'next', b'topic'])
+    assert as_bytes(recv_cap(recv_message, pull, 4)) == frames[:kept]
+    # The rest of the long message is gone: the next one starts whole.
+    assert recv_cap(recv_message, pull, 4) == [b'next', b'topic']
+
+
+def recv_cap(recv_message, sock, max_frames):
+    assert sock.poll(support.TIMEOUT * 1000), 'nothing arrived'
+    return recv_message(sock, max_frames)
+
+
+@pytest.mark.parametrize('name', ['c', 'py'])
+def test_recv_without_a_cap_keeps_every_frame(ctx, name):
+    recv_message, send_message = impl(name)
+    push, pull = pair(ctx, 'inproc', None, 'nocap-%s' % name)
+    frames = [b'id', b'topic'] + [b''] * 100
+    send_message(push, frames)
+    assert recv_cap(recv_message, pull, -1) == frames
+
+
+def test_frame_cost_is_the_same_in_c_and_python():
+    if not wire.FAST:
+        pytest.skip('no compiled _wire: %s' % wire.FAST_PROBLEM)
+    from zmq_receiver import _wire
+    assert _wire.FRAME_COST == wire.FRAME_COST
+    assert wire.message_cost([b'ab', b'']) == 2 + 2 * wire.FRAME_COST
+
+
+@fast
+@pytest.mark.parametrize('count', [3, 4, 5, 17, 100000])
+def test_forward_sends_a_message_over_max_frames_to_slow_cut(fwd, count):
+    (push, pull), (opush, opull) = fwd
+    outlet = Outlet(opush)
+    routes = {b'compute.host1': outlet}
+    frames = msg(0)[:2] + [b''] * (count - 2)
+    feed(push, [frames, msg(1)])
+    slow = Slow()
+    direct = wire.forward(pull, routes, 100, 1 << 30, 1.0, slow, 0, 4)
+    if count <= 4:
+        # Within the cap: straight to the outlet.
+        assert (direct, slow.got) == (2, [])
+    else:
+        assert direct == 1
+        assert slow.got == [frames[:5]]
+    assert drain(pull) == []
