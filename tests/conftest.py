@@ -34,6 +34,10 @@ def short_dir():
 def ctx():
     """A ZeroMQ context whose sockets are all closed, linger 0, at the end."""
     context = zmq.Context()
+    # A socket a test dropped without closing is closed by its garbage
+    # collection with the default linger, infinite: term would wait for ever
+    # on what it still held for a daemon that is gone. Linger 0 for all.
+    context.setsockopt(zmq.LINGER, 0)
     yield context
     context.destroy(linger=0)
 
