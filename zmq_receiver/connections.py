@@ -209,9 +209,14 @@ class Connections:
         """The socket of file *address* is now also bound as *endpoint*
         (its LAST_ENDPOINT after the bind): connections accepted there are
         named after that path, not the file's."""
-        self._names.setdefault(address, set()).add(
-            endpoint[len('ipc://'):] if endpoint.startswith('ipc://')
-            else endpoint)
+        self._names.setdefault(address, set()).add(_path_of(endpoint))
+
+    def unbound(self, address, endpoint):
+        """The socket of file *address* is no longer bound as *endpoint*
+        (see :meth:`bound`)."""
+        names = self._names.get(address)
+        if names is not None:
+            names.discard(_path_of(endpoint))
 
     def _own(self, address):
         """What _shutdown checks a descriptor of *address* against."""
@@ -354,6 +359,12 @@ def _borrowed(fd, address):
     finally:
         # Always: a socket object left to the collector would close it.
         borrowed.detach()
+
+
+def _path_of(endpoint):
+    """The path of an ``ipc://`` *endpoint*; any other as it is."""
+    return (endpoint[len('ipc://'):] if endpoint.startswith('ipc://')
+            else endpoint)
 
 
 def _shutdown(fd, address, how):

@@ -65,6 +65,9 @@ class Counters:
         #: Times the loop stopped reading the network for a moment because
         #: all it read went into backlogs (Receiver._read_paced).
         self.read_pauses = 0
+        #: Listeners unbound because their socket file vanished more often
+        #: than outlets.STALE_LISTENERS allows.
+        self.stale_listeners_closed = 0
 
     def snapshot(self, outlets=()):
         """A plain dict of every total and of each outlet in *outlets*."""
@@ -83,6 +86,7 @@ class Counters:
             'outlets_created': self.outlets_created,
             'outlets_reaped': self.outlets_reaped,
             'read_pauses': self.read_pauses,
+            'stale_listeners_closed': self.stale_listeners_closed,
             'topics': per_topic,
         }
 

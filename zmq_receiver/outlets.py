@@ -91,6 +91,15 @@ SETTLE = 0.2
 
 _MONITOR_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 
+#: Listeners a socket keeps bound, beside its current one, after its file
+#: vanished and it was bound again: the consumers connected through them
+#: stay connected. Past it the oldest is unbound, which cuts its consumers
+#: (they reconnect to the current file by themselves). Without a bound, a
+#: user who may remove files in the IPC directory (a member of a shared
+#: group directory without the sticky bit) would make the receiver keep a
+#: descriptor for every removal, until libzmq aborts for want of one.
+STALE_LISTENERS = 1
+
 #: listen(2) backlog of the unix sockets (outlets, control; libzmq's
 #: default is 100). Connections over a cap are shut down only once libzmq
 #: has accepted them and the loop has read its monitor; a short backlog
@@ -290,6 +299,9 @@ class Outlets:
         #: connection is admitted there (caps on descriptors), or shut
         #: down. None: every one is taken.
         self.connections = None
+        #: Socket -> the endpoints of its listeners whose file vanished,
+        #: oldest first (at most STALE_LISTENERS).
+        self._stale = {}
 
     def __iter__(self):
         return iter(list(self.by_key.values()))
@@ -487,6 +499,7 @@ class Outlets:
         self._retry.discard(outlet)
         self._joining.discard(outlet)
         self._settling.discard(outlet)
+        self._stale.pop(outlet.socket, None)
         self.by_key.pop(outlet.key, None)
         self.loop.unregister(outlet.socket)
         if outlet.monitor is not None:
@@ -995,6 +1008,7 @@ class Outlets:
         for path, (sock, name, clients) in list(self._kept.items()):
             if sock.closed:
                 del self._kept[path]
+                self._stale.pop(sock, None)
             elif self._rebind(sock, path, name, clients):
                 LOG.warning('%s %s was missing: binding it again; %s can '
                             'connect again', name, path, clients)
@@ -1012,12 +1026,15 @@ class Outlets:
             self._rescan = True
             return False
         failure = None
+        previous = _last_endpoint(sock)
         try:
             bind_ipc(sock, path, self.limits)
         except OSError as exc:
             failure = exc
         if failure is None:
             self.note_bound(sock, path)
+            if previous:
+                self._retire(sock, path, previous)
             return True
         self._rescan = True
         reason = _ERRNO_REASONS.get(failure.errno, metrics.OUTLET_ERROR)
@@ -1027,6 +1044,30 @@ class Outlets:
             'connect until then', name, path, failure.strerror,
             _fix_for(reason, self.ipc_dir), clients)
         return False
+
+    def _retire(self, sock, path, endpoint):
+        """Keep *sock*'s listener *endpoint*, whose file at *path*
+        vanished, for the consumers still connected through it; unbind the
+        oldest beyond STALE_LISTENERS."""
+        stale = self._stale.setdefault(sock, collections.deque())
+        stale.append(endpoint)
+        while len(stale) > STALE_LISTENERS:
+            oldest = stale.popleft()
+            try:
+                sock.unbind(oldest)
+            except zmq.ZMQError:
+                pass  # gone with the context, or never bound: nothing held
+            if self.connections is not None:
+                self.connections.unbound(path, oldest)
+            self.counters.stale_listeners_closed += 1
+            self.warn.warning(
+                'stale-listener',
+                'Socket file %s vanished again: unbound the listener of an '
+                'older copy of it, so that removals cannot use up the '
+                'receiver\'s descriptors; its consumers reconnect by '
+                'themselves. If nobody should remove files in %s, find who '
+                'does (auditctl -w %s -p wa); in a shared directory, chmod '
+                '+t %s', path, self.ipc_dir, self.ipc_dir, self.ipc_dir)
 
     @property
     def dir_missing(self):
@@ -1137,6 +1178,14 @@ def _unread(fd):
         return 0
     finally:
         sock.detach()
+
+
+def _last_endpoint(sock):
+    """The endpoint *sock* was last bound at ('' when never)."""
+    try:
+        return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    except zmq.ZMQError:
+        return ''
 
 
 def remove_socket_file(path):

@@ -554,3 +554,47 @@ def test_descriptor_limit_refuses_new_topics_existing_keep_flowing(
     # The outlets of the flood held one message each, with no consumer.
     assert daemon.stop() == 0
     assert 'dropped[no_consumer=%d]' % (topics - refused) in daemon.log()
+
+
+def test_socket_file_removed_again_and_again_costs_no_descriptors(
+        ctx, daemons, short_dir):
+    """A user who may remove files in the IPC directory (a shared group
+    directory without the sticky bit) removes an outlet's file over and
+    over: each time the receiver binds it again, and it keeps only one
+    older listener for the consumers still connected through it."""
+    daemon = daemons(short_dir)
+    out = support.sender(ctx, daemon)
+    first = pull(ctx, daemon, 'kept.host1')
+    out.send_multipart(cast('kept.host1', b'before'))
+    assert recv(first)[3] == b'before'
+    path = os.path.join(daemon.ipc_dir, 'zmq_topic_kept.host1')
+
+    def remove_and_wait():
+        inode = os.stat(path).st_ino
+        os.unlink(path)
+        support.wait_until(
+            lambda: os.path.exists(path) and os.stat(path).st_ino != inode,
+            'the socket file bound again')
+
+    remove_and_wait()
+    before = support.open_files(daemon.proc.pid)
+    for _ in range(6):
+        remove_and_wait()
+    stats = daemon.wait_stats(lambda s: s['stale_listeners_closed'] >= 6)
+    assert support.open_files(daemon.proc.pid) <= before
+    # The consumer whose listener went reconnects by itself, and a new one
+    # connects to the file as it is now: both are served.
+    fresh = pull(ctx, daemon, 'kept.host1')
+    for i in range(20):
+        out.send_multipart(cast('kept.host1', b'after %d' % i))
+    got = []
+    for sock in (first, fresh):
+        while True:
+            try:
+                got.append(recv(sock, timeout=2.0)[3])
+            except AssertionError:
+                break
+    assert sorted(got) == sorted(b'after %d' % i for i in range(20))
+    stats = daemon.wait_stats(lambda s: s['received'] == 21)
+    assert_balanced(stats)
+    assert daemon.stop() == 0

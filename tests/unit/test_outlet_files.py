@@ -114,3 +114,19 @@ def test_a_send_error_drops_and_counts_the_message(short_dir, caplog):
     assert counters.dropped == {metrics.SEND_FAILED: 1}
     assert outlet.dropped == {metrics.SEND_FAILED: 1}
     assert 'refused a message (Context was terminated' in caplog.text
+
+
+def test_a_file_removed_again_and_again_costs_no_descriptors(made):
+    outlet = made.get(routing.route(b'a.host1', 100))
+    os.unlink(outlet.path)
+    made.check_files()
+    before = len(os.listdir('/proc/self/fd'))
+    for _ in range(20):
+        os.unlink(outlet.path)
+        made.check_files()
+        assert os.path.exists(outlet.path)
+    # One listener kept for the consumers of the copy before (their
+    # connections stay); every older one unbound, and counted.
+    assert len(os.listdir('/proc/self/fd')) <= before
+    assert made.counters.stale_listeners_closed == 20
+    assert len(made._stale[outlet.socket]) == outlets.STALE_LISTENERS
