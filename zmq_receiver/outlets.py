@@ -796,14 +796,18 @@ class Outlets:
     def _on_monitor(self, outlet):
         conns = self.connections
         for event, fd in connections.read_events(outlet.monitor):
+            # The outlet's own descriptors say who its consumers are, not
+            # what the caps hold: another socket's connection may have
+            # taken a closed consumer's descriptor number (the admin
+            # tool's, say) before this monitor reports the close.
             if event == zmq.EVENT_ACCEPTED:
                 if conns is None or conns.admit(fd, outlet.path):
-                    outlet.peers += 1
                     outlet.fds[fd] = None
             elif event == zmq.EVENT_DISCONNECTED:
-                if conns is None or conns.gone(fd, outlet.path):
-                    outlet.peers = max(0, outlet.peers - 1)
-                    outlet.fds.pop(fd, None)
+                if conns is not None:
+                    conns.gone(fd, outlet.path)
+                outlet.fds.pop(fd, None)
+            outlet.peers = len(outlet.fds)
             outlet.last_active = self.clock()
 
     # -- time ------------------------------------------------------------------
