@@ -6,7 +6,7 @@ import os
 
 def pids_with_descriptor(matches):
     """Pids of the processes with an open descriptor for which
-    *matches*\ (its /proc/PID/fd/N path) is true, of those this process
+    *matches* (its /proc/PID/fd/N path) is true, of those this process
     may see."""
     pids = set()
     for pid in filter(str.isdigit, os.listdir('/proc')):

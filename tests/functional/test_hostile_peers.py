@@ -338,6 +338,14 @@ def test_peer_that_never_closes_delays_the_stop_a_bounded_time(
     _sender = Steady(ctx, receiver)
     stuck = raw_send(receiver, GREETING, close=False)
     try:
+        # Until libzmq has written its whole handshake: a write it still
+        # had to make after the half-close would fail (EPIPE) and close the
+        # connection from our side, and the stuck peer would not be stuck.
+        received = b''
+        while b'READY' not in received:
+            chunk = stuck.recv(256)
+            assert chunk, 'the receiver closed the handshake: %r' % received
+            received += chunk
         receiver.wait_stats(lambda s: s['connections'] == 2)
         started = time.monotonic()
         assert receiver.stop() == 0
