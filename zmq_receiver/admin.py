@@ -39,9 +39,9 @@ from zmq_receiver import __version__
 from zmq_receiver import admin_check
 from zmq_receiver import admin_registry
 from zmq_receiver import admin_traffic
+from zmq_receiver import control
 from zmq_receiver import errors
 from zmq_receiver import opts
-from zmq_receiver import receiver
 
 PROG = 'oslo-messaging-zmq-admin'
 
@@ -105,7 +105,7 @@ def ask(ipc_dir, request, timeout):
 
     Raises :class:`errors.ReceiverError` when nobody answers in time.
     """
-    path = receiver.control_path(ipc_dir)
+    path = control.path(ipc_dir)
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
@@ -117,7 +117,7 @@ def ask(ipc_dir, request, timeout):
                 'No receiver answered on %s within %.1f s: is it running, '
                 'with this rpc_zmq_ipc_dir, and may this user write to the '
                 'socket?' % (path, timeout))
-        return json.loads(sock.recv())
+        return control.decode(sock.recv())
     finally:
         sock.close()
 
@@ -153,7 +153,7 @@ def health_or_stats(conf, command):
     ipc_dir = conf.rpc_zmq_ipc_dir
     watch = getattr(command, 'watch', None)
     while True:
-        answer = ask(ipc_dir, b'stats', command.timeout)
+        answer = ask(ipc_dir, control.STATS, command.timeout)
         if command.name == 'stats':
             if watch:
                 # Clear the terminal, like watch(1).

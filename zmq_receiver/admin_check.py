@@ -31,12 +31,13 @@ import sys
 
 from oslo_config import cfg
 
+from zmq_receiver import control
+from zmq_receiver import endpoints
 from zmq_receiver import errors
 from zmq_receiver import matchmaker
 from zmq_receiver import opts
 from zmq_receiver import privileges
 from zmq_receiver import procfs
-from zmq_receiver import receiver
 from zmq_receiver import routing
 from zmq_receiver import rundir
 from zmq_receiver.matchmaker import ring
@@ -323,10 +324,10 @@ def _lock_pid(ipc_dir):
 def _receiver_answers(ipc_dir, timeout):
     # Here, not at the top: admin imports this module.
     from zmq_receiver import admin
-    if not os.path.exists(receiver.control_path(ipc_dir)):
+    if not os.path.exists(control.path(ipc_dir)):
         return False
     try:
-        admin.ask(ipc_dir, b'stats', timeout)
+        admin.ask(ipc_dir, control.STATS, timeout)
     except errors.ReceiverError:
         return False
     return True
@@ -334,7 +335,7 @@ def _receiver_answers(ipc_dir, timeout):
 
 def check_bind(conf, report, host_addresses, timeout):
     address, port = conf.rpc_zmq_bind_address, conf.rpc_zmq_port
-    endpoint, _ = receiver.tcp_endpoint(address, port)
+    endpoint, _ = endpoints.tcp_endpoint(address, port)
     try:
         family, ip, label = _bind_target(address)
     except ValueError as exc:

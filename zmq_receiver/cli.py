@@ -30,6 +30,7 @@ from oslo_log import log as oslo_log
 from zmq_receiver import __version__
 from zmq_receiver import access
 from zmq_receiver import agent as agent_mod
+from zmq_receiver import control
 from zmq_receiver import daemonize
 from zmq_receiver import errors
 from zmq_receiver import exporter as exporter_mod
@@ -271,7 +272,7 @@ def run(argv):
         with privileges.acting_as(ident):
             stale = rundir.remove_stale_sockets(
                 settings.ipc_dir,
-                (routing.SOCKET_PREFIX, receiver.CONTROL_NAME))
+                (routing.SOCKET_PREFIX, control.NAME))
             stale += ipcfile.remove_stale(settings.ipc_dir)
         if stale:
             LOG.warning('Removed %d socket files left in %s by a receiver '

@@ -8,11 +8,8 @@ between two messages. Nothing in the loop blocks.
 """
 
 import errno
-import ipaddress
-import json
 import logging
 import math
-import os
 import resource
 import signal
 import time
@@ -21,6 +18,8 @@ import zmq
 
 from zmq_receiver import access as access_mod
 from zmq_receiver import connections as connections_mod
+from zmq_receiver import control
+from zmq_receiver.endpoints import tcp_endpoint
 from zmq_receiver import errors
 from zmq_receiver import memory
 from zmq_receiver import metrics
@@ -61,8 +60,6 @@ STOP_CLOSE_WAIT = 1.0
 #: Connections the receiver raises its descriptor limit for, when
 #: [zmq_receiver] max_connections is 0 (automatic).
 DEFAULT_CONNECTIONS = 16384
-#: The control socket's file; not a ``zmq_topic_`` name, so no topic hits it.
-CONTROL_NAME = '.zmq-receiver-control'
 #: Control requests answered per turn of the loop: the rest wait in libzmq
 #: (CONTROL_HWM per peer), so that a flood of them cannot take the loop
 #: away from forwarding.
@@ -75,37 +72,6 @@ CONTROL_FRESH_PER_TICK = 64
 #: sends without reading fills its few and loses the rest of its replies
 #: (counted), instead of growing the receiver's memory.
 CONTROL_HWM = 4
-#: Largest control frame: libzmq disconnects a peer that sends a larger
-#: one. A request is a word.
-CONTROL_MAX_FRAME = 256
-#: Frames of a control request as the ROUTER socket reads it: the peer's
-#: identity, REQ's empty delimiter, the request.
-CONTROL_MAX_FRAMES = 3
-
-
-def tcp_endpoint(address, port):
-    """The ZeroMQ endpoint and IPv6 flag for ``rpc_zmq_bind_address``.
-
-    ``*`` binds every IPv4 and IPv6 address; an IPv6 literal is bracketed;
-    an IPv4 literal or interface name is used as it is, with IPv6 off so
-    that libzmq picks an interface's IPv4 address.
-    """
-    address = address.strip()
-    if address == '*':
-        return 'tcp://*:%d' % port, True
-    bare = address[1:-1] if address.startswith('[') else address
-    try:
-        ip = ipaddress.ip_address(bare)
-    except ValueError:
-        return 'tcp://%s:%d' % (address, port), False
-    if ip.version == 6:
-        return 'tcp://[%s]:%d' % (bare, port), True
-    return 'tcp://%s:%d' % (bare, port), False
-
-
-def control_path(ipc_dir):
-    """Path of the receiver's control socket in *ipc_dir*."""
-    return os.path.join(ipc_dir, CONTROL_NAME)
 
 
 class Settings:
@@ -362,13 +328,13 @@ class Receiver:
         read is refused at once (ROUTER_MANDATORY, NOBLOCK) and counted,
         instead of being queued or dropped unseen.
         """
-        path = control_path(self.settings.ipc_dir)
+        path = control.path(self.settings.ipc_dir)
         sock = self.ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.SNDHWM, CONTROL_HWM)
         sock.setsockopt(zmq.RCVHWM, CONTROL_HWM)
-        sock.setsockopt(zmq.MAXMSGSIZE, CONTROL_MAX_FRAME)
+        sock.setsockopt(zmq.MAXMSGSIZE, control.MAX_FRAME)
         sock.setsockopt(zmq.BACKLOG, outlets_mod.LISTEN_BACKLOG)
         # Before the bind, as for every socket: no connection uncapped.
         monitor = self.local.watch(
@@ -399,28 +365,26 @@ class Receiver:
         for _ in range(CONTROL_BATCH):
             try:
                 frames = wire.py_recv_message(self.control,
-                                              CONTROL_MAX_FRAMES)
+                                              control.MAX_FRAMES)
             except zmq.Again:
                 return
             self._answer(frames)
 
     def _answer(self, frames):
         outcome = self.counters.control
-        # [identity, request] from a DEALER, [identity, b'', request] from
-        # REQ; anything else gets no answer.
-        if not 2 <= len(frames) <= CONTROL_MAX_FRAMES or (
-                len(frames) == 3 and frames[1]):
+        split = control.split_request(frames)
+        if split is None:
+            # Not a request: no answer.
             outcome[metrics.CONTROL_MALFORMED] += 1
             return
-        request = frames[-1]
-        if request == b'stats':
+        envelope, request = split
+        if request == control.STATS:
             reply = self._stats_reply()
         else:
             outcome[metrics.CONTROL_UNKNOWN] += 1
-            reply = json.dumps({'error': 'unknown request %r; try '
-                                         'stats' % request[:64]}).encode()
+            reply = control.unknown(request)
         try:
-            self.control.send_multipart(frames[:-1] + [reply], zmq.NOBLOCK)
+            self.control.send_multipart(envelope + [reply], zmq.NOBLOCK)
         except zmq.Again:
             outcome[metrics.CONTROL_PEER_FULL] += 1
         except zmq.ZMQError:
@@ -435,7 +399,7 @@ class Receiver:
         turn = self.outlets.now
         if self._control_reply is None or (
                 self._control_turn != turn and self._control_fresh > 0):
-            self._control_reply = json.dumps(self.snapshot()).encode()
+            self._control_reply = control.encode(self.snapshot())
             self._control_turn = turn
             self._control_fresh -= 1
         return self._control_reply
@@ -868,7 +832,7 @@ class Receiver:
             self.local.close()
         if self.control is not None:
             outlets_mod.remove_socket_file(
-                control_path(self.settings.ipc_dir))
+                control.path(self.settings.ipc_dir))
             self.control.close(linger=0)
             self.control = None
         if self.ctx is not None:

@@ -30,6 +30,7 @@ from tests.support import open_files, wait_until
 # Every test here runs on the compiled and the pure-Python path.
 from tests.support import daemons_on_both_paths as daemons  # noqa: F401
 from tests.functional.test_observability import http_get, metrics_url
+from zmq_receiver import control
 from zmq_receiver import exporter
 from zmq_receiver import metrics
 from zmq_receiver import receiver as receiver_mod
@@ -90,7 +91,7 @@ def test_control_flood_does_not_stop_forwarding(ctx, daemons, short_dir):
     rss0 = rss_kib(daemon.proc.pid)
     flooder = subprocess.Popen(
         [sys.executable, '-c', FLOODER,
-         'ipc://' + receiver_mod.control_path(daemon.ipc_dir)],
+         'ipc://' + control.path(daemon.ipc_dir)],
         stdout=subprocess.PIPE, text=True)
     try:
         assert flooder.stdout.readline() == 'flooding\n'
@@ -232,7 +233,7 @@ def test_held_unix_connections_never_exhaust_descriptors(ctx, daemons,
     before = daemon.stats()
     assert before['local_connections'] == 2 + 1  # and the stats request
     targets = [daemon.path(key), daemon.path('fanout~held'),
-               receiver_mod.control_path(daemon.ipc_dir)]
+               control.path(daemon.ipc_dir)]
     conns = []
     try:
         for i in range(HELD):
