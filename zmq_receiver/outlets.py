@@ -234,7 +234,7 @@ class Outlets:
     """
 
     def __init__(self, ctx, loop, ipc_dir, limits, counters, warn,
-                 clock=time.monotonic):
+                 clock=time.monotonic, reclaim=None):
         self.ctx = ctx
         self.loop = loop
         self.ipc_dir = ipc_dir
@@ -269,7 +269,7 @@ class Outlets:
         #: Called when the IPC directory is back after it was removed, to
         #: lock it again (rundir.InstanceLock.reacquire); may raise
         #: errors.ReceiverError.
-        self.reclaim = None
+        self.reclaim = reclaim
         #: The IPC directory's last stat (for its owner and mode once it
         #: is gone); False while it is gone (or back, but not ours again).
         try:

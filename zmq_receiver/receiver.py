@@ -105,8 +105,10 @@ class Receiver:
     """
 
     def __init__(self, settings, reload=None, notifier=None, state=None,
-                 clock=time.monotonic, agent=None):
+                 clock=time.monotonic, agent=None, reclaim=None):
         self.settings = settings
+        #: For the outlets: locks the IPC directory again once it is back.
+        self._reclaim = reclaim
         #: The matchmaker agent (:class:`agent.Agent`), or None.
         self.agent = agent
         self.clock = clock
@@ -204,7 +206,7 @@ class Receiver:
         self.ctx.set(zmq.MAX_SOCKETS, 3 * s.limits.max_topics + 64)
         self.outlets = outlets_mod.Outlets(
             self.ctx, self, s.ipc_dir, s.limits, self.counters, self.warn,
-            self.clock)
+            self.clock, reclaim=self._reclaim)
         nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         # The unix sockets' connections (consumers, the admin tool) have a
         # share of the descriptors the network cannot take.
