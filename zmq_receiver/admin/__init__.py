@@ -24,7 +24,8 @@ Subcommands:
     put a legacy message on a path, and watch an outlet
     (:mod:`.traffic`).
 
-The entry point, with the exit statuses, is :func:`.cli.main`. The tool never imports the daemon:
-it shares with it only the small modules of the control protocol, the
-options and the matchmakers (tests/unit/test_imports.py enforces it).
+The entry point, with the exit statuses, is :func:`.cli.main`. The tool
+never imports the daemon: it shares with it only the small modules of the
+control protocol, the options and the matchmakers (tests/unit/test_imports.py
+enforces it).
 """

@@ -1,4 +1,5 @@
-"""``python -m zmq_receiver.admin``: the same as ``oslo-messaging-zmq-admin``."""
+"""``python -m zmq_receiver.admin``: the same as
+``oslo-messaging-zmq-admin``."""
 
 import sys
 
