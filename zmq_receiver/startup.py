@@ -73,7 +73,7 @@ from oslo_log import log as oslo_log
 
 from zmq_receiver import __version__
 from zmq_receiver import access
-from zmq_receiver import agent as agent_mod
+from zmq_receiver.matchmaker import agent as agent_mod
 from zmq_receiver import control
 from zmq_receiver import daemonize
 from zmq_receiver import errors

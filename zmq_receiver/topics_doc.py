@@ -4,7 +4,7 @@ One JSON document on the receiver's HTTP endpoint (see
 :mod:`zmq_receiver.exporter`), read-only: this host's ``rpc_zmq_host``,
 the project's ``rpc_zmq_port``, and every open outlet with its consumer
 count and kind. ``oslo-messaging-zmq-admin ring learn|diff`` collect it
-from many hosts (:mod:`zmq_receiver.admin_learn`).
+from many hosts (:mod:`zmq_receiver.admin.learn`).
 
 It is built in the HTTP thread from the snapshot the loop already
 publishes once per tick (:class:`exporter.LoopState`), never in the loop,

@@ -21,7 +21,7 @@ import pytest
 
 from tests import redis_server
 from tests import support
-from zmq_receiver import agent
+from zmq_receiver.matchmaker import agent
 
 HOST = 'testhost'
 GRACE = 1.5

@@ -7,7 +7,7 @@ real thing).
 
 import pytest
 
-from zmq_receiver import agent
+from zmq_receiver.matchmaker import agent
 from zmq_receiver import routing
 from zmq_receiver.matchmaker import ring
 

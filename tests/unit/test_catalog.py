@@ -12,8 +12,8 @@ import json
 
 import pytest
 
-from zmq_receiver import admin_ring_build
-from zmq_receiver import catalog as catalog_mod
+from zmq_receiver.admin import catalog as catalog_mod
+from zmq_receiver.admin import ring_build
 
 CEILO = 'ceilometer_host'
 NEUTRON = 'neutron_hosts'
@@ -146,7 +146,7 @@ def test_covers_the_community_ring(catalog, project):
 
 @pytest.mark.parametrize('project', sorted(COMMUNITY))
 def test_build_reproduces_the_community_ring(catalog, project):
-    built, notes = admin_ring_build.build(catalog, project, INVENTORY)
+    built, notes = ring_build.build(catalog, project, INVENTORY)
     wanted = {t: h for t, h in COMMUNITY[project].items()
               if t not in catalog.not_in_ring}
     assert {t: built[t] for t in wanted if t in built} == wanted
@@ -157,13 +157,13 @@ def test_notifications_only_projects(catalog):
     for name in ('glance', 'keystone'):
         project = catalog.project(name)
         assert all(not s['consumes'] for s in project['services'].values())
-        built, _ = admin_ring_build.build(catalog, name, INVENTORY)
+        built, _ = ring_build.build(catalog, name, INVENTORY)
         assert built == {'notifications-error': [CEILO],
                          'notifications-info': [CEILO]}
 
 
 def test_ironic_topic_is_left_out_with_the_reason(catalog):
-    built, notes = admin_ring_build.build(
+    built, notes = ring_build.build(
         catalog, 'ironic', {'ir1': {'ironic-conductor'}})
     assert 'ironic.conductor_manager' not in built
     assert any('ironic.conductor_manager left out' in n and 'dot' in n

@@ -9,7 +9,7 @@ reaches every branch of the module. Measured with coverage.py (in the
 ``test`` extra), the fuzz tests alone::
 
     .venv/bin/python -m coverage run --branch \
-        --include='zmq_receiver/envelope.py,zmq_receiver/routing.py' \
+        --include='zmq_receiver/admin/envelope.py,zmq_receiver/routing.py' \
         -m pytest tests/unit/test_envelope.py tests/unit/test_routing.py \
         -k 'total or legacy or never_raises or longer_limit'
     .venv/bin/python -m coverage report -m
@@ -23,7 +23,7 @@ import json
 import hypothesis
 from hypothesis import strategies as st
 
-from zmq_receiver import envelope
+from zmq_receiver.admin import envelope
 
 #: JSON values small enough to keep examples fast.
 JSON = st.recursive(

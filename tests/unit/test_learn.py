@@ -3,8 +3,8 @@
 
 import pytest
 
-from zmq_receiver import admin_learn
-from zmq_receiver import diff_page
+from zmq_receiver.admin import diff_page
+from zmq_receiver.admin import learn
 from zmq_receiver import errors
 from zmq_receiver import topics_doc
 
@@ -31,7 +31,7 @@ def test_implied_ring_and_notes():
                                 'zmq_replies.node1': 1,
                                 'conductor.node1': 0}),
             'b': _doc('node2', {'compute': 1, 'compute.node9': 1})}
-    topics, notes = admin_learn.implied(docs)
+    topics, notes = learn.implied(docs)
     assert topics == {'compute': ['node1', 'node2'], 'scheduler': ['node1']}
     assert len(notes) == 1 and 'compute.node9' in notes[0]
 
@@ -39,7 +39,7 @@ def test_implied_ring_and_notes():
 def test_compare_states():
     listed = {'compute': ['node1', 'node3', 'node4'], 'cert': ['node5']}
     seen = {'compute': ['node1', 'node2']}
-    cells = admin_learn.compare(listed, seen, {'node1', 'node2', 'node3'},
+    cells = learn.compare(listed, seen, {'node1', 'node2', 'node3'},
                                 {'node4'})
     assert cells == {('compute', 'node1'): 'ok',
                      ('compute', 'node2'): 'unlisted',
@@ -58,7 +58,7 @@ def test_compare_states():
     ('[2001:db8::1]', ('2001:db8::1', 'http://[2001:db8::1]:9101/topics')),
 ])
 def test_parse_target(text, wanted):
-    target = admin_learn.parse_target(text, 9101)
+    target = learn.parse_target(text, 9101)
     assert (target.label, target.url) == wanted
 
 
@@ -69,7 +69,7 @@ def test_parse_target(text, wanted):
 ])
 def test_parse_target_errors(text, message):
     with pytest.raises(errors.ConfigError) as info:
-        admin_learn.parse_target(text, None)
+        learn.parse_target(text, None)
     assert message in str(info.value)
 
 
@@ -102,7 +102,7 @@ class _Hostile:
         self.server = http.server.HTTPServer(('127.0.0.1', 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever)
         self.thread.start()
-        self.target = admin_learn.Target(
+        self.target = learn.Target(
             None, '127.0.0.1', self.server.server_address[1])
 
     def close(self):
@@ -130,7 +130,7 @@ def test_a_hostile_answer_is_a_host_that_did_not_answer(body, code, message):
     server = _Hostile(body, code)
     try:
         with pytest.raises(errors.ReceiverError) as info:
-            admin_learn.fetch(server.target, 30)
+            learn.fetch(server.target, 30)
     finally:
         server.close()
     assert message in str(info.value)
@@ -150,15 +150,15 @@ def test_a_hostile_answer_is_a_host_that_did_not_answer(body, code, message):
 def test_a_host_asked_by_name_must_answer_as_that_name(text, claims, refused):
     server = _Hostile(_answer(host=claims))
     try:
-        target = admin_learn.parse_target(
+        target = learn.parse_target(
             '%s:%d' % (text, server.target.port), None)
         if refused:
             with pytest.raises(errors.ReceiverError) as info:
-                admin_learn.fetch(target, 30)
+                learn.fetch(target, 30)
             assert 'answered as rpc_zmq_host %s, not as' % claims in str(
                 info.value)
         else:
-            assert admin_learn.fetch(target, 30)['host'] == claims
+            assert learn.fetch(target, 30)['host'] == claims
     finally:
         server.close()
 
@@ -187,12 +187,12 @@ def test_a_host_that_trickles_its_answer_is_given_up_at_its_timeout():
 
     thread = threading.Thread(target=trickle)
     thread.start()
-    slow = admin_learn.Target('slow', '127.0.0.1',
+    slow = learn.Target('slow', '127.0.0.1',
                               listener.getsockname()[1])
     good = _Hostile(_answer(host='node1'))
     try:
-        docs, failed = admin_learn.collect(
-            [slow, admin_learn.Target('node1', '127.0.0.1',
+        docs, failed = learn.collect(
+            [slow, learn.Target('node1', '127.0.0.1',
                                       good.target.port)], 1)
         assert not done.is_set(), 'waited for the whole trickle'
     finally:

@@ -6,9 +6,9 @@ tests/functional/test_ring_data.py).
 import pytest
 
 from tests import support
-from zmq_receiver import admin_ring_build
-from zmq_receiver import catalog as catalog_mod
-from zmq_receiver import inventory
+from zmq_receiver.admin import catalog as catalog_mod
+from zmq_receiver.admin import inventory
+from zmq_receiver.admin import ring_build
 
 SIMPLE_INI = """\
 # host -> services
@@ -81,7 +81,7 @@ def _write(tmp_path, name, text):
 def test_every_inventory_form(tmp_path, catalog, name, text, groups):
     inv = inventory.load(_write(tmp_path, name, text))
     placements, ignored = inv.placements(catalog.services(), groups)
-    built, _ = admin_ring_build.build(catalog, 'nova', placements)
+    built, _ = ring_build.build(catalog, 'nova', placements)
     assert {t: built[t] for t in WANTED} == WANTED
     if inv.ansible:
         assert 'controllers' in ignored
@@ -118,7 +118,7 @@ def test_renames_come_from_the_projects_config_file(tmp_path, catalog):
         'notifications-error': ['notifications-error', 'monitor-error']}
     placements = {'c1': {'nova-compute', 'nova-conductor'},
                   'm1': {'ceilometer-agent-notification'}}
-    built, _ = admin_ring_build.build(catalog, 'nova', placements,
+    built, _ = ring_build.build(catalog, 'nova', placements,
                                       {'nova': renames})
     assert built['compute-kvm'] == ['c1']
     assert built['conductor-eu'] == ['c1']

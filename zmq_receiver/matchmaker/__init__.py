@@ -14,6 +14,9 @@ Three, behind the interface of :class:`base.MatchMaker`:
 ``redis``; oslo.messaging 1.8.2 and later) or as the class path of the
 legacy driver, which still works with a deprecation warning
 (:func:`resolve_name`). :func:`from_conf` makes the one a config selects.
+
+The receiver's agent, which keeps this host's records in a matchmaker, is
+:mod:`.agent`; it is imported by the receiver's startup, never here.
 """
 
 import logging

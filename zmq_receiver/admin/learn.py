@@ -33,9 +33,9 @@ import time
 import urllib.error
 import urllib.request
 
-from zmq_receiver import diff_page
+from zmq_receiver.admin import diff_page
 from zmq_receiver import errors
-from zmq_receiver import inventory as inventory_mod
+from zmq_receiver.admin import inventory as inventory_mod
 from zmq_receiver import matchmaker
 from zmq_receiver import opts
 from zmq_receiver import topics_doc

@@ -1,7 +1,7 @@
 """``ring build``: write the ring files an inventory implies.
 
 For each project asked for, the ring lists, for every topic its services
-consume or send to (from :mod:`zmq_receiver.catalog`), the hosts of the
+consume or send to (from :mod:`.catalog`), the hosts of the
 inventory that run a service consuming it, whatever project that service
 belongs to: nova's ring lists ``notifications-info`` on the hosts of
 ceilometer's notification agent. Topics that only go directed
@@ -12,9 +12,9 @@ the community ring had them (``ring_also``).
 import os
 import sys
 
-from zmq_receiver import catalog as catalog_mod
+from zmq_receiver.admin import catalog as catalog_mod
 from zmq_receiver import errors
-from zmq_receiver import inventory as inventory_mod
+from zmq_receiver.admin import inventory as inventory_mod
 from zmq_receiver.matchmaker import ring
 
 #: ``--project all``: one ring of every project.

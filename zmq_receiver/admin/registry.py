@@ -11,8 +11,8 @@ prepared before it is switched on.
 import json
 import sys
 
-from zmq_receiver import admin_learn
-from zmq_receiver import admin_ring_build
+from zmq_receiver.admin import learn
+from zmq_receiver.admin import ring_build
 from zmq_receiver import errors
 from zmq_receiver import matchmaker
 from zmq_receiver import opts
@@ -88,7 +88,7 @@ RETRIES = 2
 
 #: Modules of ``ring`` actions of their own: each adds its actions with
 #: ``add_parser`` and runs them with ``run``.
-_RING_MODULES = (admin_ring_build, admin_learn)
+_RING_MODULES = (ring_build, learn)
 
 
 def _ring_path(conf, command):

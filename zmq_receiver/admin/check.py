@@ -31,6 +31,7 @@ import sys
 
 from oslo_config import cfg
 
+from zmq_receiver.admin import client
 from zmq_receiver import control
 from zmq_receiver import endpoints
 from zmq_receiver import errors
@@ -322,12 +323,10 @@ def _lock_pid(ipc_dir):
 
 
 def _receiver_answers(ipc_dir, timeout):
-    # Here, not at the top: admin imports this module.
-    from zmq_receiver import admin
     if not os.path.exists(control.path(ipc_dir)):
         return False
     try:
-        admin.ask(ipc_dir, control.STATS, timeout)
+        client.ask(ipc_dir, control.STATS, timeout)
     except errors.ReceiverError:
         return False
     return True

@@ -9,7 +9,7 @@ A project's topics are keyed by their default name. A topic may carry the
 config option that renames it (``compute_topic`` in ``[DEFAULT]``,
 ``topic`` in ``[conductor]``...): :meth:`Catalog.renames` reads them from
 the project's own config file with oslo.config, as the service does, and
-:func:`admin_ring_build.build` applies them.
+:func:`ring_build.build` applies them.
 """
 
 import json

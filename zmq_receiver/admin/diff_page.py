@@ -54,7 +54,7 @@ _SCRIPT = """
 
 
 def render(cells, failed, where):
-    """The page (text) for :func:`admin_learn.compare`'s *cells*, the hosts
+    """The page (text) for :func:`learn.compare`'s *cells*, the hosts
     that did not answer (*failed*: {host: reason}) and *where* the ring
     came from."""
     esc = html.escape

@@ -22,7 +22,7 @@ import zmq
 import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
 
-from zmq_receiver import envelope
+from zmq_receiver.admin import envelope
 from zmq_receiver import errors
 from zmq_receiver import matchmaker
 from zmq_receiver import opts
