@@ -108,6 +108,19 @@ class Loop:
         heapq.heappush(self._heap, (when, next(self._sequence), timer))
         return timer
 
+    def call_every(self, interval, callback, now=False):
+        """Call ``callback()`` every *interval* seconds from the time it
+        last began, for as long as the loop runs: the first time at once
+        with *now*, else in *interval*."""
+        def run():
+            self.call_at(self.clock() + interval, run)
+            callback()
+
+        if now:
+            run()
+        else:
+            self.call_at(self.clock() + interval, run)
+
     def add_source(self, source):
         """Ask *source* for its ``next_due()`` time (or None) at each turn
         and call its ``run_due()`` once that time has come."""

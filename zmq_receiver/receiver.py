@@ -181,38 +181,21 @@ class Receiver:
     def _loop(self):
         loop = self.loop
         if self.notifier.watchdog_interval is not None:
-            self._ping()
-        loop.call_at(self.clock() + TICK, self._tick)
+            # From the loop itself: a stuck loop stops the pings and
+            # systemd restarts the receiver.
+            loop.call_every(self.notifier.watchdog_interval,
+                            self.notifier.watchdog, now=True)
+        loop.call_every(TICK, self._tick)
         while self._stop_check():
             turn = loop.poll()
             self.reader.resume()
-            self._count_turn(turn)
+            if self.state is not None:
+                self.state.count_turn(turn, self.clock())
             loop.run_timers()
 
     def _on_wake(self, now):
         # Read per message instead of the clock (see Outlets.now).
         self.outlets.now = now
-
-    def _count_turn(self, turn):
-        """The metrics endpoint's figures of the turn that began at
-        *turn*."""
-        state = self.state
-        if state is None:
-            return
-        now = self.clock()
-        state.last_turn = now
-        state.iterations += 1
-        busy = now - turn
-        state.busy_seconds += busy
-        if busy > state.max_iteration:
-            state.max_iteration = busy
-
-    def _ping(self):
-        # From the loop itself: a stuck loop stops the pings and systemd
-        # restarts the receiver.
-        self.notifier.watchdog()
-        self.loop.call_at(self.clock() + self.notifier.watchdog_interval,
-                          self._ping)
 
     def _tick(self):
         if self.agent is not None:
@@ -224,7 +207,6 @@ class Receiver:
         self.reader.trim_after_long_messages()
         self.notifier.status(self.status_line())
         self._publish()
-        self.loop.call_at(self.clock() + TICK, self._tick)
 
     # -- signals -----------------------------------------------------------
 
@@ -292,33 +274,26 @@ class Receiver:
                  stop.inputs_until - self.clock())
         # A stop reads everything: no socket stays paused.
         self.reader.resume()
-        self.loop.call_at(stop.inputs_until, self._inputs_due)
-        self.loop.call_at(stop.deadline, self._deadline_due)
+        self.loop.call_at(stop.inputs_until, self._stop_check)
+        self.loop.call_at(stop.deadline, self._stop_check)
 
     def _stop_check(self):
-        """At the top of each turn: move the stop on when it can; returns
-        whether the loop goes on."""
+        """At the top of each turn and at the stop's times: move the stop
+        on when it can; returns whether the loop goes on.
+
+        The inputs are closed before the end, even at the deadline: what
+        libzmq holds is always taken in.
+        """
         stop = self._stop
-        if (stop.state is stopping.CLOSING_INPUTS and
-                not self.inputs.connections.open):
+        if stop.state is stopping.CLOSING_INPUTS and (
+                not self.inputs.connections.open or
+                self.clock() >= stop.inputs_until):
             self._close_inputs()
-        if stop.state is stopping.DRAINING and not self.outlets.pending():
-            self._finish()
+        if stop.state is stopping.DRAINING and (
+                stop.past_deadline() or not self.outlets.pending()):
+            stop.finish()
+            self.loop.stop()
         return self.loop.running
-
-    def _inputs_due(self):
-        if self._stop.state is stopping.CLOSING_INPUTS:
-            self._close_inputs()
-
-    def _deadline_due(self):
-        # The inputs are closed first (their timer is never later, this is
-        # in case): what libzmq holds is always taken in.
-        self._inputs_due()
-        self._finish()
-
-    def _finish(self):
-        self._stop.finish()
-        self.loop.stop()
 
     def _close_inputs(self):
         """Unbind the inbound sockets, taking in what libzmq holds."""
@@ -339,14 +314,8 @@ class Receiver:
 
     def _publish(self, ready=None):
         """Hand the metrics endpoint a fresh snapshot (once per tick)."""
-        state = self.state
-        if state is None:
-            return
-        state.snapshot = self.snapshot()
-        state.last_max_iteration = state.max_iteration
-        state.max_iteration = 0.0
-        if ready is not None:
-            state.ready = ready
+        if self.state is not None:
+            self.state.publish(self.snapshot(), ready)
 
     def status_line(self):
         """A one-line summary for systemd's STATUS=."""

@@ -178,6 +178,23 @@ def test_a_timer_may_set_the_next_one(clock):
     assert ran == [100.0, 101.0, 102.0]
 
 
+def test_call_every_repeats_from_when_it_last_ran(clock):
+    loop = loop_mod.Loop(clock)
+    ticks, pings = [], []
+    loop.call_every(1.0, lambda: ticks.append(clock.now))
+    loop.call_every(0.5, lambda: pings.append(clock.now), now=True)
+    # At once: the first ping, before any turn.
+    assert pings == [100.0] and ticks == []
+    clock.now = 100.5
+    loop.run_timers()
+    assert pings == [100.0, 100.5] and ticks == []
+    # A late turn: the next ping is due from this one, not from the last.
+    clock.now = 101.7
+    loop.run_timers()
+    assert ticks == [101.7] and pings == [100.0, 100.5, 101.7]
+    assert loop.next_due() == pytest.approx(102.2)
+
+
 def test_a_due_timer_ends_the_poll_at_once(clock, pair):
     """Nothing to read and a timer due: the poll does not wait."""
     push, pull = pair
