@@ -64,7 +64,7 @@ class ControlServer:
         IPC directory), and bind it once they can when this first bind
         fails. A ROUTER socket, not REP, so that a reply a peer does not
         read is refused at once (ROUTER_MANDATORY, NOBLOCK) and counted,
-        instead of being queued or dropped unseen.
+        instead of being queued or dropped unseen. Returns itself.
         """
         path = control.path(self.ipc_dir)
         sock = self.ctx.socket(zmq.ROUTER)
@@ -97,6 +97,7 @@ class ControlServer:
         self.loop.register(sock, zmq.POLLIN, self.on_readable)
         self.outlets.keep_bound(sock, path, 'Control socket',
                                 'the admin tool')
+        return self
 
     def on_readable(self, events):
         """Answer at most CONTROL_BATCH requests (one snapshot per turn)."""

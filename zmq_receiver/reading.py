@@ -76,6 +76,8 @@ class Reader:
         self.warn = warn
         self.clock = clock
         self.stop = stop
+        #: How messages are received (wire.Implementation): see use().
+        self.wire = wire.PURE_PYTHON
         #: Per-message detail costs time; only at debug level (re-read on
         #: reload, where the level may change).
         self.debug = LOG.isEnabledFor(logging.DEBUG)
@@ -86,9 +88,10 @@ class Reader:
         #: Messages rejected for too many frames, at the last tick.
         self._long_seen = 0
 
-    def reader_for(self, sock):
-        """A loop handler reading *sock*."""
-        return lambda events: self.read_paced(sock)
+    def use(self, implementation):
+        """Receive with *implementation* (wire.Implementation) from now
+        on; with a compiled one, messages go through its forward loop."""
+        self.wire = implementation
 
     def read_paced(self, sock):
         """:meth:`read`, then pause reading *sock* when that only filled
@@ -132,15 +135,15 @@ class Reader:
         """Dispatch the messages waiting on inbound *sock*, at most
         INBOUND_BATCH, so that a busy sender cannot starve the outlets;
         returns whether more may be waiting."""
-        # Looked up at each call: wire.use_compiled() may come later.
-        if wire.forward is not None and not self.debug:
+        if self.wire.forward is not None and not self.debug:
             return self._read_fast(sock)
+        recv_message = self.wire.recv_message
         dispatch = self.dispatch
         max_frames = self.settings.max_frames
         read = 0
         for _ in range(INBOUND_BATCH):
             try:
-                frames = wire.recv_message(sock, max_frames)
+                frames = recv_message(sock, max_frames)
             except zmq.Again:
                 return False
             dispatch(frames)
@@ -150,18 +153,17 @@ class Reader:
         return True
 
     def _read_fast(self, sock):
-        """:meth:`read` in the compiled loop (wire.forward): a message
+        """:meth:`read` in the compiled loop (its forward): a message
         for a known topic whose PUSH outlet has no backlog goes straight to
         its socket; every other one comes back to :meth:`dispatch`, which
         counts it. The ones sent straight are counted here."""
         counters = self.counters
         before = counters.received
         try:
-            direct = wire.forward(sock, self.outlets.routes, INBOUND_BATCH,
-                                  self.settings.max_message_size,
-                                  self.outlets.now, self.dispatch,
-                                  INBOUND_BATCH_BYTES,
-                                  self.settings.max_frames)
+            direct = self.wire.forward(
+                sock, self.outlets.routes, INBOUND_BATCH,
+                self.settings.max_message_size, self.outlets.now,
+                self.dispatch, INBOUND_BATCH_BYTES, self.settings.max_frames)
         except BaseException as exc:
             direct = getattr(exc, 'wire_forwarded', 0)
             counters.received += direct

@@ -72,8 +72,10 @@ class Receiver:
     """
 
     def __init__(self, settings, reload=None, notifier=None, state=None,
-                 clock=time.monotonic, agent=None):
+                 clock=time.monotonic, agent=None, implementation=None):
         self.settings = settings
+        #: A wire.Implementation; None: what wire.use_compiled() chose.
+        self.implementation = implementation
         #: The matchmaker agent (:class:`agent.Agent`), or None.
         self.agent = agent
         self.clock = clock
@@ -87,8 +89,7 @@ class Receiver:
                                              clock)
         self.loop = loop_mod.Loop(clock, on_wake=self._on_wake)
         self.ctx = None
-        #: The inbound sockets (inputs.Inputs) and the legacy port's
-        #: endpoint.
+        #: The inbound sockets (inputs.Inputs); the legacy port's endpoint.
         self.inputs = None
         self.endpoint = None
         #: The control socket's server (control_server.ControlServer).
@@ -159,13 +160,13 @@ class Receiver:
         Call it after privileges are dropped: the control socket it opens
         belongs to the user it runs as.
         """
+        self.reader.use(self.implementation or wire.current())
         wakeup_fd = self._wakeup.fileno()
         self.loop.register(wakeup_fd, zmq.POLLIN,
                            lambda events: self._on_signals())
         self.control = control_server.ControlServer(
             self.ctx, self.loop, self.settings.ipc_dir, self.settings.limits,
-            self.outlets, self.local, self.counters, self.snapshot)
-        self.control.bind()
+            self.outlets, self.local, self.counters, self.snapshot).bind()
         if self.agent is not None:
             # Before READY=1: the served topics' files exist once ready.
             self.agent.start(self.outlets)
@@ -297,12 +298,11 @@ class Receiver:
 
     def _close_inputs(self):
         """Unbind the inbound sockets, taking in what libzmq holds."""
-        stop = self._stop
         for sock in self.inputs.close_for_stop(self.reader.read,
-                                               stop.past_deadline):
+                                               self._stop.past_deadline):
             self.reader.forget(sock)
             self.loop.unregister(sock)
-        stop.inputs_closed()
+        self._stop.inputs_closed()
         # Only to a consumer that is there: a backlog with none (or a
         # message still waiting for its first subscriber) would hold the
         # stop for the whole shutdown time, to be dropped at its end.
@@ -310,7 +310,7 @@ class Receiver:
         LOG.info('Stopping: delivering %d queued messages to connected '
                  'consumers (at most %.1f s); %d more have no consumer to '
                  'take them and are dropped at exit', deliverable,
-                 stop.remaining(), self.outlets.queued - deliverable)
+                 self._stop.remaining(), self.outlets.queued - deliverable)
 
     def _publish(self, ready=None):
         """Hand the metrics endpoint a fresh snapshot (once per tick)."""
