@@ -20,7 +20,7 @@ matters little), and reported in microseconds per message:
 - ``c``: ``wire.recv_message`` + ``wire.send_message`` (the compiled
   ``zmq_receiver._wire``) per message;
 - ``forward``: ``_wire.forward`` over the whole batch, in calls of
-  ``receiver.INBOUND_BATCH`` messages, each sent straight to the outlet
+  ``reading.INBOUND_BATCH`` messages, each sent straight to the outlet
   (the direct path: routes lookup and outlet counters included).
 
 None of them include the receiver's own per-message Python (``dispatch``,
@@ -37,7 +37,7 @@ import time
 
 import zmq
 
-from zmq_receiver import receiver
+from zmq_receiver import reading
 from zmq_receiver import wire
 
 BATCH = 500  # messages in flight; well under inproc's default HWM (2000)
@@ -99,7 +99,7 @@ def make_step_forward(outlet_sock):
         raise AssertionError('forward() took the slow path')
 
     def step_forward(inbound, _outlet, n):
-        forward, batch = wire.forward, receiver.INBOUND_BATCH
+        forward, batch = wire.forward, reading.INBOUND_BATCH
         done = 0
         while done < n:
             done += forward(inbound, routes, min(batch, n - done), 1 << 30,

@@ -56,6 +56,24 @@ class LoopState:
         self.max_iteration = 0.0
         self.last_max_iteration = 0.0
 
+    def count_turn(self, started, now):
+        """A turn of the loop, busy from *started* until *now*."""
+        self.last_turn = now
+        self.iterations += 1
+        busy = now - started
+        self.busy_seconds += busy
+        if busy > self.max_iteration:
+            self.max_iteration = busy
+
+    def publish(self, snapshot, ready=None):
+        """A fresh *snapshot* (once per tick); *ready*, when not None,
+        for the readiness check."""
+        self.snapshot = snapshot
+        self.last_max_iteration = self.max_iteration
+        self.max_iteration = 0.0
+        if ready is not None:
+            self.ready = ready
+
 
 class Collector:
     """Turns the latest published snapshot into metric families.

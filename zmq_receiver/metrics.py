@@ -63,7 +63,7 @@ class Counters:
         self.outlets_created = 0
         self.outlets_reaped = 0
         #: Times the loop stopped reading the network for a moment because
-        #: all it read went into backlogs (Receiver._read_paced).
+        #: all it read went into backlogs (reading.Reader.read_paced).
         self.read_pauses = 0
         #: Listeners unbound because their socket file vanished more often
         #: than outlets.STALE_LISTENERS allows.

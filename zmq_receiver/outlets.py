@@ -109,6 +109,9 @@ STALE_LISTENERS = 1
 #: did once in two runs: see README, "Limits"). A consumer that finds it
 #: full retries after libzmq's reconnect interval (0.1 s).
 LISTEN_BACKLOG = 2
+#: Topics whose outlet :attr:`Outlets.routes` remembers; past it the memo
+#: is cleared, so that a flood of distinct topics costs no memory.
+ROUTE_MEMO = 4096
 
 _ERRNO_REASONS = {
     errno.EMFILE: metrics.OUT_OF_DESCRIPTORS,
@@ -243,6 +246,10 @@ class Outlets:
         self.warn = warn
         self.clock = clock
         self.by_key = {}
+        #: Topic frame -> its outlet, for the topics routed already: read
+        #: by the read path and the compiled loop (wire.forward); cleared
+        #: whenever an outlet closes.
+        self.routes = {}
         #: The loop's time at the start of its current turn: read per
         #: message instead of the clock, which costs a call each time.
         self.now = clock()
@@ -329,6 +336,16 @@ class Outlets:
         if isinstance(outlet, tuple):
             self._refuse(outlet[0], route.key, outlet[1])
             return None
+        return outlet
+
+    def route(self, topic, route):
+        """The outlet for *topic*, whose routing is *route*, as
+        :meth:`get`; remembered in :attr:`routes`."""
+        outlet = self.get(route)
+        if outlet is not None:
+            if len(self.routes) >= ROUTE_MEMO:
+                self.routes.clear()
+            self.routes[topic] = outlet
         return outlet
 
     def pin(self, route):
@@ -501,6 +518,7 @@ class Outlets:
         self._settling.discard(outlet)
         self._stale.pop(outlet.socket, None)
         self.by_key.pop(outlet.key, None)
+        self.routes.clear()
         self.loop.unregister(outlet.socket)
         if outlet.monitor is not None:
             self.loop.unregister(outlet.monitor)

@@ -191,6 +191,65 @@ def _bind():
         '; '.join(problems) or 'none found')
 
 
+class Implementation:
+    """One way of receiving and sending whole messages, chosen once at
+    start (:func:`implementation`) and handed to the read path.
+
+    ``recv_message(sock, max_frames)`` and ``send_message(sock, frames)``
+    as :func:`py_recv_message` and :func:`py_send_message`; ``forward``
+    the compiled loop (see _wire.forward), None in pure Python.
+    """
+
+    def __init__(self, name, recv_message, send_message, forward=None,
+                 part=None, problem='', module=None):
+        self.name = name
+        #: The extension module, for the compiled one.
+        self.module = module
+        self.recv_message = recv_message
+        self.send_message = send_message
+        self.forward = forward
+        #: The type of large received parts, when not zmq.Frame.
+        self.Part = part
+        #: Why the compiled one is not in use ('' when it is).
+        self.problem = problem
+
+    @property
+    def compiled(self):
+        """Whether it is the compiled extension's."""
+        return self.forward is not None
+
+
+#: The pure-Python implementation, always available.
+PURE_PYTHON = Implementation('pure Python', py_recv_message, py_send_message,
+                             problem='use_compiled() was not called')
+#: The compiled one once bound (the extension binds once per process).
+_compiled = None
+
+
+def implementation(compiled=True):
+    """The compiled implementation when *compiled* and it can be bound
+    (see the module's docstring), else :data:`PURE_PYTHON`, or a copy of
+    it whose ``problem`` says why not."""
+    global _compiled
+    if not compiled:
+        return PURE_PYTHON
+    if _compiled is None:
+        module, problem = _bind()
+        if module is None:
+            return Implementation('pure Python', py_recv_message,
+                                  py_send_message, problem=problem)
+        _compiled = Implementation(
+            'compiled (zmq_receiver._wire)', module.recv_message,
+            module.send_message, module.forward, module.Part, module=module)
+    return _compiled
+
+
+def current():
+    """The implementation :func:`use_compiled` chose (pure Python before
+    it is called)."""
+    return _compiled if FAST else PURE_PYTHON
+
+
 #: Whether the compiled functions are in use; if not, FAST_PROBLEM says why.
 FAST = False
 FAST_PROBLEM = 'use_compiled() was not called'
@@ -210,17 +269,23 @@ def use_compiled():
     """Use the compiled functions from now on, when they can be; returns
     :data:`FAST`. Call it once at start, before any message is received:
     parts received by one implementation are sent by either, but a
-    process should not mix them without reason."""
+    process should not mix them without reason.
+
+    It sets this module's functions (:func:`recv_message`,
+    :func:`send_message`, :data:`forward`) to :func:`implementation`'s,
+    for the callers that look them up here; :func:`current` returns it.
+    """
     global FAST, FAST_PROBLEM, recv_message, send_message, forward, Part
     global _module
     if FAST:
         return True
-    module, FAST_PROBLEM = _bind()
-    if module is not None:
+    chosen = implementation()
+    FAST_PROBLEM = chosen.problem
+    if chosen.compiled:
         FAST = True
-        recv_message = module.recv_message
-        send_message = module.send_message
-        forward = module.forward
-        Part = module.Part
-        _module = module
+        recv_message = chosen.recv_message
+        send_message = chosen.send_message
+        forward = chosen.forward
+        Part = chosen.Part
+        _module = chosen.module
     return FAST

@@ -25,7 +25,7 @@ import zmq
 from tests import support
 from tests.support import assert_balanced, cast, pull, recv
 from tests.support import open_files, rss_kib, wait_until
-from zmq_receiver import receiver as receiver_mod
+from zmq_receiver import stopping
 
 #: A valid ZMTP 3.0 greeting of a NULL-mechanism client (RFC 23).
 GREETING = (b'\xff' + b'\x00' * 8 + b'\x7f' + b'\x03\x00' +
@@ -355,8 +355,8 @@ def test_peer_that_never_closes_delays_the_stop_a_bounded_time(
     log = receiver.log()
     assert 'Stopping: waiting for 2 sender connection(s) to close' in log
     assert ('1 sender connection(s) still open after %.1f s: closing them'
-            % receiver_mod.STOP_CLOSE_WAIT) in log
+            % stopping.STOP_CLOSE_WAIT) in log
     # Well within the shutdown time (10 s): the wait is its own.
-    assert receiver_mod.STOP_CLOSE_WAIT <= took < \
-        receiver_mod.STOP_CLOSE_WAIT + 3
+    assert stopping.STOP_CLOSE_WAIT <= took < \
+        stopping.STOP_CLOSE_WAIT + 3
     print('STOP with a stuck peer took %.2f s' % took)
