@@ -202,16 +202,15 @@ class Receiver:
         self.ctx = zmq.Context(s.io_threads)
         # Each outlet holds a socket and, for PUSH, a monitor socket.
         self.ctx.set(zmq.MAX_SOCKETS, 3 * s.limits.max_topics + 64)
-        self.outlets = outlets_mod.Outlets(
-            self.ctx, self, s.ipc_dir, s.limits, self.counters, self.warn,
-            self.clock)
         nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         # The unix sockets' connections (consumers, the admin tool) have a
         # share of the descriptors the network cannot take.
         local, per_outlet = connections_mod.local_caps(nofile)
         self.local = connections_mod.Connections(
             local, self.counters, self.warn, per_socket=per_outlet)
-        self.outlets.connections = self.local
+        self.outlets = outlets_mod.Outlets(
+            self.ctx, self, s.ipc_dir, s.limits, self.counters, self.warn,
+            self.clock, connections=self.local)
         self.connections = connections_mod.Connections(
             connections_mod.connection_cap(
                 s.max_connections, nofile,
