@@ -12,7 +12,7 @@ matches it, without holding up the messages that do have one. A subscriber
 that is full holds a message up for everyone (XPUB_NODROP) only for
 SLOW_SUBSCRIBER_GRACE: then the messages go on to the subscribers with
 room, and count as dropped (slow_subscriber) for as long as a subscriber
-does not read (see :meth:`Outlets._past_full_subscriber`).
+does not read (see :meth:`Delivery._past_full_subscriber`).
 
 Nothing a socket says when sent to ends the loop: a full socket keeps the
 message in the backlog (so does a PUSH whose consumer left half way through
@@ -28,8 +28,8 @@ backlogs together may hold (max_backlog_bytes, and as many messages as
 every outlet's backlog), not by its own length. The other outlets still
 fill their own backlogs meanwhile, so the messages held can reach twice
 backlog x max_topics; max_backlog_bytes, which counts each frame's cost,
-is the bound on memory. At the end, one that no
-consumer joined keeps the usual number. Its first SETTLE seconds it sends nothing, so that every
+is the bound on memory. At the end, one that no consumer joined keeps the
+usual number. Its first SETTLE seconds it sends nothing, so that every
 consumer already retrying its path is connected before the backlog is
 dealt out among them.
 """
@@ -59,7 +59,7 @@ LOG = logging.getLogger(__name__)
 #: others this delay once per stall, not at every message.
 SLOW_SUBSCRIBER_GRACE = 1.0
 #: Seconds between two looks at the subscribers' connections while one
-#: does not read (see Outlets._skipping).
+#: does not read (see Delivery._skipping).
 STALL_CHECK = 0.01
 #: Seconds a new PUSH outlet holds its messages for the consumers already
 #: retrying its path: libzmq retries a failed connect after

@@ -12,7 +12,6 @@ Consumers of PUSH outlets are counted from the socket's monitor (accepted
 and disconnected connections; for PUB outlets it gives the subscribers'
 descriptors); an outlet with no consumer, no queued message and no traffic
 for the idle timeout is closed and its file removed.
-
 """
 
 import errno
@@ -78,8 +77,6 @@ class Outlets:
         self.warn = warn
         self.clock = clock
         self.by_key = {}
-        #: Each consumer's connection is admitted there, or shut down.
-        self.connections = connections
         self.watch = ipcdir.DirectoryWatch(
             ipc_dir, counters, warn, reclaim=reclaim,
             connections=connections)
@@ -118,6 +115,15 @@ class Outlets:
     @reclaim.setter
     def reclaim(self, reclaim):
         self.watch.reclaim = reclaim
+
+    @property
+    def connections(self):
+        """The unix sockets' connection caps (ipcdir.DirectoryWatch)."""
+        return self.watch.connections
+
+    @connections.setter
+    def connections(self, connections):
+        self.watch.connections = connections
 
     @property
     def buffered_bytes(self):
@@ -245,8 +251,8 @@ class Outlets:
                                lambda events: send.read_subscriptions(outlet))
         else:
             self.loop.register(sock, 0, lambda events: send.flush(outlet))
-        self.loop.register(monitor, zmq.POLLIN,
-                           lambda events: self._on_monitor(outlet))
+        self.loop.register(monitor, zmq.POLLIN, lambda events: count_consumers(
+            outlet, self.watch.connections, self.clock))
         if route.kind is routing.Kind.PUSH:
             send.start_joining(outlet)
         return outlet
@@ -275,25 +281,6 @@ class Outlets:
         for outlet in self:
             self.close(outlet, linger=linger, reason=metrics.SHUTDOWN
                        if outlet.consumers else metrics.NO_CONSUMER)
-
-    # -- consumers -------------------------------------------------------------
-
-    def _on_monitor(self, outlet):
-        conns = self.connections
-        for event, fd in connections_mod.read_events(outlet.monitor):
-            # The outlet's own descriptors say who its consumers are, not
-            # what the caps hold: another socket's connection may have
-            # taken a closed consumer's descriptor number (the admin
-            # tool's, say) before this monitor reports the close.
-            if event == zmq.EVENT_ACCEPTED:
-                if conns is None or conns.admit(fd, outlet.path):
-                    outlet.fds[fd] = None
-            elif event == zmq.EVENT_DISCONNECTED:
-                if conns is not None:
-                    conns.gone(fd, outlet.path)
-                outlet.fds.pop(fd, None)
-            outlet.peers = len(outlet.fds)
-            outlet.last_active = self.clock()
 
     # -- time and files ------------------------------------------------------
 
@@ -395,3 +382,23 @@ def open_socket(ctx, kind, path, limits):
             raise
         raise zmq.ZMQError(exc.errno, exc.strerror) from exc
     return sock, monitor
+
+
+def count_consumers(outlet, conns, clock):
+    """Count *outlet*'s consumers from what its monitor reports: each
+    connection admitted by the caps *conns* (None: every one), or shut
+    down there; each event makes it active at *clock*'s time."""
+    for event, fd in connections_mod.read_events(outlet.monitor):
+        # The outlet's own descriptors say who its consumers are, not
+        # what the caps hold: another socket's connection may have
+        # taken a closed consumer's descriptor number (the admin
+        # tool's, say) before this monitor reports the close.
+        if event == zmq.EVENT_ACCEPTED:
+            if conns is None or conns.admit(fd, outlet.path):
+                outlet.fds[fd] = None
+        elif event == zmq.EVENT_DISCONNECTED:
+            if conns is not None:
+                conns.gone(fd, outlet.path)
+            outlet.fds.pop(fd, None)
+        outlet.peers = len(outlet.fds)
+        outlet.last_active = clock()
