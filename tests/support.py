@@ -411,7 +411,7 @@ def backlog_behind_consumer(ctx, daemon, out, topic, body=b'x' * 4096):
         lambda s: s['topics'].get(topic, {}).get('consumers') == 1)
     for _ in range(40):
         # Forwarded too: a new outlet holds its first messages a moment
-        # (outlets.SETTLE) whether a consumer could take them or not.
+        # (delivery.SETTLE) whether a consumer could take them or not.
         stats = send(200)['topics'][topic]
         if stats['backlog'] and stats['forwarded']:
             return consumer, sent

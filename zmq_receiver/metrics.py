@@ -18,9 +18,9 @@ NO_SUBSCRIBER = 'no_subscriber'
 NO_CONSUMER = 'no_consumer'
 SHUTDOWN = 'shutdown'
 #: Sent by a PUB outlet past a subscriber that was full for
-#: outlets.SLOW_SUBSCRIBER_GRACE, or while one does not read: the
+#: delivery.SLOW_SUBSCRIBER_GRACE, or while one does not read: the
 #: subscribers with room got it, that one did not (once per message, not
-#: per subscriber: see outlets.Outlets._past_full_subscriber).
+#: per subscriber: see delivery.Delivery._past_full_subscriber).
 SLOW_SUBSCRIBER = 'slow_subscriber'
 #: Refused by its outlet's socket with an error other than "full" (EAGAIN).
 SEND_FAILED = 'send_failed'
@@ -66,7 +66,7 @@ class Counters:
         #: all it read went into backlogs (reading.Reader.read_paced).
         self.read_pauses = 0
         #: Listeners unbound because their socket file vanished more often
-        #: than outlets.STALE_LISTENERS allows.
+        #: than ipcdir.STALE_LISTENERS allows.
         self.stale_listeners_closed = 0
 
     def snapshot(self, outlets=()):

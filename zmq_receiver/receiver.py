@@ -127,17 +127,17 @@ class Receiver:
         self.ctx = zmq.Context(s.io_threads)
         # Each outlet holds a socket and, for PUSH, a monitor socket.
         self.ctx.set(zmq.MAX_SOCKETS, 3 * s.limits.max_topics + 64)
-        self.outlets = outlets_mod.Outlets(
-            self.ctx, self.loop, s.ipc_dir, s.limits, self.counters,
-            self.warn, self.clock, reclaim=self._reclaim)
-        self.loop.add_source(self.outlets)
         nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         # The unix sockets' connections (consumers, the admin tool) have a
         # share of the descriptors the network cannot take.
         local, per_outlet = connections_mod.local_caps(nofile)
         self.local = connections_mod.Connections(
             local, self.counters, self.warn, per_socket=per_outlet)
-        self.outlets.connections = self.local
+        self.outlets = outlets_mod.Outlets(
+            self.ctx, self.loop, s.ipc_dir, s.limits, self.counters,
+            self.warn, self.clock, reclaim=self._reclaim,
+            connections=self.local)
+        self.loop.add_source(self.outlets)
         self.inputs = inputs_mod.Inputs(
             self.ctx, s, self.counters, self.warn,
             connections_mod.connection_cap(

@@ -63,16 +63,16 @@ def test_directory_taken_by_another_receiver_is_left_alone(made, caplog):
     made.reclaim = taken
     shutil.rmtree(made.ipc_dir)
     made.check_files()
-    assert made.dir_missing
+    assert made.watch.dir_missing
     os.mkdir(made.ipc_dir)
     made.check_files()
     # Its files are the other receiver's: none is bound over them.
-    assert made.dir_missing
+    assert made.watch.dir_missing
     assert not os.path.exists(outlet.path)
     assert 'cannot lock it again' in caplog.text
     made.reclaim = lambda: None
     made.check_files()
-    assert not made.dir_missing
+    assert not made.watch.dir_missing
     assert os.path.exists(outlet.path)
 
 
@@ -129,4 +129,4 @@ def test_a_file_removed_again_and_again_costs_no_descriptors(made):
     # connections stay); every older one unbound, and counted.
     assert len(os.listdir('/proc/self/fd')) <= before
     assert made.counters.stale_listeners_closed == 20
-    assert len(made._stale[outlet.socket]) == outlets.STALE_LISTENERS
+    assert len(made.watch.stale[outlet.socket]) == outlets.STALE_LISTENERS

@@ -45,7 +45,7 @@ def put(made, outlet, n, start=0):
 
 
 def assert_held(made):
-    assert made.held == made.queued
+    assert made.delivery.held == made.queued
     assert made.buffered_bytes == sum(o.backlog_bytes for o in made)
 
 
@@ -67,7 +67,7 @@ def test_joining_outlet_keeps_a_burst_then_the_usual_backlog(made, clock):
     assert outlet.queued == BACKLOG
     assert made.counters.dropped == {metrics.BACKLOG_FULL: 2 * BACKLOG + 1}
     made.close(outlet)
-    assert made.held == 0 and made.buffered_bytes == 0
+    assert made.delivery.held == 0 and made.buffered_bytes == 0
 
 
 def test_joining_outlets_share_the_count_of_all_backlogs(made):
