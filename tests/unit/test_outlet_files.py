@@ -60,7 +60,7 @@ def test_directory_taken_by_another_receiver_is_left_alone(made, caplog):
         raise errors.AlreadyRunning('Another receiver (pid 1) already '
                                     'serves it')
 
-    made.reclaim = taken
+    made.watch.reclaim = taken
     shutil.rmtree(made.ipc_dir)
     made.check_files()
     assert made.watch.dir_missing
@@ -70,7 +70,7 @@ def test_directory_taken_by_another_receiver_is_left_alone(made, caplog):
     assert made.watch.dir_missing
     assert not os.path.exists(outlet.path)
     assert 'cannot lock it again' in caplog.text
-    made.reclaim = lambda: None
+    made.watch.reclaim = lambda: None
     made.check_files()
     assert not made.watch.dir_missing
     assert os.path.exists(outlet.path)
