@@ -320,6 +320,13 @@ def run(argv):
             exporter = exporter_mod.Exporter(
                 group.metrics_address, group.metrics_port, state,
                 group.metrics_top_topics, topics=topics)
+        # Before any unix socket binds: libzmq could abort on its accepts.
+        if not wire.guard_accept():
+            LOG.warning('libzmq aborts the receiver if it cannot accept a '
+                        'connection to an outlet or the control socket for '
+                        'want of a descriptor, and it cannot be kept from '
+                        'it because %s; run with a high LimitNOFILE= '
+                        '(ulimit -n)', wire.ACCEPT_GUARD_PROBLEM)
         recv = receiver.Receiver(settings, reload=reload, notifier=notifier,
                                  state=state, agent=agent)
         # Bind first: a port below 1024 needs root.
