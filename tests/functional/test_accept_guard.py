@@ -16,6 +16,8 @@ import os
 import resource
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -149,3 +151,56 @@ def test_unguarded_libzmq_aborts_on_emfile(ctx, daemons, short_dir):
     assert status == -signal.SIGABRT, daemon.log()[-2000:]
     wait_until(lambda: 'Too many open files (src/ipc_listener.cpp' in
                daemon.log(), 'libzmq\'s assertion in the log')
+
+
+#: A process that binds a unix and a TCP socket, guards libzmq's accept,
+#: uses up its descriptors, and reports the errno of the first failed
+#: accept on each socket (libzmq's ACCEPT_FAILED event) once the test has
+#: connected to both.
+CHILD = r'''
+import errno, os, resource, sys, zmq
+from zmq.utils.monitor import recv_monitor_message
+from zmq_receiver import wire
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+ctx = zmq.Context()
+unix, tcp = ctx.socket(zmq.PULL), ctx.socket(zmq.PULL)
+monitors = [s.get_monitor_socket(zmq.EVENT_ACCEPT_FAILED) for s in (unix, tcp)]
+unix.bind('ipc://' + sys.argv[1])
+port = tcp.bind_to_random_port('tcp://127.0.0.1')
+assert wire.guard_accept(), wire.ACCEPT_GUARD_PROBLEM
+held = []
+while True:
+    try:
+        held.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError as e:
+        assert e.errno == errno.EMFILE
+        break
+print(port, flush=True)
+seen = [recv_monitor_message(m)['value'] for m in monitors]
+for fd in held:
+    os.close(fd)
+print(errno.errorcode[seen[0]], errno.errorcode[seen[1]],
+      wire.guarded_emfiles() > 0, flush=True)
+'''
+
+
+def test_guard_reports_emfile_as_enfile_on_unix_sockets_only(short_dir):
+    path = os.path.join(short_dir, 'guarded')
+    child = subprocess.Popen(
+        [sys.executable, '-c', CHILD, path], stdout=subprocess.PIPE,
+        env=support.clean_env(), text=True)
+    conns = []
+    try:
+        port = int(child.stdout.readline())
+        conns.append(socket.create_connection(('127.0.0.1', port)))
+        conns.append(socket.socket(socket.AF_UNIX))
+        conns[-1].connect(path)
+        out, _ = child.communicate(timeout=support.TIMEOUT)
+    finally:
+        for conn in conns:
+            conn.close()
+        child.kill()
+        child.wait()
+    # (Unguarded, the unix socket's accept would have aborted it.)
+    assert out.split() == ['ENFILE', 'EMFILE', 'True'], out
+    assert child.returncode == 0
