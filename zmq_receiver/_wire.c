@@ -1149,7 +1149,8 @@ scan_relocs(const struct object *obj, const ElfW(Rela) *rela, size_t n,
             continue;
         s = &symtab[sym];
         if (!in_object(obj, (uintptr_t)s, sizeof(*s), 0) ||
-                s->st_name >= strsz)
+                s->st_name >= strsz ||
+                memchr(strtab + s->st_name, 0, strsz - s->st_name) == NULL)
             return "a relocation names a symbol outside the symbol table";
         name = strtab + s->st_name;
         if (strcmp(name, "accept4") == 0)

@@ -23,6 +23,10 @@ are then :class:`zmq_receiver._wire.Part`, not frames). Otherwise
 :data:`FAST_PROBLEM` says why and the pure-Python functions, always
 available as :func:`py_recv_message` and :func:`py_send_message`, are used.
 Setting ``ZMQ_RECEIVER_PURE_PYTHON=1`` in the environment forces them.
+
+:func:`guard_accept`, also called once at start, uses the extension to keep
+libzmq from aborting the process when it runs out of descriptors while
+accepting a unix connection, whichever loop forwards.
 """
 
 import errno
