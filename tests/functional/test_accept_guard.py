@@ -176,7 +176,16 @@ while True:
         assert e.errno == errno.EMFILE
         break
 print(port, flush=True)
-seen = [recv_monitor_message(m)['value'] for m in monitors]
+# libzmq's I/O thread waits while a monitor's queue is full (the failed
+# accepts repeat): read both as events come, never one only.
+poller = zmq.Poller()
+for m in monitors:
+    poller.register(m, zmq.POLLIN)
+seen = {}
+while len(seen) < 2:
+    for m, _ in poller.poll():
+        value = recv_monitor_message(m)['value']
+        seen.setdefault(monitors.index(m), value)
 for fd in held:
     os.close(fd)
 print(errno.errorcode[seen[0]], errno.errorcode[seen[1]],
