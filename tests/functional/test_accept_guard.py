@@ -135,7 +135,9 @@ def test_guarded_receiver_survives_emfile_on_its_outlets(
 
 def test_unguarded_libzmq_aborts_on_emfile(ctx, daemons, short_dir):
     """What the guard prevents, shown (and the flood above shown to reach
-    EMFILE): without it, libzmq 4.3 aborts the receiver."""
+    EMFILE): without it, libzmq 4.3 aborts the receiver. Should a libzmq
+    release stop doing so, this fails: the guard is then no longer
+    needed with it."""
     daemon, key, _, _ = start(ctx, daemons, short_dir, {UNGUARDED: '1'})
     assert WARNING + ' %s is set' % UNGUARDED in daemon.log()
     pid = daemon.proc.pid
