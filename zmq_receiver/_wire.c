@@ -12,6 +12,9 @@
  * throughout: releasing and taking it again would cost more than the call.
  * The module keeps its state in statics (one libzmq per process), so it
  * does not support subinterpreters.
+ *
+ * guard_accept() also changes how that libzmq sees a failed accept (see
+ * "the accept guard"): the one thing here that reaches its I/O thread.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
