@@ -12,13 +12,21 @@
  * throughout: releasing and taking it again would cost more than the call.
  * The module keeps its state in statics (one libzmq per process), so it
  * does not support subinterpreters.
+ *
+ * guard_accept() also changes how that libzmq sees a failed accept (see
+ * "the accept guard"): the one thing here that reaches its I/O thread.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <dlfcn.h>
+#include <elf.h>
 #include <errno.h>
+#include <link.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #ifndef RTLD_NOLOAD
 #error "needs RTLD_NOLOAD (glibc, musl)"
@@ -879,7 +887,7 @@ PyDoc_STRVAR(bind_doc,
 "library does nothing.");
 
 static PyObject *
-bind(PyObject *module, PyObject *args)
+wire_bind(PyObject *module, PyObject *args)
 {
     PyObject *path_obj, *socket_type, *error, *backend = Py_None;
     PyObject *path_bytes;
@@ -989,6 +997,346 @@ fail:
     return NULL;
 }
 
+/* ---- the accept guard -------------------------------------------------- */
+
+/* libzmq 4.3's IPC listener treats ENFILE from accept as "not now" and
+ * retries on its next poll, as its TCP listener does for EMFILE too, but it
+ * aborts the process on EMFILE (an errno_assert in ipc_listener.cpp): a
+ * local user who opens connections to the outlets faster than the receiver
+ * can shut them down could end it. The accept runs on libzmq's I/O thread,
+ * out of the receiver's reach, so guard_accept() points libzmq's own
+ * relocation slots for accept4 and accept (its GOT; no other library's
+ * calls change) at wrappers that report EMFILE on a unix socket as ENFILE.
+ * Both mean the same to the caller: no descriptor for the connection now. */
+
+#if defined(__x86_64__)
+#define GUARD_ARCH 1
+#define R_SLOT R_X86_64_JUMP_SLOT
+#define R_GLOB R_X86_64_GLOB_DAT
+#elif defined(__aarch64__)
+#define GUARD_ARCH 1
+#define R_SLOT R_AARCH64_JUMP_SLOT
+#define R_GLOB R_AARCH64_GLOB_DAT
+#else
+#define GUARD_ARCH 0
+#endif
+
+#if GUARD_ARCH
+typedef int (*accept4_fn)(int, struct sockaddr *, socklen_t *, int);
+typedef int (*accept_fn)(int, struct sockaddr *, socklen_t *);
+
+static accept4_fn real_accept4 = NULL;
+static accept_fn real_accept = NULL;
+/* EMFILEs reported as ENFILE (atomic: counted on libzmq's I/O threads). */
+static unsigned long long guarded_emfiles = 0;
+
+/* EMFILE from accepting on *fd*, as the caller is to see it. The listening
+ * socket's family costs no descriptor to learn; TCP listeners keep EMFILE
+ * (libzmq's TCP listener tolerates it, and its monitor events say it). */
+static int
+guarded_errno(int fd, int err)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+
+    if (err == EMFILE && getsockname(fd, (struct sockaddr *)&ss, &len) == 0 &&
+            ss.ss_family == AF_UNIX) {
+        __atomic_add_fetch(&guarded_emfiles, 1, __ATOMIC_RELAXED);
+        return ENFILE;
+    }
+    return err;
+}
+
+static int
+guarded_accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
+{
+    int s = real_accept4(fd, addr, len, flags);
+
+    if (s < 0)
+        errno = guarded_errno(fd, errno);
+    return s;
+}
+
+static int
+guarded_accept(int fd, struct sockaddr *addr, socklen_t *len)
+{
+    int s = real_accept(fd, addr, len);
+
+    if (s < 0)
+        errno = guarded_errno(fd, errno);
+    return s;
+}
+
+/* The loaded object that holds one address: its base and headers. */
+struct object {
+    uintptr_t target;
+    int found;
+    uintptr_t base;
+    const ElfW(Phdr) *phdr;
+    int phnum;
+};
+
+static int
+find_object(struct dl_phdr_info *info, size_t size, void *data)
+{
+    struct object *obj = data;
+
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *p = &info->dlpi_phdr[i];
+        uintptr_t start = info->dlpi_addr + p->p_vaddr;
+
+        if (p->p_type == PT_LOAD && obj->target >= start &&
+                obj->target < start + p->p_memsz) {
+            obj->found = 1;
+            obj->base = info->dlpi_addr;
+            obj->phdr = info->dlpi_phdr;
+            obj->phnum = info->dlpi_phnum;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Whether [addr, addr + size) lies in one of *obj*'s segments, writable
+ * ones only when *writable*. */
+static int
+in_object(const struct object *obj, uintptr_t addr, size_t size,
+          int writable)
+{
+    for (int i = 0; i < obj->phnum; i++) {
+        const ElfW(Phdr) *p = &obj->phdr[i];
+        uintptr_t start = obj->base + p->p_vaddr;
+
+        if (p->p_type == PT_LOAD && (!writable || (p->p_flags & PF_W)) &&
+                addr >= start && size <= p->p_memsz &&
+                addr - start <= p->p_memsz - size)
+            return 1;
+    }
+    return 0;
+}
+
+/* A pointer of the dynamic section as an address in *obj*, or 0: glibc
+ * has relocated it in place, musl has not; either way it must land in the
+ * object (the two readings cannot both: the base is above its size). */
+static uintptr_t
+dyn_addr(const struct object *obj, uintptr_t value, size_t size)
+{
+    if (in_object(obj, value, size, 0))
+        return value;
+    if (in_object(obj, obj->base + value, size, 0))
+        return obj->base + value;
+    return 0;
+}
+
+struct slot {
+    void **where;
+    void *old;
+    void *wrapper;
+};
+
+/* The slots in *n* relocations at *rela* that bind accept or accept4, into
+ * slots[0] (accept4) and slots[1] (accept). NULL, or why not. */
+static const char *
+scan_relocs(const struct object *obj, const ElfW(Rela) *rela, size_t n,
+            const ElfW(Sym) *symtab, const char *strtab, size_t strsz,
+            struct slot *slots)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned long type = ELF64_R_TYPE(rela[i].r_info);
+        size_t sym = ELF64_R_SYM(rela[i].r_info);
+        const ElfW(Sym) *s;
+        const char *name;
+        int which;
+
+        if ((type != R_SLOT && type != R_GLOB) || sym == 0)
+            continue;
+        s = &symtab[sym];
+        if (!in_object(obj, (uintptr_t)s, sizeof(*s), 0) ||
+                s->st_name >= strsz ||
+                memchr(strtab + s->st_name, 0, strsz - s->st_name) == NULL)
+            return "a relocation names a symbol outside the symbol table";
+        name = strtab + s->st_name;
+        if (strcmp(name, "accept4") == 0)
+            which = 0;
+        else if (strcmp(name, "accept") == 0)
+            which = 1;
+        else
+            continue;
+        if (rela[i].r_addend != 0)
+            return "its accept relocation has an addend";
+        if (slots[which].where != NULL)
+            return "it binds accept in more than one slot";
+        slots[which].where = (void **)(obj->base + rela[i].r_offset);
+        if (((uintptr_t)slots[which].where & (sizeof(void *) - 1)) != 0 ||
+                !in_object(obj, (uintptr_t)slots[which].where,
+                           sizeof(void *), 1))
+            return "its accept slot is not in a writable segment";
+    }
+    return NULL;
+}
+
+/* Find libzmq's accept slots and point them at the wrappers. NULL when
+ * done, or why not: nothing was changed then. */
+static const char *
+install_guard(void)
+{
+    struct object obj = {(uintptr_t)*(void **)&Z.msg_init, 0, 0, NULL, 0};
+    const ElfW(Dyn) *dyn = NULL;
+    const ElfW(Rela) *jmprel = NULL, *rela = NULL;
+    const ElfW(Sym) *symtab = NULL;
+    const char *strtab = NULL, *why;
+    size_t pltrelsz = 0, relasz = 0, strsz = 0, dynsz = 0;
+    uintptr_t v_symtab = 0, v_strtab = 0, v_jmprel = 0, v_rela = 0;
+    long pltrel = DT_RELA, relaent = sizeof(ElfW(Rela));
+    long syment = sizeof(ElfW(Sym));
+    uintptr_t relro_start = 0, relro_end = 0;
+    long page = sysconf(_SC_PAGESIZE);
+    struct slot slots[2] = {{NULL, NULL, (void *)guarded_accept4},
+                            {NULL, NULL, (void *)guarded_accept}};
+    void *reals[2];
+
+    if (page <= 0 || (page & (page - 1)) != 0)
+        return "no page size";
+    dl_iterate_phdr(find_object, &obj);
+    if (!obj.found)
+        return "libzmq's code is in no loaded object";
+    for (int i = 0; i < obj.phnum; i++) {
+        const ElfW(Phdr) *p = &obj.phdr[i];
+
+        if (p->p_type == PT_DYNAMIC) {
+            dyn = (const ElfW(Dyn) *)(obj.base + p->p_vaddr);
+            dynsz = p->p_memsz;
+        } else if (p->p_type == PT_GNU_RELRO) {
+            /* As ld.so rounds it: the last partial page stays writable. */
+            relro_start = (obj.base + p->p_vaddr) & ~(uintptr_t)(page - 1);
+            relro_end = (obj.base + p->p_vaddr + p->p_memsz) &
+                ~(uintptr_t)(page - 1);
+        }
+    }
+    if (dyn == NULL || !in_object(&obj, (uintptr_t)dyn, dynsz, 0))
+        return "libzmq has no dynamic section";
+    for (size_t i = 0; i < dynsz / sizeof(*dyn) && dyn[i].d_tag != DT_NULL;
+         i++) {
+        uintptr_t v = dyn[i].d_un.d_ptr;
+
+        switch (dyn[i].d_tag) {
+        case DT_SYMTAB: v_symtab = v; break;
+        case DT_STRTAB: v_strtab = v; break;
+        case DT_STRSZ: strsz = v; break;
+        case DT_SYMENT: syment = (long)v; break;
+        case DT_JMPREL: v_jmprel = v; break;
+        case DT_PLTRELSZ: pltrelsz = v; break;
+        case DT_PLTREL: pltrel = (long)v; break;
+        case DT_RELA: v_rela = v; break;
+        case DT_RELASZ: relasz = v; break;
+        case DT_RELAENT: relaent = (long)v; break;
+        }
+    }
+    if (syment != sizeof(ElfW(Sym)) || relaent != sizeof(ElfW(Rela)) ||
+            pltrel != DT_RELA)
+        return "libzmq's relocations are not of the expected kind";
+    symtab = (const ElfW(Sym) *)dyn_addr(&obj, v_symtab, sizeof(*symtab));
+    strtab = (const char *)dyn_addr(&obj, v_strtab, strsz);
+    if (symtab == NULL || strtab == NULL || strsz == 0)
+        return "libzmq's symbol table is not where its dynamic section says";
+    if (v_jmprel != 0 && pltrelsz != 0 &&
+            (jmprel = (const ElfW(Rela) *)dyn_addr(&obj, v_jmprel,
+                                                   pltrelsz)) == NULL)
+        return "libzmq's PLT relocations are not where it says";
+    if (v_rela != 0 && relasz != 0 &&
+            (rela = (const ElfW(Rela) *)dyn_addr(&obj, v_rela,
+                                                 relasz)) == NULL)
+        return "libzmq's relocations are not where it says";
+    if (jmprel != NULL && (why = scan_relocs(
+            &obj, jmprel, pltrelsz / sizeof(*jmprel), symtab, strtab, strsz,
+            slots)) != NULL)
+        return why;
+    if (rela != NULL && (why = scan_relocs(
+            &obj, rela, relasz / sizeof(*rela), symtab, strtab, strsz,
+            slots)) != NULL)
+        return why;
+    if (slots[0].where == NULL && slots[1].where == NULL)
+        return "libzmq calls accept through no relocation slot";
+
+    /* Each slot holds the C library's function (bound at load), or still
+     * an address in libzmq's own PLT (bound lazily, at the first call):
+     * anything else is someone else's interposer, best left alone. */
+    reals[0] = dlsym(RTLD_DEFAULT, "accept4");
+    reals[1] = dlsym(RTLD_DEFAULT, "accept");
+    for (int i = 0; i < 2; i++) {
+        if (slots[i].where == NULL)
+            continue;
+        slots[i].old = __atomic_load_n(slots[i].where, __ATOMIC_SEQ_CST);
+        if (slots[i].old == slots[i].wrapper)
+            return NULL;  /* installed before */
+        if (reals[i] == NULL)
+            return "the C library has no accept or accept4";
+        if (slots[i].old != reals[i] &&
+                !in_object(&obj, (uintptr_t)slots[i].old, 1, 0))
+            return "libzmq's accept slot points to neither the C "
+                   "library's accept nor its own PLT";
+    }
+    real_accept4 = (accept4_fn)reals[0];
+    real_accept = (accept_fn)reals[1];
+    for (int i = 0; i < 2; i++) {
+        uintptr_t at = (uintptr_t)slots[i].where;
+        void *pg = (void *)(at & ~(uintptr_t)(page - 1));
+        int relro = at >= relro_start && at < relro_end;
+
+        if (slots[i].where == NULL)
+            continue;
+        /* ld.so made the RELRO pages read-only after relocating them. */
+        if (relro && mprotect(pg, (size_t)page, PROT_READ | PROT_WRITE) < 0)
+            return i == 0 ? "mprotect failed: nothing changed" :
+                "mprotect failed after accept4 was guarded";
+        /* One aligned store: a concurrent call sees one or the other. */
+        __atomic_store_n(slots[i].where, slots[i].wrapper, __ATOMIC_SEQ_CST);
+        if (relro)
+            mprotect(pg, (size_t)page, PROT_READ);
+    }
+    return NULL;
+}
+#endif  /* GUARD_ARCH */
+
+PyDoc_STRVAR(guard_accept_doc,
+"guard_accept() -> str\n\n"
+"Make the bound libzmq's accept and accept4 report EMFILE on a unix\n"
+"socket as ENFILE, which its IPC listener survives (on EMFILE libzmq 4.3\n"
+"aborts the process). Changes only libzmq's own relocation slots, and\n"
+"only when they look as expected. Returns '' when the guard is in place\n"
+"(calling it again does nothing), or why it is not: then nothing was\n"
+"changed.");
+
+static PyObject *
+guard_accept(PyObject *module, PyObject *unused)
+{
+    const char *why;
+
+    if (check_bound() < 0)
+        return NULL;
+#if GUARD_ARCH
+    why = install_guard();
+#else
+    why = "not supported on this architecture";
+#endif
+    return PyUnicode_FromString(why == NULL ? "" : why);
+}
+
+PyDoc_STRVAR(guarded_emfiles_doc,
+"guarded_emfiles() -> int\n\nTimes the guard reported EMFILE on a unix "
+"socket as ENFILE since the start.");
+
+static PyObject *
+wire_guarded_emfiles(PyObject *module, PyObject *unused)
+{
+#if GUARD_ARCH
+    return PyLong_FromUnsignedLongLong(
+        __atomic_load_n(&guarded_emfiles, __ATOMIC_RELAXED));
+#else
+    return PyLong_FromLong(0);
+#endif
+}
+
 PyDoc_STRVAR(strerror_doc,
 "strerror(errno) -> str\n\nlibzmq's message for *errno* (a check that "
 "bind() found a working libzmq).");
@@ -1015,7 +1363,7 @@ rollbacks(PyObject *module, PyObject *unused)
 }
 
 static PyMethodDef methods[] = {
-    {"bind", bind, METH_VARARGS, bind_doc},
+    {"bind", wire_bind, METH_VARARGS, bind_doc},
     {"recv_message", (PyCFunction)(void (*)(void))recv_message,
      METH_FASTCALL, recv_message_doc},
     {"send_message", (PyCFunction)(void (*)(void))send_message,
@@ -1024,6 +1372,9 @@ static PyMethodDef methods[] = {
      forward_doc},
     {"strerror", wire_strerror, METH_O, strerror_doc},
     {"rollbacks", rollbacks, METH_NOARGS, rollbacks_doc},
+    {"guard_accept", guard_accept, METH_NOARGS, guard_accept_doc},
+    {"guarded_emfiles", wire_guarded_emfiles, METH_NOARGS,
+     guarded_emfiles_doc},
     {NULL},
 };
 

@@ -197,12 +197,13 @@ class Connections:
             elif kind == zmq.EVENT_DISCONNECTED:
                 self.gone(fd, port)
             elif kind == zmq.EVENT_ACCEPT_FAILED:
-                # libzmq's TCP listener retries by itself; the value is
-                # the errno.
+                # libzmq's listeners retry by themselves (its IPC one
+                # thanks to wire.guard_accept); the value is the errno.
                 self.warn.warning(
-                    'accept-failed', 'Cannot accept a connection on TCP '
-                    'port %d: %s; raise LimitNOFILE= (ulimit -n) or lower '
-                    '[zmq_receiver] max_connections', port,
+                    'accept-failed', 'Cannot accept a connection on %s: '
+                    '%s; raise LimitNOFILE= (ulimit -n) or lower '
+                    '[zmq_receiver] max_connections',
+                    'TCP port %d' % port if isinstance(port, int) else port,
                     _strerror(fd))
 
     def bound(self, address, endpoint):

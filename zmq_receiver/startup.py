@@ -45,17 +45,21 @@ Then, holding the lock (released at the end whatever happens):
     the pid file is written by the child (supervisor's order);
 15. ``raise_descriptors``: the descriptor limit raised before the bind,
     which sizes the connection caps from it;
-16. ``build_receiver``: the settings, built once with their final values,
+16. ``guard_accept``: libzmq's accept on unix sockets guarded against
+    EMFILE (see ``_wire.guard_accept``) before any unix socket binds: an
+    unguarded libzmq aborts the process when a local user's connections
+    take the last descriptor;
+17. ``build_receiver``: the settings, built once with their final values,
     the reload callback (:class:`Reloader`) and the receiver;
-17. ``bind``: the receiver takes over the signals first (a HUP or TERM
+18. ``bind``: the receiver takes over the signals first (a HUP or TERM
     must then wait for the loop instead of killing a process that already
     owns the port), then binds: a port below 1024 needs root;
-18. ``start_exporter``: the metrics endpoint, after the receiver's bind
+19. ``start_exporter``: the metrics endpoint, after the receiver's bind
     (its ``/topics`` names the port the receiver got: ``rpc_zmq_port`` may
     be 0) and before the privilege drop (its port may be below 1024 too);
-19. ``drop_privileges``: once every port is bound and every file root
+20. ``drop_privileges``: once every port is bound and every file root
     must open is open, before the first message is read;
-20. ``announce``: after the drop, so that the line names who it runs as.
+21. ``announce``: after the drop, so that the line names who it runs as.
 
 Last, :func:`serve` runs the loop until a signal stops it.
 """
@@ -498,6 +502,17 @@ def raise_descriptors(boot):
         (boot.values['max_connections'] or receiver.DEFAULT_CONNECTIONS))
 
 
+def guard_accept(boot):
+    """Keep libzmq from aborting on a unix accept that finds no
+    descriptor; warn when it cannot be kept from it."""
+    if not wire.guard_accept():
+        LOG.warning('libzmq aborts the receiver if it cannot accept a '
+                    'connection to an outlet or the control socket for '
+                    'want of a descriptor, and it cannot be kept from '
+                    'it because %s; run with a high LimitNOFILE= '
+                    '(ulimit -n)', wire.ACCEPT_GUARD_PROBLEM)
+
+
 def build_receiver(boot):
     """The settings, with their final values, and the receiver."""
     networks = ()
@@ -588,8 +603,9 @@ BEFORE_LOCK = (parse, read_values, resolve_identity,
                make_agent, warn_if_root, read_access_policy, prepare_ipc_dir,
                choose_pid_file, take_lock)
 #: The steps holding the lock, which :func:`run` releases after them.
-UNDER_LOCK = (remove_stale_files, detach, raise_descriptors, build_receiver,
-              bind, start_exporter, drop_privileges, announce)
+UNDER_LOCK = (remove_stale_files, detach, raise_descriptors, guard_accept,
+              build_receiver, bind, start_exporter, drop_privileges,
+              announce)
 
 
 def run(boot):

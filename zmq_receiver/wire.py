@@ -23,6 +23,10 @@ are then :class:`zmq_receiver._wire.Part`, not frames). Otherwise
 :data:`FAST_PROBLEM` says why and the pure-Python functions, always
 available as :func:`py_recv_message` and :func:`py_send_message`, are used.
 Setting ``ZMQ_RECEIVER_PURE_PYTHON=1`` in the environment forces them.
+
+:func:`guard_accept`, also called once at start, uses the extension to keep
+libzmq from aborting the process when it runs out of descriptors while
+accepting a unix connection, whichever loop forwards.
 """
 
 import errno
@@ -170,9 +174,10 @@ def _loaded_libzmq(backend):
     return paths
 
 
-def _bind():
-    """The bound extension module, or None and why not."""
-    if os.environ.get('ZMQ_RECEIVER_PURE_PYTHON'):
+def _bind(pure_python_ok=True):
+    """The bound extension module, or None and why not. With
+    *pure_python_ok*, ZMQ_RECEIVER_PURE_PYTHON makes it None."""
+    if pure_python_ok and os.environ.get('ZMQ_RECEIVER_PURE_PYTHON'):
         return None, 'ZMQ_RECEIVER_PURE_PYTHON is set'
     try:
         from zmq_receiver import _wire
@@ -289,3 +294,44 @@ def use_compiled():
         Part = chosen.Part
         _module = chosen.module
     return FAST
+
+
+#: Why libzmq's accept is not guarded, '' when it is: see guard_accept().
+ACCEPT_GUARD_PROBLEM = 'guard_accept() was not called'
+
+
+def guard_accept():
+    """Keep libzmq from aborting the process when it cannot accept a unix
+    connection for want of a descriptor; returns whether it now cannot
+    (else :data:`ACCEPT_GUARD_PROBLEM` says why). Call it once at start,
+    before the sockets bind.
+
+    libzmq 4.3's IPC listener aborts on EMFILE from ``accept`` (an
+    errno_assert) and retries on ENFILE, as its TCP listener does on both.
+    The accept runs on libzmq's I/O thread, where nothing in Python can
+    catch it: ``zmq_receiver._wire.guard_accept`` points libzmq's own
+    relocation slots for accept4 and accept at wrappers that report EMFILE
+    on a unix socket as ENFILE. It needs the extension, whichever loop
+    forwards (ZMQ_RECEIVER_PURE_PYTHON does not turn it off), and leaves
+    everything as it was when libzmq does not look as expected. Setting
+    ``ZMQ_RECEIVER_NO_ACCEPT_PATCH=1`` turns it off, for the test that
+    shows the abort it prevents.
+    """
+    global ACCEPT_GUARD_PROBLEM
+    if os.environ.get('ZMQ_RECEIVER_NO_ACCEPT_PATCH'):
+        ACCEPT_GUARD_PROBLEM = 'ZMQ_RECEIVER_NO_ACCEPT_PATCH is set'
+        return False
+    module, problem = _bind(pure_python_ok=False)
+    if module is not None:
+        problem = module.guard_accept()
+    ACCEPT_GUARD_PROBLEM = problem
+    return not problem
+
+
+def guarded_emfiles():
+    """Unix connections libzmq could not accept for want of a descriptor
+    since the start, which the guard kept from aborting the process."""
+    if ACCEPT_GUARD_PROBLEM:
+        return 0
+    from zmq_receiver import _wire
+    return _wire.guarded_emfiles()

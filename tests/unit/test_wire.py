@@ -792,3 +792,19 @@ def test_forward_sends_a_message_over_max_frames_to_slow_cut(fwd, count):
         assert direct == 1
         assert slow.got == [frames[:5]]
     assert drain(pull) == []
+
+
+@fast
+def test_guard_accept_is_installed_once_and_can_be_turned_off(monkeypatch):
+    # (What it does to libzmq's accepts: tests/functional/test_accept_guard.)
+    monkeypatch.setenv('ZMQ_RECEIVER_NO_ACCEPT_PATCH', '1')
+    assert not wire.guard_accept()
+    assert wire.ACCEPT_GUARD_PROBLEM == 'ZMQ_RECEIVER_NO_ACCEPT_PATCH is set'
+    assert wire.guarded_emfiles() == 0
+    monkeypatch.delenv('ZMQ_RECEIVER_NO_ACCEPT_PATCH')
+    # The pure-Python loop does not turn it off: it is not the loop's.
+    monkeypatch.setenv('ZMQ_RECEIVER_PURE_PYTHON', '1')
+    assert wire.guard_accept(), wire.ACCEPT_GUARD_PROBLEM
+    assert wire.guard_accept(), 'a second call changes nothing'
+    assert wire.ACCEPT_GUARD_PROBLEM == ''
+    assert wire.guarded_emfiles() >= 0
