@@ -91,17 +91,12 @@ class Receiver:
         self.warn = ratelimit.RateLimitedLog(LOG, settings.log_interval,
                                              clock)
         self.loop = loop_mod.Loop(clock, on_wake=self._on_wake)
-        self.ctx = None
-        #: The inbound sockets (inputs.Inputs); the legacy port's endpoint.
-        self.inputs = None
-        self.endpoint = None
-        #: The control socket's server (control_server.ControlServer).
-        self.control = None
-        #: The unix sockets' (outlets, control) connections.
-        self.local = None
-        self.outlets = None
-        #: The read path (reading.Reader).
-        self.reader = None
+        # Made by bind(): the context; the inbound sockets (inputs.Inputs)
+        # and the legacy port's endpoint; the control socket's server
+        # (control_server.ControlServer); the unix sockets' (outlets,
+        # control) connections; the outlets; the read path (reading.Reader).
+        self.ctx = self.inputs = self.endpoint = self.control = None
+        self.local = self.outlets = self.reader = None
         self._stop = stopping.Stop(clock, settings.shutdown_timeout)
         self._wakeup = signals.SignalWakeup(
             (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1))
