@@ -280,21 +280,24 @@ class TrackingContext(zmq.Context):
 
 
 def _caller():
-    """file:line of the test code that made a socket: the innermost frame
-    in tests/ outside this module, and the helper's line here if any."""
-    here = os.path.abspath(__file__)
-    tests = os.path.dirname(here)
-    helper = None
+    """file:line of the test code that made a socket (the outermost frame
+    in tests/: the test or fixture), and the helper it went through."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    where = helper = None
+    # Innermost first, without this function and TrackingContext.socket.
     for frame in reversed(traceback.extract_stack()[:-2]):
         path = os.path.abspath(frame.filename)
-        if path == here:
-            helper = frame
-        elif path.startswith(tests + os.sep):
-            where = '%s:%d' % (os.path.relpath(path, REPO), frame.lineno)
-            if helper is not None:
-                where += ' (through support.%s)' % helper.name
-            return where
-    return 'an unknown place'
+        if not path.startswith(tests + os.sep):
+            continue
+        if where is not None and helper is None:
+            helper = where
+        where = frame
+    if where is None:
+        return 'an unknown place'
+    text = '%s:%d' % (os.path.relpath(where.filename, REPO), where.lineno)
+    if helper is not None:
+        text += ' (through %s)' % helper.name
+    return text
 
 
 def _describe(sock):
