@@ -22,6 +22,18 @@ def pytest_configure(config):
     wire.use_compiled()
 
 
+FUNCTIONAL = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                          'functional')
+
+
+def pytest_collection_modifyitems(config, items):
+    # By place, not by hand: a new functional test cannot forget the
+    # marker that keeps it out of ./dev check.
+    for item in items:
+        if str(item.path).startswith(FUNCTIONAL + os.sep):
+            item.add_marker(pytest.mark.functional)
+
+
 @pytest.fixture
 def short_dir():
     """A fresh directory with a short path (unix socket paths are short)."""
