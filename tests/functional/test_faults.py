@@ -557,7 +557,7 @@ def test_descriptor_limit_refuses_new_topics_existing_keep_flowing(
     # The outlets of the flood held one message each, with no consumer.
     assert daemon.stop() == 0
     assert 'dropped[no_consumer=%d]' % (topics - refused) in daemon.log()
-    support.close_all(out, kept)
+    support.close_all(out, kept, *more)
 
 
 def test_socket_file_removed_again_and_again_costs_no_descriptors(
