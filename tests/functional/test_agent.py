@@ -211,8 +211,6 @@ def test_a_consumer_back_within_the_grace_period_keeps_the_records(
     support.close_all(out)
 
 
-# Redis stopped and started again: waits on the agent's reconnect backoff.
-@pytest.mark.slow
 def test_records_come_back_after_redis_restarts(
         daemons, short_dir, registry, consumers, ctx):
     daemon = daemons(short_dir, redis_options(registry.port))
