@@ -1,9 +1,11 @@
 # Thin aliases for ./dev, which does the work (and needs no make).
-.PHONY: run test bench soak steady sample-config
+.PHONY: run test check bench soak steady sample-config
 run:
 	./dev run
 test:
 	./dev test
+check:
+	./dev check
 bench:
 	./dev bench
 soak:

@@ -22,6 +22,18 @@ def pytest_configure(config):
     wire.use_compiled()
 
 
+FUNCTIONAL = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                          'functional')
+
+
+def pytest_collection_modifyitems(config, items):
+    # By place, not by hand: a new functional test cannot forget the
+    # marker that keeps it out of ./dev check.
+    for item in items:
+        if str(item.path).startswith(FUNCTIONAL + os.sep):
+            item.add_marker(pytest.mark.functional)
+
+
 @pytest.fixture
 def short_dir():
     """A fresh directory with a short path (unix socket paths are short)."""
@@ -30,16 +42,39 @@ def short_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    # Each phase's report on the item, for fixtures that must know in their
+    # teardown whether the test itself failed.
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, 'report_' + report.when, report)
+
+
 @pytest.fixture
-def ctx():
-    """A ZeroMQ context whose sockets are all closed, linger 0, at the end."""
-    context = zmq.Context()
-    # A socket a test dropped without closing is closed by its garbage
-    # collection with the default linger, infinite: term would wait for ever
-    # on what it still held for a daemon that is gone. Linger 0 for all.
-    context.setsockopt(zmq.LINGER, 0)
+def ctx(request):
+    """A ZeroMQ context that fails its test when the test leaves a socket
+    of it open.
+
+    As pyzmq's own fixtures do: every socket made through it is tracked
+    (strongly, so that one the test dropped is still seen rather than
+    closed by garbage collection), and after the test any still open is
+    closed with linger 0 and named in the failure. The context is then
+    terminated with a time limit, so that a leak fails instead of hanging.
+    """
+    context = support.TrackingContext()
     yield context
-    context.destroy(linger=0)
+    leaked = context.close_leaked()
+    terminated = context.term_within(support.TIMEOUT)
+    # A test that failed halfway left its sockets open for that reason:
+    # its own failure says more than a list of them.
+    call = getattr(request.node, 'report_call', None)
+    if leaked and call is not None and call.passed:
+        pytest.fail('the test left %d socket(s) open:\n  %s' % (
+            len(leaked), '\n  '.join(leaked)), pytrace=False)
+    if not terminated:
+        pytest.fail('the context did not terminate within %.0f s'
+                    % support.TIMEOUT, pytrace=False)
 
 
 @pytest.fixture

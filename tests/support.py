@@ -18,7 +18,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import traceback
 
 import pytest
 import zmq
@@ -228,6 +230,90 @@ class Daemon:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+class TrackingContext(zmq.Context):
+    """A context that remembers every socket made through it and where.
+
+    The ``ctx`` fixture's: pyzmq's own context holds its sockets weakly, so
+    one a test dropped is closed by garbage collection and nobody hears of
+    it; here it stays referenced until close_leaked() names it.
+    """
+
+    #: (socket, where it was made), in the order they were made. Declared
+    #: here: pyzmq takes an unknown attribute set on a context for an option.
+    made = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.made = []
+        # Linger 0 for every socket, so that term() never waits on messages
+        # held for a peer that is gone (a daemon the test killed).
+        self.setsockopt(zmq.LINGER, 0)
+
+    def socket(self, socket_type, *args, **kwargs):
+        sock = super().socket(socket_type, *args, **kwargs)
+        self.made.append((sock, _caller()))
+        return sock
+
+    def close_leaked(self):
+        """Close, linger 0, every socket still open: their descriptions."""
+        leaked = []
+        for sock, where in self.made:
+            if not sock.closed:
+                leaked.append('%s made at %s' % (_describe(sock), where))
+                sock.close(linger=0)
+        self.made = []
+        return leaked
+
+    def term_within(self, timeout):
+        """Terminate the context; False when that takes over *timeout* s
+        (a socket closed elsewhere with a linger still holding it)."""
+        done = threading.Event()
+
+        def term():
+            self.term()
+            done.set()
+        threading.Thread(target=term, daemon=True,
+                         name='ctx-term').start()
+        return done.wait(timeout)
+
+
+def _caller():
+    """file:line of the test code that made a socket (the outermost frame
+    in tests/: the test or fixture), and the helper it went through."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    where = helper = None
+    # Innermost first, without this function and TrackingContext.socket.
+    for frame in reversed(traceback.extract_stack()[:-2]):
+        path = os.path.abspath(frame.filename)
+        if not path.startswith(tests + os.sep):
+            continue
+        if where is not None and helper is None:
+            helper = where
+        where = frame
+    if where is None:
+        return 'an unknown place'
+    text = '%s:%d' % (os.path.relpath(where.filename, REPO), where.lineno)
+    if helper is not None:
+        text += ' (through %s)' % helper.name
+    return text
+
+
+def _describe(sock):
+    kind = zmq.SocketType(sock.type).name
+    try:
+        endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    except zmq.ZMQError:
+        endpoint = ''
+    return '%s socket%s' % (kind, ' on %s' % endpoint if endpoint
+                            else '')
+
+
+def close_all(*socks):
+    """Close every one of *socks* (a test's sockets at its end)."""
+    for sock in socks:
+        sock.close()
 
 
 def control_stats(ipc_dir, timeout=TIMEOUT):

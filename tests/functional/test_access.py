@@ -72,6 +72,7 @@ def test_sender_in_an_allowed_network_is_forwarded(ctx, daemons, short_dir):
     out.send_multipart(support.cast('compute.host1', b'allowed'))
     assert recv(consumer) == support.cast('compute.host1', b'allowed')
     assert daemon.stats()['denied'] == {}
+    support.close_all(consumer, out)
 
 
 def test_sender_outside_the_networks_is_refused_counted_and_logged(
@@ -87,7 +88,7 @@ def test_sender_outside_the_networks_is_refused_counted_and_logged(
         # As the sender sees it: the receiver closes the connection (no
         # ZAP on the legacy port, see test_legacy_peers.py).
         wait_event(monitor, zmq.EVENT_DISCONNECTED)
-        outcasts.append(out)
+        outcasts += [out, monitor]
     daemon.wait_stats(lambda s: denied(s) >= 3)
     # An allowed sender's message, sent after, arrives; the refused
     # senders' messages, sent before it, never do.
@@ -104,6 +105,7 @@ def test_sender_outside_the_networks_is_refused_counted_and_logged(
     daemon.signal(signal.SIGUSR1)
     daemon.wait_for(r'denied_connections\[network_not_allowed=\d+\]')
     assert len(re.findall('Refused a connection', daemon.log())) == 1
+    support.close_all(consumer, friend, *outcasts)
 
 
 @pytest.mark.skipif(not support.ipv6_loopback(),
@@ -129,6 +131,7 @@ def test_ipv6_peer_is_checked_against_the_networks(ctx, daemons, short_dir,
     else:
         daemon.wait_stats(lambda s: denied(s) >= 1)
         assert support.nothing_arrives(consumer, 0.3)
+    support.close_all(consumer, out)
 
 
 def test_bad_network_is_a_config_error(short_dir):
@@ -256,6 +259,7 @@ def test_curve_sender_with_an_allowed_key_is_forwarded(ctx, daemons,
     legacy = sender_from(ctx, daemon, ALLOWED_SOURCE)
     legacy.send_multipart(support.cast('compute.host1', b'legacy'))
     assert recv(consumer)[3] == b'legacy'
+    support.close_all(consumer, legacy)
 
 
 def test_curve_sender_with_an_unknown_key_is_refused(ctx, daemons, short_dir,
@@ -275,6 +279,7 @@ def test_curve_sender_with_an_unknown_key_is_refused(ctx, daemons, short_dir,
                     r'curve_allowed_clients_dir \(%s\)' % (
                         re.escape(mallory), re.escape(keys.allowed)))
     assert support.nothing_arrives(consumer, 0.3)
+    support.close_all(consumer)
 
 
 def test_curve_sender_with_the_wrong_server_key_never_gets_in(
@@ -289,6 +294,7 @@ def test_curve_sender_with_the_wrong_server_key_never_gets_in(
     assert 'security handshake with' in sent.stdout, sent.stdout
     assert '--curve-server-key is the receiver\'s current' in sent.stdout
     assert support.nothing_arrives(consumer, 0.3)
+    support.close_all(consumer)
 
 
 def test_legacy_sender_cannot_use_the_curve_port(ctx, daemons, short_dir,
@@ -299,6 +305,7 @@ def test_legacy_sender_cannot_use_the_curve_port(ctx, daemons, short_dir,
     assert sent.returncode == 1
     assert 'the port may be a CURVE port' in sent.stdout, sent.stdout
     assert support.nothing_arrives(consumer, 0.3)
+    support.close_all(consumer)
 
 
 def test_refused_admin_send_names_allowed_networks(daemons, short_dir):
@@ -335,6 +342,7 @@ def test_client_keys_rotate_on_sighup(ctx, daemons, short_dir, keys):
                 '--curve-client-cert', keys.alice_secret)
     assert sent.returncode == 1
     assert 'refused the connection' in sent.stdout
+    support.close_all(consumer)
 
 
 def test_curve_without_a_clients_dir_takes_any_key_and_warns(
@@ -347,6 +355,7 @@ def test_curve_without_a_clients_dir_takes_any_key_and_warns(
                 keys.mallory_secret)
     assert sent.returncode == 0, sent.stdout + sent.stderr
     recv(consumer)
+    support.close_all(consumer)
 
 
 def test_curve_and_allowed_networks_together(ctx, daemons, short_dir, keys):
@@ -410,6 +419,7 @@ def test_denied_connections_are_exported(ctx, daemons, short_dir):
     # A refused sender may try again: at least once.
     obs.wait_metrics(url, lambda s: obs.labelled(
         s, 'zmq_receiver_denied_total').get('network_not_allowed', 0) >= 1)
+    support.close_all(out)
 
 
 def test_send_uses_curve_port_from_the_config(ctx, daemons, short_dir, keys):
@@ -432,3 +442,4 @@ def test_send_uses_curve_port_from_the_config(ctx, daemons, short_dir, keys):
     assert sent.returncode == 1
     assert 'curve_port is not set in the config files: give --port' in (
         sent.stderr)
+    support.close_all(consumer)

@@ -652,8 +652,8 @@ def test_tap_on_a_fanout_outlet_is_a_silent_extra_subscriber(
         ctx, receiver, background):
     key = 'fanout~compute'
     service = sub(ctx, receiver, key)
-    support.sender(ctx, receiver).send_multipart(support.cast(
-        'fanout~compute.h0', b'opening'))
+    out = support.sender(ctx, receiver)
+    out.send_multipart(support.cast('fanout~compute.h0', b'opening'))
     assert recv(service)[3] == b'opening'
     tap = background('--config-file', receiver.config_file, 'tap', key,
                      '--count', '1', '--json', '--timeout', '10')
@@ -682,14 +682,15 @@ def test_tap_on_a_fanout_outlet_is_a_silent_extra_subscriber(
     ctx_json, message = json.loads(frames[3])
     assert json.loads(ctx_json) == {'user': 'u1', 'project_id': 'p1'}
     assert message == {'method': 'refresh', 'args': {'id': 7}}
+    support.close_all(service, out)
 
 
 def test_tap_on_a_push_outlet_warns_and_takes_messages_away(
         ctx, receiver, background):
     key = 'compute.testhost'
     service = pull(ctx, receiver, key)
-    support.sender(ctx, receiver).send_multipart(support.cast(key,
-                                                              b'opening'))
+    out = support.sender(ctx, receiver)
+    out.send_multipart(support.cast(key, b'opening'))
     assert recv(service)[3] == b'opening'
     tap = background('--config-file', receiver.config_file, 'tap', key,
                      '--count', '1', '--timeout', '10')
@@ -713,6 +714,7 @@ def test_tap_on_a_push_outlet_warns_and_takes_messages_away(
     got = json.loads(recv(service)[3])[1]['args']['n']
     assert {got, tapped} == {1, 2}
     assert support.nothing_arrives(service, 0.3)
+    support.close_all(service, out)
 
 
 # PROTOCOL.md section 2: a call request and a v2 notification, as captured.
@@ -758,6 +760,7 @@ def test_tap_decodes_a_call_and_a_v2_notification(ctx, receiver,
         'compute.instance.create.end')
     assert notification['method'] is None
     assert notification['version'] == '2.0'
+    support.close_all(out)
 
 
 def test_tap_gives_up_after_its_timeout(receiver, background):
@@ -799,6 +802,7 @@ def test_send_through_the_ring_matchmaker(ctx, daemons, short_dir, hosts):
     assert fanout.returncode == 0, fanout.stdout + fanout.stderr
     assert recv(subscriber)[:3] == [b'0', b'fanout~compute.localhost',
                                     b'cast']
+    support.close_all(consumer, subscriber)
 
 
 def test_send_fails_when_nobody_serves_the_topic_or_answers(setup):

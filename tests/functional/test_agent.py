@@ -123,6 +123,8 @@ def wait_consumers(daemon, key, count):
     return time.monotonic()
 
 
+# Waits out a TTL refresh and the grace period, and checks its bounds.
+@pytest.mark.slow
 def test_a_consumer_keeps_its_records_and_they_go_with_it(
         daemons, short_dir, registry, consumers, ctx):
     raw = registry.client()
@@ -181,7 +183,7 @@ def test_a_consumer_keeps_its_records_and_they_go_with_it(
     # Removed by the agent itself: not reported as a lonely record.
     stats = daemon.stats()['agent']
     assert stats['no_consumer'] == [] and stats['live'] == []
-    waiting.close()
+    support.close_all(out, waiting)
 
 
 def test_a_consumer_back_within_the_grace_period_keeps_the_records(
@@ -206,6 +208,7 @@ def test_a_consumer_back_within_the_grace_period_keeps_the_records(
         lambda s: s['agent']['registry']['syncs'] >= syncs + 2)
     assert records(raw, 'compute')
     assert 'unregistered' not in daemon.log()
+    support.close_all(out)
 
 
 def test_records_come_back_after_redis_restarts(
@@ -247,6 +250,7 @@ def test_records_come_back_after_redis_restarts(
         assert daemon.stats()['agent']['registry']['up'] is True
     finally:
         back.stop()
+    support.close_all(out)
 
 
 def test_registrations_of_this_host_are_bound_in_advance(
@@ -304,6 +308,7 @@ def test_a_graceful_stop_removes_the_records_at_once(
     # Removed before the process ended, with its consumer still there.
     assert gone(raw, 'compute')
     assert set(raw.keys()) == set()
+    support.close_all(out)
 
 
 def test_redis_down_at_start_and_at_the_stop(daemons, short_dir, consumers,
@@ -337,6 +342,7 @@ def test_redis_down_at_start_and_at_the_stop(daemons, short_dir, consumers,
     finally:
         server.stop()
         shutil.rmtree(directory, ignore_errors=True)
+    support.close_all(out)
 
 
 # -- ring ---------------------------------------------------------------------
@@ -404,6 +410,7 @@ def test_ring_topics_are_bound_in_advance_and_lonely_ones_reported(
     stats = daemon.wait_stats(lambda s: s['agent']['errors'] == 1)
     assert stats['agent']['listed'] == ['compute', 'scheduler']
     assert daemon.stop() == 0
+    support.close_all(consumer, out, second)
 
 
 # -- configuration errors -----------------------------------------------------

@@ -68,6 +68,7 @@ def test_backlog_holds_exactly_n_and_drops_the_newest(ctx, daemons,
     assert stats['forwarded'] == n
     assert stats['dropped'] == {'backlog_full': 3}
     assert_balanced(stats)
+    support.close_all(out, consumer)
 
 
 def test_late_push_consumer_gets_backlog_then_live_traffic_in_order(
@@ -87,6 +88,7 @@ def test_late_push_consumer_gets_backlog_then_live_traffic_in_order(
     assert stats['forwarded'] == 600
     assert stats['dropped'] == {}
     assert_balanced(stats)
+    support.close_all(out, consumer)
 
 
 def test_max_backlog_bytes_caps_all_topics_together(ctx, daemons,
@@ -130,6 +132,7 @@ def test_max_backlog_bytes_caps_all_topics_together(ctx, daemons,
     stats = daemon.wait_stats(lambda s: s['queued'] == 0)
     assert stats['queued_bytes'] == 0
     assert_balanced(stats)
+    support.close_all(out, consumer_a, consumer_b)
 
 
 # -- a new PUSH outlet joining --
@@ -153,6 +156,7 @@ def test_new_push_outlet_holds_a_burst_beyond_its_backlog_for_its_consumer(
     stats = daemon.wait_stats(lambda s: s['queued'] == 0)
     assert stats['dropped'] == {}
     assert_balanced(stats)
+    support.close_all(out, consumer)
 
 
 def test_new_push_outlet_nobody_joins_keeps_its_backlog_after_the_window(
@@ -176,6 +180,7 @@ def test_new_push_outlet_nobody_joins_keeps_its_backlog_after_the_window(
         b'%d' % i for i in range(n)]
     assert support.nothing_arrives(consumer, 0.2)
     assert_balanced(daemon.stats())
+    support.close_all(out, consumer)
 
 
 def test_new_push_outlet_joining_stays_within_max_backlog_bytes(
@@ -190,6 +195,7 @@ def test_new_push_outlet_joining_stays_within_max_backlog_bytes(
     assert stats['queued'] == 6
     assert stats['dropped'] == {'backlog_bytes_full': 2}
     assert_balanced(stats)
+    support.close_all(out)
 
 
 def test_new_push_outlets_joining_hold_no_more_than_all_backlogs_could(
@@ -210,6 +216,7 @@ def test_new_push_outlets_joining_hold_no_more_than_all_backlogs_could(
     assert topic_stats(stats, 'many.b')['backlog'] == 2
     assert stats['dropped'] == {'backlog_full': 5}
     assert_balanced(stats)
+    support.close_all(out)
 
 
 def test_new_push_outlet_deals_out_to_the_consumers_already_retrying(
@@ -239,6 +246,7 @@ def test_new_push_outlet_deals_out_to_the_consumers_already_retrying(
             server.close(linger=0)
     print('shares of 8 between 2 servers: %s' % shares)
     assert all(min(share) >= 3 for share in shares), shares
+    support.close_all(out)
 
 
 # -- the PUB join window --
@@ -269,6 +277,7 @@ def test_reading_pauses_while_all_it_reads_goes_to_backlogs(ctx, daemons,
     stats = daemon.wait_stats(lambda s: s['queued'] == 0)
     assert stats['dropped'] == {}
     assert_balanced(stats)
+    support.close_all(out, free, late)
 
 
 def test_fanout_waits_for_a_subscriber_while_push_topics_flow(ctx, daemons,
@@ -296,6 +305,7 @@ def test_fanout_waits_for_a_subscriber_while_push_topics_flow(ctx, daemons,
     assert stats['dropped'] == {}
     assert stats['forwarded'] == 22
     assert_balanced(stats)
+    support.close_all(worker, out, late)
 
 
 def test_fanout_with_no_subscriber_is_dropped_when_the_window_ends(
@@ -314,6 +324,7 @@ def test_fanout_with_no_subscriber_is_dropped_when_the_window_ends(
     daemon.wait_stats(
         lambda s: topic_stats(s, 'fanout~network').get('consumers') == 1)
     assert support.nothing_arrives(too_late, 0.3)
+    support.close_all(out, too_late)
 
 
 def test_short_join_window_ends_on_time(ctx, daemons, short_dir):
@@ -327,6 +338,7 @@ def test_short_join_window_ends_on_time(ctx, daemons, short_dir):
     waited = time.monotonic() - sent
     # FAST_TICK (0.05 s) is the lateness the receiver's comments promise.
     assert waited < 0.1 + 0.25, 'a 0.1 s join window took %.2f s' % waited
+    support.close_all(out)
 
 
 def test_zero_join_window_drops_at_once_without_a_subscriber(ctx, daemons,
@@ -350,6 +362,7 @@ def test_zero_join_window_drops_at_once_without_a_subscriber(ctx, daemons,
     out.send_multipart(frames)
     assert recv(listener) == frames
     assert daemon.stats()['dropped'] == {'no_subscriber': 2}
+    support.close_all(out, listener)
 
 
 def test_reply_waits_for_its_own_subscriber_without_delaying_others(
@@ -380,6 +393,7 @@ def test_reply_waits_for_its_own_subscriber_without_delaying_others(
     assert stats['forwarded'] == 2
     assert stats['dropped'] == {}
     assert_balanced(stats)
+    support.close_all(out, early, late)
 
 
 # -- a stalled consumer --
@@ -445,6 +459,7 @@ def test_stalled_push_consumer_costs_only_its_own_topic(ctx, daemons,
     stats = daemon.wait_stats(lambda s: s['queued'] == 0)
     assert topic_stats(stats, 'stalled.host1')['forwarded'] == expected
     assert_balanced(stats)
+    support.close_all(live, out, stalled)
 
 
 def _metrics_url(daemon):
@@ -495,6 +510,7 @@ def test_stalled_push_consumer_does_not_make_the_loop_spin(ctx, daemons,
     # The outlet waits for POLLOUT, which a full PUSH pipe does not report.
     turns = _loop_turns_per_second(daemon)
     assert turns < IDLE_TURNS, '%d loop turns in 1 s' % turns
+    support.close_all(out, stalled)
 
 
 def test_stalled_fanout_subscriber_does_not_make_the_loop_spin(
@@ -510,6 +526,7 @@ def test_stalled_fanout_subscriber_does_not_make_the_loop_spin(
     assert topic_stats(daemon.stats(), 'fanout~slow')['backlog'] == 0
     turns = _loop_turns_per_second(daemon)
     assert turns < IDLE_TURNS, '%d loop turns in 1 s' % turns
+    support.close_all(stalled, out)
 
 
 @pytest.mark.parametrize('topic', ['zmq_replies.host1',
@@ -557,6 +574,7 @@ def test_stalled_subscriber_costs_only_itself(ctx, daemons, short_dir,
     assert stats['dropped'] == {'slow_subscriber': missed}
     assert_balanced(stats)
     assert 'slow_subscriber' in daemon.log()
+    support.close_all(out, stalled, healthy)
 
 
 # -- SIGHUP --
@@ -600,6 +618,7 @@ def test_sighup_rereads_the_backlog_size_and_keeps_the_queue(ctx, daemons,
     assert got == [b'0', b'1', b'2', b'4', b'5', b'6']
     assert support.nothing_arrives(consumer, 0.2)
     assert daemon.proc.poll() is None
+    support.close_all(out, consumer)
 
 
 def test_sighup_to_a_smaller_backlog_keeps_what_is_queued(ctx, daemons,
@@ -626,6 +645,7 @@ def test_sighup_to_a_smaller_backlog_keeps_what_is_queued(ctx, daemons,
     assert [recv(consumer)[3] for _ in range(6)] == [
         b'%d' % i for i in range(6)]
     assert support.nothing_arrives(consumer, 0.2)
+    support.close_all(out, consumer)
 
 
 @pytest.mark.parametrize('damage', ['unparseable', 'removed'])
@@ -646,3 +666,4 @@ def test_sighup_with_a_broken_config_file_keeps_running(ctx, daemons,
     assert daemon.stats()['queued'] == 3
     consumer = pull(ctx, daemon, 'survive.host1')
     assert [recv(consumer)[3] for _ in range(3)] == [b'0', b'1', b'2']
+    support.close_all(out, consumer)

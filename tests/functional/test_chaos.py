@@ -22,12 +22,16 @@ import random
 import threading
 import time
 
+import pytest
 import zmq
 
 from tests import support
 from tests.support import assert_balanced
 # Every test here runs on the compiled and the pure-Python path.
 from tests.support import daemons_on_both_paths as daemons  # noqa: F401
+
+# 3,000 consumer cycles under a stream, on both loops: tens of seconds each.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 CYCLES = 3000
 PUSH_TOPIC = 'chaos.host1'
@@ -165,6 +169,8 @@ def test_consumers_leaving_at_random_points_never_stop_the_receiver(
     # Still forwarding, on both kinds of outlet, whole messages.
     late = support.pull(ctx, daemon, 'after.host1')
     frames = message(0, 'after.host1', rng)
-    support.sender(ctx, daemon).send_multipart(frames)
+    out = support.sender(ctx, daemon)
+    out.send_multipart(frames)
     assert support.recv(late) == frames
     assert daemon.stop(timeout=30) == 0
+    support.close_all(late, out)

@@ -262,8 +262,10 @@ def assert_forwards(ctx, daemon, topic):
     """A legacy cast to *topic* reaches a PULL consumer unchanged."""
     consumer = pull(ctx, daemon, topic)
     frames = support.cast(topic)
-    support.sender(ctx, daemon).send_multipart(frames)
+    out = support.sender(ctx, daemon)
+    out.send_multipart(frames)
     assert recv(consumer) == frames
+    support.close_all(consumer, out)
 
 
 def assert_clean_failure(status, out, err, expected, *phrases):
@@ -316,6 +318,7 @@ def test_starts_on_a_real_neutron_conf_and_forwards(ctx, daemons, short_dir):
     agent.connect(daemon.outlet('fanout~q-agent-notifier-port-update'))
     assert recv(agent) == frames
     assert daemon.stop() == errors.EXIT_OK
+    support.close_all(out, agent)
 
 
 # -- (b) the environment alone ----------------------------------------------
@@ -351,6 +354,7 @@ def test_environment_alone_configures_the_receiver(ctx, daemons, short_dir):
     stats = daemon.wait_stats(lambda s: s['received'] == 4)
     assert stats['outlets'] == 3
     assert stats['rejected'] == {'too_many_topics': 1}
+    support.close_all(out)
 
 
 def test_environment_wins_over_the_config_file(daemons, short_dir):
@@ -538,9 +542,11 @@ def test_log_file_receives_the_log(ctx, short_dir):
 
 def test_debug_logs_each_message(ctx, daemons, short_dir):
     daemon = daemons(short_dir, args=['--debug'])
-    support.sender(ctx, daemon).send_multipart(support.cast('compute.host1'))
+    out = support.sender(ctx, daemon)
+    out.send_multipart(support.cast('compute.host1'))
     line = daemon.wait_for(r'Received 4 frames')
     assert ' DEBUG ' in line.string
+    out.close()
 
 
 def test_config_dir_is_read_after_the_config_file(ctx, daemons, short_dir):

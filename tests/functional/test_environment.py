@@ -43,6 +43,7 @@ def test_a_daemon_gets_only_what_its_test_sets(ctx, daemons, short_dir,
     frames = support.cast('compute.h')
     out.send_multipart(frames)
     assert support.recv(consumer) == frames
+    support.close_all(out, consumer)
 
 
 def started(**popen):

@@ -348,6 +348,7 @@ def restart_table(case, runs):
     return '\n'.join(lines)
 
 
+# Ten restarts each under streaming senders, every message counted.
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize('topics,names', [
@@ -449,6 +450,7 @@ def test_ipc_dir_removed_while_running_then_recreated(ctx, daemons,
     # terminated and the receiver hung here.
     assert daemon.stop() == 0
     assert os.listdir(daemon.ipc_dir) == []
+    support.close_all(out, connected, late, fresh)
 
 
 @needs_root
@@ -485,6 +487,7 @@ def test_ipc_dir_made_unwritable_while_running_then_fixed(ctx, daemons,
     assert stats['dropped'] == {}
     assert_balanced(stats)
     assert daemon.stop() == 0
+    support.close_all(out, connected, fresh)
 
 
 # -- the descriptor limit ------------------------------------------------
@@ -554,6 +557,7 @@ def test_descriptor_limit_refuses_new_topics_existing_keep_flowing(
     # The outlets of the flood held one message each, with no consumer.
     assert daemon.stop() == 0
     assert 'dropped[no_consumer=%d]' % (topics - refused) in daemon.log()
+    support.close_all(out, kept, *more)
 
 
 def test_socket_file_removed_again_and_again_costs_no_descriptors(
@@ -598,3 +602,4 @@ def test_socket_file_removed_again_and_again_costs_no_descriptors(
     stats = daemon.wait_stats(lambda s: s['received'] == 21)
     assert_balanced(stats)
     assert daemon.stop() == 0
+    support.close_all(out, first, fresh)

@@ -44,7 +44,8 @@ def open_outlets(ctx, daemon, topics):
     for topic in topics:
         out.send_multipart(cast(topic))
     daemon.wait_stats(lambda s: s['outlets'] == len(topics))
-    return out
+    # All read by the receiver: the sender has done its part.
+    out.close()
 
 
 def mode(path):
@@ -94,12 +95,14 @@ def test_stale_socket_file_from_an_earlier_run_is_replaced(ctx, daemons,
     consumer.connect('ipc://' + path)
     daemon = daemons(short_dir)
     frames = cast('compute.host1')
-    support.sender(ctx, daemon).send_multipart(frames)
+    out = support.sender(ctx, daemon)
+    out.send_multipart(frames)
     assert recv(consumer) == frames
     st = os.stat(path)
     assert stat.S_ISSOCK(st.st_mode)
     assert st.st_ino != stale_inode
     assert stat.S_IMODE(st.st_mode) == 0o660
+    support.close_all(consumer, out)
 
 
 def test_setgid_directory_gives_its_group_to_the_sockets(ctx, daemons,
@@ -129,8 +132,10 @@ def test_socket_group_sets_the_group_of_the_files(ctx, daemons, short_dir):
     # It works through the file, not just on it.
     consumer = pull(ctx, daemon, 'compute.host1')
     frames = cast('compute.host1', b'second')
-    support.sender(ctx, daemon).send_multipart(frames)
+    out = support.sender(ctx, daemon)
+    out.send_multipart(frames)
     assert recv(consumer)[1] == b'compute.host1'
+    support.close_all(consumer, out)
 
 
 def test_unknown_socket_group_is_a_configuration_error(short_dir):
@@ -167,6 +172,7 @@ def test_sigterm_removes_every_file_and_exits_0(ctx, daemons, short_dir):
     assert daemon.wait() == 0
     # Connected consumers are no reason to leave a file behind.
     assert os.listdir(daemon.ipc_dir) == []
+    support.close_all(consumer, listener)
 
 
 def test_connected_consumer_gets_the_backlog_at_a_stop(ctx, daemons,
@@ -186,6 +192,7 @@ def test_connected_consumer_gets_the_backlog_at_a_stop(ctx, daemons,
                      r'dropped\[0\] queued=0' % (len(sent), len(sent)),
                      daemon.log()), daemon.log()
     assert os.listdir(daemon.ipc_dir) == []
+    support.close_all(out, consumer)
 
 
 def test_drain_to_a_stalled_consumer_gives_up_after_the_timeout(
@@ -206,6 +213,7 @@ def test_drain_to_a_stalled_consumer_gives_up_after_the_timeout(
     assert re.search(r'Stopped\. .*dropped\[shutdown=%d\] queued=0'
                      % queued, log), log
     assert os.listdir(daemon.ipc_dir) == []
+    support.close_all(out, consumer)
 
 
 def test_second_sigterm_during_the_drain_stops_at_once(ctx, daemons,
@@ -226,3 +234,4 @@ def test_second_sigterm_during_the_drain_stops_at_once(ctx, daemons,
     assert re.search(r'dropped\[shutdown=%d\]' % queued,
                      daemon.log()), daemon.log()
     assert os.listdir(daemon.ipc_dir) == []
+    support.close_all(out, consumer)

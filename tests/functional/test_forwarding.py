@@ -50,15 +50,19 @@ NOTIFICATION_V2 = [
 
 def test_cast_vector_reaches_pull_consumer_unchanged(ctx, receiver):
     consumer = pull(ctx, receiver, 'compute.host1')
-    support.sender(ctx, receiver).send_multipart(CAST)
+    out = support.sender(ctx, receiver)
+    out.send_multipart(CAST)
     assert recv(consumer) == CAST
+    support.close_all(consumer, out)
 
 
 def test_v2_notification_vector_reaches_pull_consumer_unchanged(ctx,
                                                                  receiver):
     consumer = pull(ctx, receiver, 'notifications-info.host1')
-    support.sender(ctx, receiver).send_multipart(NOTIFICATION_V2)
+    out = support.sender(ctx, receiver)
+    out.send_multipart(NOTIFICATION_V2)
     assert recv(consumer) == NOTIFICATION_V2
+    support.close_all(consumer, out)
 
 
 def test_fanout_goes_to_every_subscriber_of_the_cut_key(ctx, receiver):
@@ -75,6 +79,7 @@ def test_fanout_goes_to_every_subscriber_of_the_cut_key(ctx, receiver):
         if got[3] == b'opening':  # the first joiner also had that one
             got = recv(s)
         assert got == frames  # frame 1 uncut
+    support.close_all(*subs, out)
 
 
 def test_fanout_waits_for_its_first_subscriber(ctx, receiver):
@@ -85,6 +90,7 @@ def test_fanout_waits_for_its_first_subscriber(ctx, receiver):
     late = sub(ctx, receiver, 'fanout~network')
     assert recv(late) == frames
     assert receiver.stats()['dropped'] == {}
+    support.close_all(out, late)
 
 
 def test_reply_vector_reaches_only_the_matching_subscriber(ctx, receiver):
@@ -103,6 +109,7 @@ def test_reply_vector_reaches_only_the_matching_subscriber(ctx, receiver):
     assert recv(other) == second
     assert support.nothing_arrives(waiting, 0.3)
     assert receiver.stats()['forwarded'] == 2
+    support.close_all(waiting, other, out)
 
 
 def test_host_part_of_a_plain_topic_is_never_stripped(ctx, receiver):
@@ -115,6 +122,7 @@ def test_host_part_of_a_plain_topic_is_never_stripped(ctx, receiver):
     assert recv(host1)[1] == b'compute.host1'
     assert recv(host2)[1] == b'compute.host2'
     assert recv(bare)[1] == b'compute'
+    support.close_all(host1, host2, bare, out)
 
 
 def test_call_round_trip_like_the_legacy_driver(ctx, receiver):
@@ -132,9 +140,11 @@ def test_call_round_trip_like_the_legacy_driver(ctx, receiver):
     reply = [msg_id, b'zmq_replies.callerhost', b'cast',
              b'["{}", {"args": {"msg_id": "%s", "response": [[42]]}, '
              b'"method": "-process_reply"}]' % msg_id]
-    support.sender(ctx, receiver).send_multipart(reply)
+    answer = support.sender(ctx, receiver)
+    answer.send_multipart(reply)
     assert recv(caller) == reply
     assert support.nothing_arrives(bystander, 0.3)
+    support.close_all(caller, bystander, server, out, answer)
 
 
 def test_order_is_kept_per_key(ctx, receiver):
@@ -144,6 +154,7 @@ def test_order_is_kept_per_key(ctx, receiver):
     consumer = pull(ctx, receiver, 'order.host1')
     got = [int(recv(consumer)[3]) for _ in range(500)]
     assert got == list(range(500))
+    support.close_all(out, consumer)
 
 
 def test_two_pull_consumers_share_one_key(ctx, receiver):
@@ -167,6 +178,7 @@ def test_two_pull_consumers_share_one_key(ctx, receiver):
             sock.recv_multipart()
             counts[sock] += 1
     assert counts[a] > 10 and counts[b] > 10, counts
+    support.close_all(a, b, out)
 
 
 @pytest.mark.parametrize('address, connect', [
@@ -192,6 +204,7 @@ def test_every_kind_of_bind_address_forwards(ctx, daemons, short_dir,
     frames = support.cast('compute.host1')
     out.send_multipart(frames)
     assert recv(consumer) == frames
+    support.close_all(consumer, out)
 
 
 def test_the_log_names_the_forwarding_loop(receiver, request):

@@ -86,31 +86,37 @@ HOSTILE = [
                          ids=[case[0] for case in HOSTILE])
 def test_hostile_message_is_refused_and_counted(ctx, receiver, frames,
                                                 reason):
-    assert_refused(ctx, receiver, frames, reason)
+    support.close_all(*assert_refused(ctx, receiver, frames, reason))
 
 
 def test_topic_whose_socket_path_is_too_long(ctx, receiver):
     longest = 'x' * max_key_length(receiver)
-    assert_refused(ctx, receiver, cast(longest + 'y'), 'topic_too_long')
+    support.close_all(*assert_refused(ctx, receiver, cast(longest + 'y'),
+                                      'topic_too_long'))
     # The boundary: a path of exactly 107 bytes still works.
     consumer = pull(ctx, receiver, longest)
     frames = cast(longest)
-    support.sender(ctx, receiver).send_multipart(frames)
+    out = support.sender(ctx, receiver)
+    out.send_multipart(frames)
     assert recv(consumer) == frames
     assert len(receiver.path(longest).encode()) == 107
+    support.close_all(consumer, out)
 
 
 def test_fanout_key_length_counts_not_the_whole_topic(ctx, receiver):
     room = max_key_length(receiver) - len('fanout~')
-    assert_refused(ctx, receiver, cast('fanout~' + 'x' * (room + 1) + '.h'),
-                   'topic_too_long')
+    support.close_all(*assert_refused(
+        ctx, receiver, cast('fanout~' + 'x' * (room + 1) + '.h'),
+        'topic_too_long'))
     # Only the key names a file: a long host part after the dot is fine.
     listener = ctx.socket(zmq.SUB)
     listener.setsockopt(zmq.SUBSCRIBE, b'')
     listener.connect(receiver.outlet('fanout~ok'))
     frames = cast('fanout~ok.' + 'h' * 500)
-    support.sender(ctx, receiver).send_multipart(frames)
+    out = support.sender(ctx, receiver)
+    out.send_multipart(frames)
     assert recv(listener) == frames
+    support.close_all(listener, out)
 
 
 # -- size --
@@ -130,6 +136,7 @@ def test_oversized_multipart_message_is_rejected(ctx, daemons, short_dir):
     assert wire.message_cost(exact) == 1000
     out.send_multipart(exact)
     assert recv(consumer) == exact
+    support.close_all(out, consumer)
 
 
 def test_single_frame_over_the_limit_disconnects_only_its_sender(
@@ -154,9 +161,11 @@ def test_single_frame_over_the_limit_disconnects_only_its_sender(
     stats = daemon.stats()
     assert stats['received'] == 0
     frames = cast('compute.host1', b'from a new sender')
-    support.sender(ctx, daemon).send_multipart(frames)
+    out = support.sender(ctx, daemon)
+    out.send_multipart(frames)
     assert recv(consumer) == frames
     assert_balanced(daemon.stats())
+    support.close_all(consumer, events, out)
 
 
 # -- number of topics --
@@ -183,6 +192,7 @@ def test_topic_beyond_max_topics_is_rejected_while_others_flow(
         out.send_multipart(frames)
         assert recv(consumer) == frames
     assert_balanced(daemon.stats())
+    support.close_all(out, *consumers)
 
 
 def test_idle_outlet_is_reaped_and_made_again_on_demand(ctx, daemons,
@@ -208,6 +218,7 @@ def test_idle_outlet_is_reaped_and_made_again_on_demand(ctx, daemons,
     assert stats['outlets_created'] == 2
     assert os.path.exists(path)
     assert_balanced(stats)
+    support.close_all(consumer, out)
 
 
 def test_outlet_with_a_connected_consumer_is_not_reaped(ctx, daemons,
@@ -236,6 +247,7 @@ def test_outlet_with_a_connected_consumer_is_not_reaped(ctx, daemons,
     out.send_multipart(cast('kept.host1', b'2'))
     assert recv(kept)[3] == b'2'
     assert daemon.stats()['outlets_created'] == 2
+    support.close_all(out, kept, passing)
 
 
 def _flood(daemon, out, topics, max_files):
@@ -275,6 +287,7 @@ def test_flood_of_distinct_topics_is_capped(ctx, daemons, short_dir):
     assert_balanced(stats)
     assert_still_forwards(out, steady, b'after', 'steady.host1')
     assert len(os.listdir(daemon.ipc_dir)) <= 52
+    support.close_all(steady, out)
 
 
 def test_outlets_of_a_fanout_flood_are_reaped_and_make_room(ctx, daemons,
@@ -296,6 +309,7 @@ def test_outlets_of_a_fanout_flood_are_reaped_and_make_room(ctx, daemons,
     out.send_multipart(frames)
     assert recv(consumer) == frames
     assert_balanced(daemon.stats())
+    support.close_all(out, consumer)
 
 
 def test_push_flood_does_not_lock_new_topics_out_for_ever(ctx, daemons,
@@ -313,6 +327,7 @@ def test_push_flood_does_not_lock_new_topics_out_for_ever(ctx, daemons,
     frames = cast('zmq_replies.testhost', msg_id=b'a' * 32)
     out.send_multipart(frames)
     assert recv(caller) == frames
+    support.close_all(out, caller)
 
 
 # -- random input --
@@ -392,6 +407,8 @@ def test_after_random_frames_the_receiver_is_whole(ctx, fuzzed):
     assert_balanced(stats)
     assert daemon.proc.poll() is None
     frames = cast(STEADY, b'last')
-    support.sender(ctx, daemon).send_multipart(frames)
+    out = support.sender(ctx, daemon)
+    out.send_multipart(frames)
     assert recv(fuzzed['steady']) == frames
     assert set(os.listdir(daemon.ipc_dir)) >= NOT_OUTLETS
+    support.close_all(out)

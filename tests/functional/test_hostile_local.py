@@ -119,6 +119,7 @@ def test_control_flood_does_not_stop_forwarding(ctx, daemons, short_dir):
     assert rss1 - rss0 <= CONTROL_FLOOD_RSS_KIB, (rss0, rss1)
     assert daemon.proc.poll() is None
     forward_casts(out, consumer, key, 1, b'after')
+    support.close_all(consumer, out)
 
 
 # -- messages of very many frames ----------------------------------------
@@ -131,6 +132,9 @@ def test_control_flood_does_not_stop_forwarding(ctx, daemons, short_dir):
 FRAME_FLOOD_RSS_KIB = 24 * 1024
 
 
+# Messages of millions of frames, each built, sent and rejected, then the
+# memory watched coming back: minutes under load.
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_frame_floods_are_rejected_and_memory_comes_back(ctx, daemons,
                                                          short_dir):
@@ -174,6 +178,7 @@ def test_frame_floods_are_rejected_and_memory_comes_back(ctx, daemons,
         'than the 32 frames of [zmq_receiver] max_frames' in daemon.log()
     forward_casts(out, consumer, key, 1, b'last')
     assert daemon.proc.poll() is None
+    support.close_all(consumer, out)
 
 
 # -- unix connections held to every local socket -------------------------
@@ -265,6 +270,7 @@ def test_held_unix_connections_never_exhaust_descriptors(ctx, daemons,
     assert_balanced(stats)
     forward_casts(out, consumer, key, 1, b'after')
     assert daemon.proc.poll() is None
+    support.close_all(consumer, subscriber, out, fresh)
 
 
 # -- the metrics port: held connections and 200 scrapes at once ----------
@@ -326,3 +332,4 @@ def test_metrics_answer_200_scrapes_beside_held_connections(ctx, daemons,
     forward_casts(out, consumer, key, 1, b'after')
     assert_balanced(daemon.stats())
     assert daemon.proc.poll() is None
+    support.close_all(consumer, out)

@@ -49,6 +49,9 @@ class Steady:
         self.out.send_multipart(frames)
         assert recv(self.consumer) == frames
 
+    def close(self):
+        support.close_all(self.consumer, self.out)
+
 
 # -- raw bytes on the TCP port -------------------------------------------
 
@@ -187,6 +190,7 @@ def test_thousands_of_idle_connections(ctx, daemons, short_dir):
                'the daemon closing %d connections' % IDLE)
     steady.check()
     assert daemon.stop() == 0
+    steady.close()
 
 
 # -- consumers that stop reading -----------------------------------------
@@ -237,6 +241,8 @@ def test_stalled_consumers_cost_bounded_memory(ctx, daemons, short_dir):
     assert stats['dropped'], stats
     assert_balanced(stats)
     assert daemon.proc.poll() is None
+    steady.close()
+    support.close_all(*stalled)
 
 
 # -- a flood of distinct topics ------------------------------------------
@@ -265,6 +271,7 @@ def test_flood_of_distinct_topics_keeps_files_and_memory_bounded(
     assert rss1 - rss0 <= 32 * 1024
     assert stats['rejected'] == {'too_many_topics': flood - 49}
     assert_balanced(stats)
+    steady.close()
 
 
 # -- descriptors exhausted by connections (a libzmq abort) ---------------
@@ -325,6 +332,8 @@ def test_descriptors_used_up_by_tcp_connections(ctx, daemons, short_dir):
     assert files < limit
     assert 'Refused a connection on TCP port %d' % daemon.port in \
         daemon.log()
+    steady.close()
+    support.close_all(fresh)
 
 
 # -- a peer that does not close at the stop --------------------------------
@@ -335,7 +344,7 @@ def test_peer_that_never_closes_delays_the_stop_a_bounded_time(
     """The stop half-closes every connection and waits for the senders to
     close theirs; one that never does is cut off after STOP_CLOSE_WAIT."""
     # A legacy sender, which closes when told, beside the stuck peer.
-    _sender = Steady(ctx, receiver)
+    legacy = Steady(ctx, receiver)
     stuck = raw_send(receiver, GREETING, close=False)
     try:
         # Until libzmq has written its whole handshake: a write it still
@@ -360,3 +369,4 @@ def test_peer_that_never_closes_delays_the_stop_a_bounded_time(
     assert stopping.STOP_CLOSE_WAIT <= took < \
         stopping.STOP_CLOSE_WAIT + 3
     print('STOP with a stuck peer took %.2f s' % took)
+    legacy.close()

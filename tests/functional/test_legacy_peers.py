@@ -119,6 +119,7 @@ def test_legacy_sender_without_an_allow_list(ctx, receiver, peers, version):
     peer = peers(version, receiver.port, DENIED_SOURCE)
     peer.send(cast('compute.host1', b'plain'), greeting=True)
     assert recv(consumer) == cast('compute.host1', b'plain')
+    support.close_all(consumer)
 
 
 @pytest.mark.parametrize('version', [1, 2])
@@ -140,6 +141,7 @@ def test_allowed_legacy_sender_is_forwarded(ctx, daemons, short_dir, peers,
     stats = daemon.stats()
     assert stats['denied'] == {}
     assert stats['connections'] == 1
+    support.close_all(consumer)
 
 
 @pytest.mark.parametrize('version', [1, 2])
@@ -171,6 +173,7 @@ def test_refused_legacy_sender_is_counted_logged_and_never_forwarded(
     daemon.wait_for(r'Refused a connection from 127\.0\.0\.2: its address '
                     r'is in none of \[zmq_receiver\] allowed_networks')
     assert len(re.findall('Refused a connection', daemon.log())) == 1
+    support.close_all(consumer)
 
 
 def test_zmtp3_senders_from_both_addresses(ctx, daemons, short_dir, peers):
@@ -191,6 +194,7 @@ def test_zmtp3_senders_from_both_addresses(ctx, daemons, short_dir, peers):
     assert recv(consumer)[3] == b'zmtp3'
     assert support.nothing_arrives(consumer, 0.5)
     assert daemon.stats()['received'] == 2
+    support.close_all(consumer, outcast, monitor, friend)
 
 
 def test_networks_refuse_every_protocol_at_once(ctx, daemons, short_dir,
@@ -213,6 +217,7 @@ def test_networks_refuse_every_protocol_at_once(ctx, daemons, short_dir,
     got = sorted(recv(consumer)[3] for _ in range(2))
     assert got == [b'v1', b'v2']
     assert support.nothing_arrives(consumer, 0.5)
+    support.close_all(consumer, zmtp3)
 
 
 @pytest.mark.parametrize('bind_address', ['*', 'lo'])
@@ -234,6 +239,7 @@ def test_filter_follows_the_bind_address(ctx, daemons, short_dir, peers,
         cast('compute.host1', b'allowed'), greeting=True)
     assert recv(consumer)[3] == b'allowed'
     assert support.nothing_arrives(consumer, 0.3)
+    support.close_all(consumer)
 
 
 def run_with_networks(short_dir, **defaults):

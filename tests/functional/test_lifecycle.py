@@ -151,8 +151,10 @@ def forwards(ctx, daemon, topic='lifecycle.host1'):
     """Assert that a cast sent to *daemon* reaches a consumer of *topic*."""
     consumer = pull(ctx, daemon, topic)
     frames = support.cast(topic, b'["{}", {"method": "ping"}]')
-    support.sender(ctx, daemon).send_multipart(frames)
+    out = support.sender(ctx, daemon)
+    out.send_multipart(frames)
     assert recv(consumer) == frames
+    support.close_all(consumer, out)
 
 
 class NotifySocket:
@@ -630,6 +632,7 @@ def test_daemon_mode(ctx, detached, short_dir, request, configured_pid_file,
     assert not os.path.exists(pid_file)
     left = [f for f in os.listdir(ipc)]
     assert left == [], 'files left behind: %s' % left
+    support.close_all(consumer, out_sock)
 
 
 @needs_root
@@ -876,6 +879,7 @@ def test_hup_keeps_queued_messages(ctx, spawn, short_dir):
     assert daemon.stats()['queued'] == 20
     consumer = pull(ctx, daemon, 'held.host1')
     assert [recv(consumer) for _ in sent] == sent
+    support.close_all(out, consumer)
 
 
 def test_hup_then_log_goes_to_a_new_file_after_rotation(spawn, short_dir):
@@ -1000,6 +1004,7 @@ def test_stop_with_a_backlog_and_no_consumer_does_not_wait(ctx, spawn,
                          r'messages \(no_consumer\): no consumer was '
                          r'connected' % re.escape(key), log), log
     assert 'dropped[no_consumer=2]' in log
+    support.close_all(out)
 
 
 def test_stop_loses_nothing_libzmq_still_buffers_for_a_consumer(
@@ -1027,6 +1032,7 @@ def test_stop_loses_nothing_libzmq_still_buffers_for_a_consumer(
     assert daemon.wait() == errors.EXIT_OK
     stopped = re.search(r'Stopped\. .*', daemon.log()).group(0)
     assert 'forwarded=201' in stopped and 'dropped[0]' in stopped
+    support.close_all(out, consumer)
 
 
 def test_second_term_during_the_drain_stops_at_once(ctx, spawn, short_dir):
@@ -1048,6 +1054,7 @@ def test_second_term_during_the_drain_stops_at_once(ctx, spawn, short_dir):
     log = daemon.log()
     assert 'closed with %d undelivered messages' % queued in log
     assert 'dropped[shutdown=%d]' % queued in log
+    support.close_all(out, consumer)
 
 
 @needs_root

@@ -287,6 +287,7 @@ def test_scraped_counters_equal_what_was_sent_forwarded_dropped_rejected(
     assert not problems, problems
     assert scrapes, 'the concurrent scraper never got an answer'
     assert scrapes == sorted(scrapes), 'received went backwards: %s' % scrapes
+    support.close_all(out, consumer, subscriber)
 
 
 def test_per_topic_label_values_are_bounded_by_top_topics(ctx, daemons,
@@ -340,6 +341,7 @@ def test_per_topic_label_values_are_bounded_by_top_topics(ctx, daemons,
     assert sum(labelled(samples, 'zmq_receiver_topic_dropped_total')
                .values()) == sum(labelled(
                    samples, 'zmq_receiver_dropped_total').values())
+    support.close_all(out, consumer)
 
 
 def test_other_topic_counter_never_goes_backwards(ctx, daemons, short_dir):
@@ -369,6 +371,7 @@ def test_other_topic_counter_never_goes_backwards(ctx, daemons, short_dir):
         s, 'zmq_receiver_topic_forwarded_total')),
         'zmq_receiver_topic_forwarded_total')
     assert after['other'] >= before['other'], (before, after)
+    support.close_all(out)
 
 
 def test_standard_process_metrics_are_exported(daemons, short_dir):
@@ -523,6 +526,7 @@ def test_stats_json_shows_backlog_grow_while_consumer_away_then_drain(
                                                                         1)
     assert (stats['queued'], stats['forwarded'], stats['dropped']) == (0, n,
                                                                        {})
+    support.close_all(out, consumer)
 
 
 @pytest.mark.skipif(os.geteuid() != 0,
@@ -532,13 +536,15 @@ def test_control_socket_is_owned_and_moded_like_the_outlets(ctx, daemons,
     gid = 4242  # no group entry needed: a number is taken as it is
     daemon = daemons(short_dir, {
         'zmq_receiver': {'socket_group': gid, 'socket_mode': '0660'}})
-    support.sender(ctx, daemon).send_multipart(support.cast('owned.topic'))
+    out = support.sender(ctx, daemon)
+    out.send_multipart(support.cast('owned.topic'))
     daemon.wait_stats(lambda s: 'owned.topic' in s['topics'])
     outlet = os.stat(daemon.path('owned.topic'))
     control = os.stat(os.path.join(daemon.ipc_dir, '.zmq-receiver-control'))
     assert (outlet.st_gid, oct(outlet.st_mode)) == (gid, '0o140660')
     assert (control.st_uid, control.st_gid, oct(control.st_mode)) == (
         outlet.st_uid, outlet.st_gid, oct(outlet.st_mode))
+    support.close_all(out)
 
 
 def test_stats_table_names_the_topic_under_the_column_headers(ctx, receiver):
@@ -556,6 +562,7 @@ def test_stats_table_names_the_topic_under_the_column_headers(ctx, receiver):
                         'DROPPED']], lines
     rows = [line.split() for line in lines if 'admin.table' in line]
     assert rows == [['admin.table', 'push', '0', '3', '0', '0']], lines
+    support.close_all(out)
 
 
 def test_health_exits_0_while_running_and_1_with_a_message_when_not(
@@ -608,8 +615,8 @@ def test_stats_watch_refreshes(ctx, receiver):
         assert not any('watch.topic' in line for line in first)
         # A change after the first table must show in a later one: that
         # is a refresh, not the same text printed again.
-        support.sender(ctx, receiver).send_multipart(
-            support.cast('watch.topic'))
+        out = support.sender(ctx, receiver)
+        out.send_multipart(support.cast('watch.topic'))
         deadline = time.monotonic() + support.TIMEOUT
         seen = [first]
         while not any('watch.topic' in line for line in seen[-1]):
@@ -621,6 +628,7 @@ def test_stats_watch_refreshes(ctx, receiver):
     finally:
         proc.terminate()
         proc.wait(support.TIMEOUT)
+    support.close_all(out)
 
 
 # -- logs --------------------------------------------------------------------
@@ -679,13 +687,16 @@ def test_a_flood_of_bad_topics_logs_a_few_lines_and_counts_the_rest(
     # reporting the rest; a little slack for a slow machine.
     assert 2 <= len(lines) <= 4, lines
     assert re.search(r'like it in the last \d+ s\)', lines[-1]), lines
+    support.close_all(out)
 
 
 def forward_one(ctx, daemon, topic):
     consumer = pull(ctx, daemon, topic)
     frames = support.cast(topic)
-    support.sender(ctx, daemon).send_multipart(frames)
+    out = support.sender(ctx, daemon)
+    out.send_multipart(frames)
     assert recv(consumer) == frames
+    support.close_all(consumer, out)
 
 
 def test_debug_logs_each_received_message(ctx, daemons, short_dir):

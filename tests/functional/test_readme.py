@@ -70,6 +70,7 @@ def test_the_readme_run_command_forwards(ctx, short_dir):
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=support.TIMEOUT)
     assert proc.returncode == 0, output.log()
+    support.close_all(consumer, sender)
 
 
 def test_every_podman_build_keeps_the_health_check():

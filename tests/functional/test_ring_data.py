@@ -111,7 +111,9 @@ class Cloud:
 @pytest.fixture
 def cloud(daemons, ctx):
     directory = tempfile.mkdtemp(prefix='zr', dir='/tmp')
-    yield Cloud(daemons, ctx, directory)
+    made = Cloud(daemons, ctx, directory)
+    yield made
+    support.close_all(*made.consumers)
     shutil.rmtree(directory, ignore_errors=True)
 
 

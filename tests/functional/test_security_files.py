@@ -168,9 +168,10 @@ def forwards(ctx, daemon, topic):
     """A normal cast to *topic* reaches its consumer."""
     consumer = support.pull(ctx, daemon, topic)
     frames = cast(topic)
-    support.sender(ctx, daemon).send_multipart(frames)
+    out = support.sender(ctx, daemon)
+    out.send_multipart(frames)
     assert recv(consumer) == frames
-    consumer.close()
+    support.close_all(consumer, out)
 
 
 @pytest.fixture
@@ -434,6 +435,7 @@ def test_socket_files_survive_a_swapper_racing_every_new_file(
             assert st.st_gid == accounts.shared.gr_gid, name
     forwards(ctx, daemon, 'after.host1')
     target.assert_untouched()
+    support.close_all(sentinel, out)
 
 
 def test_sticky_shared_directory_stops_the_swapper(
@@ -457,6 +459,7 @@ def test_sticky_shared_directory_stops_the_swapper(
         assert stat.S_ISSOCK(st.st_mode) and st.st_mode & 0o777 == 0o660
     forwards(ctx, daemon, 'sticky0.host1')
     target.assert_untouched()
+    support.close_all(out)
 
 
 def _stats_without_the_swapper(daemon):

@@ -289,7 +289,8 @@ def test_configured_by_environment_alone_under_an_arbitrary_uid(
     consumer = ctx.socket(zmq.PULL)
     consumer.connect(daemon.outlet('compute.pod1'))
     frames = support.cast('compute.pod1')
-    support.sender(ctx, daemon).send_multipart(frames)
+    out = support.sender(ctx, daemon)
+    out.send_multipart(frames)
     assert support.recv(consumer) == frames
     admin_env = support.clean_env(env)
     status, output = admin_health(admin_env)
@@ -298,3 +299,4 @@ def test_configured_by_environment_alone_under_an_arbitrary_uid(
     status, output = admin_health(admin_env, timeout=1)
     assert status == 1, output
     assert 'No receiver answered' in output
+    support.close_all(consumer, out)

@@ -34,8 +34,9 @@ import pytest
 
 from tests import support
 
-# The first run builds the tree (debootstrap: 2-5 minutes).
-pytestmark = pytest.mark.timeout(900)
+# The first run builds the tree (debootstrap: 2-5 minutes); every run boots
+# a whole systemd.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 CACHE = '/var/cache/oslo-messaging-zmq-receiver'
 SUITE = 'bookworm'

@@ -8,6 +8,8 @@ Python headers.
 import subprocess
 import sys
 
+import pytest
+
 from tests import support
 
 
@@ -20,6 +22,8 @@ def build_ext(tmp_path, **env):
         timeout=support.TIMEOUT * 6, env=support.clean_env(env, CC='false'))
 
 
+# A setup.py build in a subprocess: seconds each, out of ./dev check.
+@pytest.mark.slow
 def test_without_a_compiler_the_build_succeeds_without_the_extension(
         tmp_path):
     result = build_ext(tmp_path)
@@ -27,6 +31,7 @@ def test_without_a_compiler_the_build_succeeds_without_the_extension(
     assert not list(tmp_path.glob('lib/zmq_receiver/_wire*'))
 
 
+@pytest.mark.slow
 def test_a_build_that_requires_the_extension_fails_without_a_compiler(
         tmp_path):
     result = build_ext(tmp_path, ZMQ_RECEIVER_REQUIRE_WIRE='1')

@@ -21,6 +21,7 @@ give 100% of envelope.py's lines and branches, and of routing.route's
 import json
 
 import hypothesis
+import pytest
 from hypothesis import strategies as st
 
 from zmq_receiver.admin import envelope
@@ -111,6 +112,10 @@ FRAMES = st.one_of(
 KEYS = {'topic', 'msg_id', 'layout', 'context', 'method', 'args', 'message'}
 
 
+# 3,000 examples: over a minute on a busy machine, beyond the 30 s a test
+# has by default; out of ./dev check.
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 @hypothesis.settings(max_examples=3000, deadline=None)
 @hypothesis.given(frames=FRAMES)
 def test_decode_is_total_and_consistent(frames):

@@ -25,7 +25,8 @@ def open_files():
 def push(ctx):
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.LINGER, 0)
-    return sock
+    yield sock
+    sock.close()
 
 
 def test_a_symlink_at_the_path_is_replaced_not_followed(short_dir, ctx,
@@ -48,6 +49,7 @@ def test_a_symlink_at_the_path_is_replaced_not_followed(short_dir, ctx,
     pull.connect('ipc://' + path)
     push.send(b'through the renamed file')
     assert recv(pull) == [b'through the renamed file']
+    pull.close()
 
 
 def test_a_bind_that_cannot_finish_leaves_no_listener(short_dir, push):

@@ -106,4 +106,5 @@ def test_new_outlet_sends_nothing_until_settled(made, ctx, clock):
     assert outlet.queued == 0 and outlet.direct is outlet.socket
     assert [support.recv(consumer)[3] for _ in range(3)] == [
         b'0', b'1', b'2']
+    consumer.close()
     assert_held(made)

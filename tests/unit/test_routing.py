@@ -162,6 +162,8 @@ def test_kernel_takes_a_path_of_exactly_the_limit(ctx, short_dir):
     too_long = ctx.socket(zmq.PUSH)
     with pytest.raises(zmq.ZMQError):
         too_long.bind(routing.endpoint(short_dir, 'k' * (longest + 1)))
+    sock.close()
+    too_long.close()
 
 
 # -- properties over arbitrary input ----------------------------------------

@@ -80,7 +80,9 @@ def pair(ctx, transport, directory, name='a'):
 
 @pytest.fixture
 def inproc(ctx):
-    return pair(ctx, 'inproc', None)
+    push, pull = pair(ctx, 'inproc', None)
+    yield push, pull
+    support.close_all(push, pull)
 
 
 def test_fast_in_this_environment():
@@ -213,6 +215,7 @@ def test_round_trip(ctx, short_dir, transport, sender, receiver):
                 assert len(part) == len(sent)
     with pytest.raises(zmq.Again):
         recv_message(pull)
+    support.close_all(push, pull)
 
 
 @fast
@@ -242,6 +245,7 @@ def test_part_zero_copy_resent(inproc, ctx):
     del view
     with pytest.raises(TypeError):
         wire.Part()
+    support.close_all(push2, pull2)
 
 
 @fast
@@ -281,6 +285,7 @@ def test_again_when_no_peer(ctx, name):
     pull.bind('inproc://empty-%s' % name)
     with pytest.raises(zmq.Again):
         recv_message(pull)
+    support.close_all(push, pull)
 
 
 @pytest.mark.parametrize('name', ['c', 'py'])
@@ -306,6 +311,7 @@ def test_again_when_full_sends_nothing(ctx, name):
     assert push.poll(support.TIMEOUT * 1000, zmq.POLLOUT)
     send_message(push, [b'again', b'topic'])
     assert recv(recv_message, pull) == [b'again', b'topic']
+    support.close_all(push, pull)
 
 
 @pytest.mark.parametrize('name', ['c', 'py'])
@@ -390,7 +396,8 @@ def fwd(ctx):
     """Inbound (PUSH -> PULL) and one outlet (PUSH -> PULL), inproc."""
     inbound = pair(ctx, 'inproc', None, 'in')
     out = pair(ctx, 'inproc', None, 'out')
-    return inbound, out
+    yield inbound, out
+    support.close_all(*inbound, *out)
 
 
 def feed(push, messages):
@@ -475,6 +482,7 @@ def test_forward_interleaved_outlets(ctx, fwd):
     assert (a.forwarded, b.forwarded) == (4, 2)
     assert drain(opull) == [m for m in sent if m[1] == b'a']
     assert drain(bpull) == [m for m in sent if m[1] == b'b']
+    support.close_all(bpush, bpull)
 
 
 @fast
@@ -518,6 +526,8 @@ def test_forward_slow(ctx, fwd, case):
     if case == 'many parts':
         assert isinstance(parts[-1], wire.Part)
         assert all(type(p) is bytes for p in parts[:-1])
+    if case == 'full':
+        nobody.close()
 
 
 @fast
@@ -699,6 +709,7 @@ def test_no_leak_recv_send(inproc, ctx):
                 wire.recv_message(pull)
 
     assert_level(run)
+    support.close_all(push2, pull2)
 
 
 @fast
@@ -751,6 +762,7 @@ def test_recv_keeps_one_frame_over_max_frames(ctx, name, count, kept):
     assert as_bytes(recv_cap(recv_message, pull, 4)) == frames[:kept]
     # The rest of the long message is gone: the next one starts whole.
     assert recv_cap(recv_message, pull, 4) == [b'next', b'topic']
+    support.close_all(push, pull)
 
 
 def recv_cap(recv_message, sock, max_frames):
@@ -765,6 +777,7 @@ def test_recv_without_a_cap_keeps_every_frame(ctx, name):
     frames = [b'id', b'topic'] + [b''] * 100
     send_message(push, frames)
     assert recv_cap(recv_message, pull, -1) == frames
+    support.close_all(push, pull)
 
 
 def test_frame_cost_is_the_same_in_c_and_python():
