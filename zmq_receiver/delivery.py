@@ -79,8 +79,11 @@ class Delivery:
     on reload (outlets.Outlets.limits).
     """
 
-    def __init__(self, loop, limits, counters, warn, clock):
+    def __init__(self, loop, limits, counters, warn, clock,
+                 send=wire.py_send_message):
         self.loop = loop
+        #: send(socket, frames): the chosen wire.Implementation's.
+        self._send_message = send
         self.limits = limits
         self.counters = counters
         self.warn = warn
@@ -158,7 +161,7 @@ class Delivery:
         they are dropped (counted). Whatever the socket says is the
         outlet's event, never an exception for the loop."""
         try:
-            wire.send_message(outlet.socket, frames)
+            self._send_message(outlet.socket, frames)
         except zmq.Again:
             error = None
         except zmq.ZMQError as exc:
@@ -213,7 +216,7 @@ class Delivery:
         try:
             sock.setsockopt(zmq.XPUB_NODROP, 0)
             try:
-                wire.send_message(sock, frames)
+                self._send_message(sock, frames)
             finally:
                 sock.setsockopt(zmq.XPUB_NODROP, 1)
         except zmq.ZMQError as exc:

@@ -27,6 +27,7 @@ from zmq_receiver import ipcdir
 from zmq_receiver import metrics
 from zmq_receiver import outlet as outlet_mod
 from zmq_receiver import routing
+from zmq_receiver import wire
 
 LOG = logging.getLogger(__name__)
 
@@ -70,10 +71,13 @@ class Outlets:
     ``unregister``. *reclaim* locks the IPC directory again once it is back
     after a removal, and *connections* caps the unix sockets' connections
     (see :class:`ipcdir.DirectoryWatch`; None: every one is taken).
+    *send* sends a whole message (the chosen wire.Implementation's
+    ``send_message``).
     """
 
     def __init__(self, ctx, loop, ipc_dir, limits, counters, warn,
-                 clock=time.monotonic, reclaim=None, connections=None):
+                 clock=time.monotonic, reclaim=None, connections=None,
+                 send=wire.py_send_message):
         self.ctx = ctx
         self.loop = loop
         self.ipc_dir = ipc_dir
@@ -90,7 +94,7 @@ class Outlets:
             connections=connections)
         self.budget = ipcdir.DescriptorBudget()
         self.delivery = delivery.Delivery(loop, limits, counters, warn,
-                                          clock)
+                                          clock, send)
         self._limits = limits
         # The message path, bound once: the loop calls it per message.
         self.deliver = self.delivery.deliver

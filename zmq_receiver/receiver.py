@@ -77,8 +77,9 @@ class Receiver:
         self.settings = settings
         #: For the outlets: locks the IPC directory again once it is back.
         self._reclaim = reclaim
-        #: A wire.Implementation; None: what wire.use_compiled() chose.
-        self.implementation = implementation
+        #: How whole messages are received and sent (wire.Implementation),
+        #: chosen once at start; None: pure Python.
+        self.wire = implementation or wire.PURE_PYTHON
         #: The matchmaker agent (:class:`agent.Agent`), or None.
         self.agent = agent
         self.clock = clock
@@ -131,7 +132,7 @@ class Receiver:
         self.outlets = outlets_mod.Outlets(
             self.ctx, self.loop, s.ipc_dir, s.limits, self.counters,
             self.warn, self.clock, reclaim=self._reclaim,
-            connections=self.local)
+            connections=self.local, send=self.wire.send_message)
         self.loop.add_source(self.outlets)
         self.inputs = inputs_mod.Inputs(
             self.ctx, s, self.counters, self.warn,
@@ -158,7 +159,7 @@ class Receiver:
         Call it after privileges are dropped: the control socket it opens
         belongs to the user it runs as.
         """
-        self.reader.use(self.implementation or wire.current())
+        self.reader.use(self.wire)
         wakeup_fd = self._wakeup.fileno()
         self.loop.register(wakeup_fd, zmq.POLLIN,
                            lambda events: self._on_signals())
@@ -334,7 +335,7 @@ class Receiver:
                                      if self.local is not None else 0)
         # Consumers that left half way through a message being sent to
         # them: each such message was taken back by libzmq and sent again.
-        snap['send_rollbacks'] = wire.rollbacks()
+        snap['send_rollbacks'] = self.wire.rollbacks()
         if self.agent is not None:
             snap['agent'] = self.agent.snapshot()
         return snap

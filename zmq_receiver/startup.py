@@ -49,17 +49,20 @@ Then, holding the lock (released at the end whatever happens):
     EMFILE (see ``_wire.guard_accept``) before any unix socket binds: an
     unguarded libzmq aborts the process when a local user's connections
     take the last descriptor;
-17. ``build_receiver``: the settings, built once with their final values,
+17. ``choose_wire``: the compiled forwarding path, or pure Python with the
+    reason, chosen once, before the receiver and its outlets are built
+    with it (wire.Implementation);
+18. ``build_receiver``: the settings, built once with their final values,
     the reload callback (:class:`Reloader`) and the receiver;
-18. ``bind``: the receiver takes over the signals first (a HUP or TERM
+19. ``bind``: the receiver takes over the signals first (a HUP or TERM
     must then wait for the loop instead of killing a process that already
     owns the port), then binds: a port below 1024 needs root;
-19. ``start_exporter``: the metrics endpoint, after the receiver's bind
+20. ``start_exporter``: the metrics endpoint, after the receiver's bind
     (its ``/topics`` names the port the receiver got: ``rpc_zmq_port`` may
     be 0) and before the privilege drop (its port may be below 1024 too);
-20. ``drop_privileges``: once every port is bound and every file root
+21. ``drop_privileges``: once every port is bound and every file root
     must open is open, before the first message is read;
-21. ``announce``: after the drop, so that the line names who it runs as.
+22. ``announce``: after the drop, so that the line names who it runs as.
 
 Last, :func:`serve` runs the loop until a signal stops it.
 """
@@ -129,6 +132,7 @@ class Startup:
         self.lock = None            # take_lock
         #: Who may read /topics (empty: nobody, it is off).
         self.topics_networks = ()   # build_receiver
+        self.wire = None            # choose_wire
         self.receiver = None        # build_receiver
         self.endpoint = None        # bind
         self.exporter = None        # start_exporter
@@ -513,6 +517,11 @@ def guard_accept(boot):
                     '(ulimit -n)', wire.ACCEPT_GUARD_PROBLEM)
 
 
+def choose_wire(boot):
+    """The forwarding implementation, compiled when it can be."""
+    boot.wire = wire.implementation()
+
+
 def build_receiver(boot):
     """The settings, with their final values, and the receiver."""
     networks = ()
@@ -531,7 +540,7 @@ def build_receiver(boot):
     boot.receiver = receiver.Receiver(
         settings, reload=Reloader(boot.conf, boot.agent),
         notifier=boot.notifier, state=state, agent=boot.agent,
-        reclaim=boot.lock.reacquire)
+        reclaim=boot.lock.reacquire, implementation=boot.wire)
 
 
 def bind(boot):
@@ -569,13 +578,13 @@ def drop_privileges(boot):
 
 def announce(boot):
     """Log how it forwards and what it listens on."""
-    if wire.use_compiled():
-        LOG.info('Forwarding loop: compiled (zmq_receiver._wire)')
+    if boot.wire.compiled:
+        LOG.info('Forwarding loop: %s', boot.wire.name)
     else:
         LOG.warning('Forwarding loop: pure Python, at about three times '
                     'the CPU per message, because %s; to compile it, '
                     'install gcc and the Python headers and reinstall '
-                    'the package', wire.FAST_PROBLEM)
+                    'the package', boot.wire.problem)
     settings = boot.receiver.settings
     limits = settings.limits
     LOG.info(
@@ -604,8 +613,8 @@ BEFORE_LOCK = (parse, read_values, resolve_identity,
                choose_pid_file, take_lock)
 #: The steps holding the lock, which :func:`run` releases after them.
 UNDER_LOCK = (remove_stale_files, detach, raise_descriptors, guard_accept,
-              build_receiver, bind, start_exporter, drop_privileges,
-              announce)
+              choose_wire, build_receiver, bind, start_exporter,
+              drop_privileges, announce)
 
 
 def run(boot):

@@ -223,6 +223,12 @@ class Implementation:
         """Whether it is the compiled extension's."""
         return self.forward is not None
 
+    def rollbacks(self):
+        """Messages whose send was cut after its first part since the
+        start, by this implementation and the pure-Python sends beside it."""
+        return _py_rollbacks + (self.module.rollbacks()
+                                if self.module is not None else 0)
+
 
 #: The pure-Python implementation, always available.
 PURE_PYTHON = Implementation('pure Python', py_recv_message, py_send_message,
@@ -278,7 +284,9 @@ def use_compiled():
 
     It sets this module's functions (:func:`recv_message`,
     :func:`send_message`, :data:`forward`) to :func:`implementation`'s,
-    for the callers that look them up here; :func:`current` returns it.
+    for the callers that look them up here (the tests, the benchmarks);
+    :func:`current` returns it. The receiver does not: it is handed its
+    :class:`Implementation` at start (``startup.choose_wire``).
     """
     global FAST, FAST_PROBLEM, recv_message, send_message, forward, Part
     global _module
