@@ -12,6 +12,7 @@ import pytest
 import zmq
 
 from zmq_receiver import loop as loop_mod
+from tests import support
 
 #: How long (ms) a test waits for a message to arrive in a poll.
 WAIT_MS = 5000
@@ -39,7 +40,8 @@ def pair(ctx):
     pull.bind('inproc://loop-test')
     push = ctx.socket(zmq.PUSH)
     push.connect('inproc://loop-test')
-    return push, pull
+    yield push, pull
+    support.close_all(push, pull)
 
 
 def test_poll_timeout_rounds_up_to_whole_milliseconds():

@@ -21,6 +21,7 @@ from zmq_receiver import outlets
 from zmq_receiver import ratelimit
 from zmq_receiver import routing
 from zmq_receiver import wire
+from tests import support
 from tests.unit.test_outlet_files import Loop
 
 WIRE_C = os.path.join(os.path.dirname(outlet_mod.__file__), '_wire.c')
@@ -61,6 +62,7 @@ def test_an_outlet_has_every_wire_attribute(ctx):
     pub = outlet_mod.Outlet(b'f', routing.Kind.PUB, '/nowhere', sock, None,
                             0.0)
     assert pub.direct is None
+    sock.close()
 
 
 @pytest.mark.skipif(not wire.FAST, reason='no compiled _wire: %s'
@@ -85,6 +87,7 @@ def test_forward_counts_on_a_real_outlet(ctx):
     assert sent == made.forwarded
     assert sent >= 1
     assert made.last_active == 7.0
+    support.close_all(pull, push, consumer, out)
 
 
 def test_outlets_takes_reclaim_and_connections(short_dir, ctx):
