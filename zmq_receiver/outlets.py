@@ -48,7 +48,16 @@ ROUTE_MEMO = 4096
 
 
 class Limits:
-    """The bounds outlets keep to; the mutable ones change on reload."""
+    """The bounds outlets keep to; the mutable ones change on reload.
+
+    One object, shared by everything that reads a bound (the settings, the
+    outlets, the delivery, the control socket), and changed in place by
+    :meth:`update`: a reload reaches every reader at once, and nobody
+    holds an old copy.
+    """
+
+    #: What a reload may change: the options declared ``mutable=True``.
+    MUTABLE = ('backlog', 'backlog_bytes', 'idle_timeout', 'join_window')
 
     def __init__(self, backlog, backlog_bytes, max_topics, idle_timeout,
                  join_window, socket_mode=0o660, socket_gid=-1):
@@ -61,6 +70,11 @@ class Limits:
         self.socket_mode = socket_mode
         #: -1 leaves the group the file gets from the directory.
         self.socket_gid = socket_gid
+
+    def update(self, new):
+        """Take the mutable bounds of *new* (a reload's :class:`Limits`)."""
+        for name in self.MUTABLE:
+            setattr(self, name, getattr(new, name))
 
 
 class Outlets:
@@ -95,18 +109,10 @@ class Outlets:
         self.budget = ipcdir.DescriptorBudget()
         self.delivery = delivery.Delivery(loop, limits, counters, warn,
                                           clock, send)
-        self._limits = limits
+        #: The :class:`Limits`, shared (a reload updates it in place).
+        self.limits = limits
         # The message path, bound once: the loop calls it per message.
         self.deliver = self.delivery.deliver
-
-    @property
-    def limits(self):
-        """The current :class:`Limits`; replaced on reload."""
-        return self._limits
-
-    @limits.setter
-    def limits(self, limits):
-        self._limits = self.delivery.limits = limits
 
     @property
     def now(self):
@@ -334,7 +340,7 @@ class Outlets:
     def check_files(self):
         """Bind again every socket whose file vanished
         (ipcdir.DirectoryWatch.check_files)."""
-        self.watch.check_files(list(self.by_key.values()), self._limits)
+        self.watch.check_files(list(self.by_key.values()), self.limits)
 
     # -- the stop ------------------------------------------------------------
 

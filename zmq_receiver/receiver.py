@@ -237,8 +237,9 @@ class Receiver:
             LOG.error('Reload failed, keeping the running settings: %s', exc)
         else:
             if limits is not None:
-                self.settings.limits = limits
-                self.outlets.limits = limits
+                # In place: the outlets, the delivery and the control
+                # socket hold the same object.
+                self.settings.limits.update(limits)
             if self.inputs.access is not None:
                 self.inputs.access.reload()
             LOG.info('Reloaded configuration')

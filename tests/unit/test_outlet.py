@@ -113,3 +113,29 @@ def test_outlets_takes_reclaim_and_connections(short_dir, ctx):
         assert not made.watch.dir_missing
     finally:
         made.close_all()
+
+
+def test_a_reload_updates_the_shared_limits_in_place():
+    """Every holder of the Limits sees a reload's bounds; what a reload
+    may not change (the options without mutable=True) stays."""
+    running = outlets.Limits(10, 100, 5, 300, 5, socket_mode=0o660)
+    held_by_someone = running
+    running.update(outlets.Limits(20, 200, 99, 60, 1, socket_mode=0o600))
+    assert (held_by_someone.backlog, held_by_someone.backlog_bytes,
+            held_by_someone.idle_timeout, held_by_someone.join_window) == \
+        (20, 200, 60, 1)
+    assert held_by_someone.max_topics == 5
+    assert held_by_someone.socket_mode == 0o660
+
+
+def test_every_mutable_option_is_one_a_reload_applies():
+    """An option declared mutable=True that no reload applies would make
+    SIGHUP log 'Reloaded' and change nothing."""
+    from zmq_receiver import opts
+    mutable = {opt.dest for _, group in opts.list_opts() for opt in group
+               if opt.mutable}
+    # Limits.MUTABLE by option name; agent_grace_period: agent.reload.
+    assert mutable == {'rpc_zmq_topic_backlog', 'max_backlog_bytes',
+                       'idle_timeout', 'join_window', 'agent_grace_period'}
+    assert outlets.Limits.MUTABLE == ('backlog', 'backlog_bytes',
+                                      'idle_timeout', 'join_window')
