@@ -131,6 +131,7 @@ def test_guarded_receiver_survives_emfile_on_its_outlets(
     forward_casts(out, consumer, key, 1, b'after')
     assert_balanced(daemon.stats())
     assert daemon.proc.poll() is None
+    support.close_all(fresh, consumer, out)
 
 
 def test_unguarded_libzmq_aborts_on_emfile(ctx, daemons, short_dir):
@@ -138,7 +139,9 @@ def test_unguarded_libzmq_aborts_on_emfile(ctx, daemons, short_dir):
     EMFILE): without it, libzmq 4.3 aborts the receiver. Should a libzmq
     release stop doing so, this fails: the guard is then no longer
     needed with it."""
-    daemon, key, _, _ = start(ctx, daemons, short_dir, {UNGUARDED: '1'})
+    daemon, key, consumer, out = start(ctx, daemons, short_dir,
+                                       {UNGUARDED: '1'})
+    support.close_all(consumer, out)
     assert WARNING + ' %s is set' % UNGUARDED in daemon.log()
     pid = daemon.proc.pid
     # No core file for an abort that is expected.

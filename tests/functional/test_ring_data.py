@@ -384,6 +384,10 @@ def rendered_dom(page, profile):
     return result.stdout
 
 
+# Chromium's first start (a profile, its GPU and network processes) took
+# 20 to 40 s on a loaded 2-core machine.
+@pytest.mark.slow
+@pytest.mark.timeout(120)
 def test_diff_page_in_a_headless_browser(cloud):
     html_parser = pytest.importorskip('html.parser')
     cloud.receivers['node2'].kill()

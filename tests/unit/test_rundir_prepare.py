@@ -100,14 +100,40 @@ def test_as_root_a_socket_group_is_the_directory_group(top, monkeypatch):
     assert recorded.fchowns == [(os.geteuid(), 4321)]
 
 
+def _not_root_gives_nothing_away(parent):
+    recorded = RecordingOS(euid=os.geteuid())
+    rundir.os = recorded
+    rundir.prepare(os.path.join(parent, 'ipc'), me())
+    assert recorded.fchowns == []
+    assert os.stat(os.path.join(parent, 'ipc')).st_uid == os.geteuid()
+
+
 def test_not_root_nothing_is_given_away(top, monkeypatch):
     # Not faked: _make_dirs checks that what it made is the process's own.
-    if os.geteuid() == 0:
-        pytest.skip('runs as root: the not-root path is for another user')
-    recorded = RecordingOS(euid=os.geteuid())
-    monkeypatch.setattr(rundir, 'os', recorded)
-    rundir.prepare(str(top / 'ipc'), me())
-    assert recorded.fchowns == []
+    if os.geteuid() != 0:
+        monkeypatch.setattr(rundir, 'os', os)
+        _not_root_gives_nothing_away(str(top))
+        return
+    # As root (CI): a real other identity, in a child that drops to it.
+    parent = top / 'theirs'
+    parent.mkdir()
+    os.chown(parent, NOBODY_UID, NOBODY_GID)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        status = 1
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY_GID)
+            os.setuid(NOBODY_UID)
+            _not_root_gives_nothing_away(str(parent))
+            status = 0
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, 'see the child\'s error'
 
 
 def test_a_symlink_is_refused_naming_the_real_directory(top):
