@@ -154,11 +154,8 @@ class Receiver:
     # -- run ---------------------------------------------------------------
 
     def run(self):
-        """Forward until a graceful stop completes.
-
-        Call it after privileges are dropped: the control socket it opens
-        belongs to the user it runs as.
-        """
+        """Forward until a graceful stop completes. Call it after the
+        privilege drop: the control socket it opens is the user's."""
         self.reader.use(self.wire)
         wakeup_fd = self._wakeup.fileno()
         self.loop.register(wakeup_fd, zmq.POLLIN,
@@ -337,6 +334,8 @@ class Receiver:
         # Consumers that left half way through a message being sent to
         # them: each such message was taken back by libzmq and sent again.
         snap['send_rollbacks'] = self.wire.rollbacks()
+        # Unix accepts that found no descriptor: retried (wire.guard_accept).
+        snap['accept_emfile_retries'] = wire.guarded_emfiles()
         if self.agent is not None:
             snap['agent'] = self.agent.snapshot()
         return snap
