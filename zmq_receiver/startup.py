@@ -80,11 +80,9 @@ from oslo_log import log as oslo_log
 
 from zmq_receiver import __version__
 from zmq_receiver import access
-from zmq_receiver.matchmaker import agent as agent_mod
 from zmq_receiver import control
 from zmq_receiver import daemonize
 from zmq_receiver import errors
-from zmq_receiver import exporter as exporter_mod
 from zmq_receiver import ipcfile
 from zmq_receiver import journal
 from zmq_receiver import logfile
@@ -95,7 +93,6 @@ from zmq_receiver import privileges
 from zmq_receiver import receiver
 from zmq_receiver import routing
 from zmq_receiver import rundir
-from zmq_receiver import topics_doc
 from zmq_receiver import wire
 
 # The logger name the startup's lines have always carried: operators'
@@ -437,6 +434,9 @@ def start_logging(boot):
 def make_agent(boot):
     """The matchmaker agent, when [zmq_receiver] matchmaker_agent asks."""
     if boot.group.matchmaker_agent:
+        # Imported only when asked for: a receiver without the agent need
+        # not hold its modules in memory.
+        from zmq_receiver.matchmaker import agent as agent_mod
         boot.agent = agent_mod.from_conf(boot.conf)
 
 
@@ -527,6 +527,9 @@ def build_receiver(boot):
     networks = ()
     state = None
     if boot.group.metrics_port is not None:
+        # Imported only with metrics_port set: prometheus_client and the
+        # HTTP server are memory a receiver without metrics need not hold.
+        from zmq_receiver import exporter as exporter_mod
         # Read before the bind: a bad value stops the start before the
         # port is taken.
         networks = access.parse_networks(
@@ -554,6 +557,11 @@ def start_exporter(boot):
     state = boot.receiver.state
     if state is None:
         return
+    # Here rather than at the top: only with metrics_port set, whose
+    # exporter (and prometheus_client) a receiver without it need not
+    # hold in memory; build_receiver imported them already.
+    from zmq_receiver import exporter as exporter_mod
+    from zmq_receiver import topics_doc
     topics = None
     if boot.topics_networks:
         topics = topics_doc.TopicsApp(
