@@ -59,6 +59,12 @@ CASES = {
 #: 1.10): the cases, and how many senders by default.
 CONN_CASES = ('proxyconn', 'conn1', 'conn1acl')
 SENDERS = 8
+#: Where those senders' libzmq context lives: 'message', a new one for
+#: every message (each close then waits until its message is written);
+#: 'sender', one per sender, as oslo.messaging's impl_zmq kept one per
+#: process (ZMQ_CTX), whose socket closes return at once.
+CONTEXTS = ('message', 'sender')
+CONTEXT = 'message'
 #: What a run of all of them would add to the default run (a minute or
 #: more of new connections) is not what most runs are for: they are run
 #: when asked for with --cases.
@@ -185,28 +191,29 @@ def _collect(sinks, deadline, watch):
 
 
 def generator_argv(case, size, n, endpoint, topics, rate=0,
-                   senders=SENDERS):
+                   senders=SENDERS, context=CONTEXT):
     """The generator's role and arguments for a run of *case*."""
     if case in CONN_CASES:
-        return ['conn', '-s', size, '-n', n, '-c', senders, endpoint,
-                topics[0]]
+        return (['conn', '-s', size, '-n', n, '-c', senders] +
+                (['-k'] if context == 'sender' else []) +
+                [endpoint, topics[0]])
     return (['gen', '-s', size, '-n', n] + (['-r', rate] if rate else []) +
             [endpoint] + list(topics))
 
 
 def throughput(endpoints, tmp_root, case, size, n, timeout, rate=0,
-               sample_rss=0.0, senders=SENDERS):
+               sample_rss=0.0, senders=SENDERS, context=CONTEXT):
     """One run of *case*: *n* messages of *size* bytes as fast as they go
     (or, with *rate*, latency probes at that rate). A result dict; with
     *sample_rss* (seconds), it holds the receiver's RSS over the run. In
     the CONN_CASES, *senders* send at once, each message over a connection
-    of its own."""
+    of its own, with a libzmq context per *context* (CONTEXTS)."""
     with Run(endpoints, tmp_root) as run:
         deadline = time.monotonic() + SETUP_TIMEOUT
         endpoint, topics, sinks, watch = _topology(run, case, n, size,
                                                    deadline)
         gen = run.start('generator', *generator_argv(
-            case, size, n, endpoint, topics, rate, senders))
+            case, size, n, endpoint, topics, rate, senders, context))
         for proc, _ in sinks:
             proc.expect(r'^ready$', deadline, watch + [gen])
         receiver = run.receiver
@@ -276,6 +283,7 @@ def throughput(endpoints, tmp_root, case, size, n, timeout, rate=0,
         if case in CONN_CASES:
             # One message per connection: n connections, at n/s.
             result['senders'] = sent['senders']
+            result['context'] = context
             result['connections'] = sent['connections']
             result['connections_per_s'] = sent['connections'] / seconds
             if 'receiver' in result:

@@ -101,6 +101,7 @@ def conn(argv):
     p.add_argument('-s', type=int, default=200)
     p.add_argument('-n', type=int, default=0)
     p.add_argument('-c', type=int, default=8)
+    p.add_argument('-k', action='store_true')
     p.add_argument('endpoint')
     p.add_argument('topic')
     a = p.parse_args(argv)
@@ -125,13 +126,19 @@ def conn(argv):
     payload = body(size, b'm')
 
     def sender(count):
-        # A context and a socket per message, as zbench.c's conn does.
+        # A socket per message, and a context per message (or, with -k,
+        # per sender), as zbench.c's conn does.
+        c = zmq.Context() if a.k else None
         for _ in range(count):
-            c = zmq.Context()
+            if not a.k:
+                c = zmq.Context()
             s = c.socket(zmq.PUSH)
             s.connect(a.endpoint)
             s.send_multipart([b'0', topic, b'cast', payload])
             s.close(linger=-1)
+            if not a.k:
+                c.term()
+        if a.k:
             c.term()
     threads = [threading.Thread(target=sender,
                                 args=(a.n // a.c + (k < a.n % a.c),))

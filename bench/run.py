@@ -61,6 +61,11 @@ def parse_args(argv):
                    help='senders at once in the connection-per-message '
                         'cases (default %(default)s; 4 to 16 is what the '
                         'issue asks about)')
+    p.add_argument('--conn-context', choices=cases.CONTEXTS,
+                   default=cases.CONTEXT,
+                   help='in those cases, a libzmq context per message, or '
+                        'one per sender as oslo.messaging kept one per '
+                        'process (default %(default)s)')
     p.add_argument('--duration', type=float, default=None, metavar='S',
                    help='target seconds of one throughput run (default 1.5;'
                         ' 0.25 with --quick)')
@@ -166,7 +171,8 @@ class Bench:
         timeout = 20.0 + (20.0 * n / rate if rate else 60.0)
         r = self._guard('%s %d B' % (case, size), cases.throughput,
                         self.endpoints, self.tmp, case, size, n, timeout,
-                        senders=self.args.senders)
+                        senders=self.args.senders,
+                        context=self.args.conn_context)
         if r is None:
             return
         if r['complete']:
@@ -316,6 +322,7 @@ def summarize(bench):
                     [r['generator_cpu_pct'] for r in ok])
                 if case in cases.CONN_CASES:
                     row['senders'] = a.senders
+                    row['context'] = a.conn_context
                     row['connections_per_s'] = spread(
                         [r['connections_per_s'] for r in ok])
             rcv = [r['receiver'] for r in ok if 'receiver' in r]
@@ -414,8 +421,9 @@ def print_report(bench, summary, meta, out=sys.stdout):
     rows = [r for r in summary['throughput'] if r['case'] in cases.CONN_CASES]
     if rows:
         w('\nA connection per message (oslo.messaging 1.4 to 1.10: each cast '
-          'connects, sends and closes), %d senders\nat once; msg/s = conn/s. '
-          'gen: the senders\' CPU, share of one core:\n' % a.senders)
+          'connects, sends and closes), %d senders\nat once, a libzmq '
+          'context per %s; msg/s = conn/s. gen: the senders\' CPU, share '
+          'of one core:\n' % (a.senders, a.conn_context))
         head = '  %-7s %-32s %-21s %-17s %-19s %-6s %-8s %s\n'
         w(head % ('size', 'case', 'msg/s = conn/s', '(c)/(b)',
                   'rcv us/conn (py+io)', 'rcvCPU', 'peakRSS', 'gen'))

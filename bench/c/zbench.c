@@ -2,13 +2,16 @@
  *
  *   zbench gen   -s SIZE -n COUNT [-r RATE] ENDPOINT TOPIC...
  *   zbench sink  -n COUNT [-s SIZE] [-S] [-b] [-i IDLE_MS] ENDPOINT...
- *   zbench conn  -s SIZE -n COUNT [-c SENDERS] ENDPOINT TOPIC
+ *   zbench conn  -s SIZE -n COUNT [-c SENDERS] [-k] ENDPOINT TOPIC
  *   zbench proxy [-p] FRONTEND BACKEND
  *
  * "conn" is the traffic of oslo.messaging 1.4 to 1.10, which opened a new
  * connection for every cast (pooling came in 1.11): SENDERS threads (8 by
  * default) that each make, for every message, a context and a PUSH socket,
- * connect, send the one message and close, as fast as they can.
+ * connect, send the one message and close, as fast as they can. With -k
+ * each sender keeps one context (as oslo.messaging's impl_zmq did, one per
+ * process) and makes a socket per message, whose close returns at once and
+ * leaves libzmq to write the message.
  *
  * Compiled by bench/build.py against the libzmq inside pyzmq, so that the
  * endpoints cost a small fraction of what they measure. Messages use the
@@ -215,6 +218,7 @@ struct conn_sender {
     char *body;
     size_t size;
     long count;
+    int keep_ctx;
 };
 
 /* One sender: for every message a context and a socket of its own, as
@@ -223,15 +227,18 @@ struct conn_sender {
 static void *conn_send(void *arg)
 {
     struct conn_sender *c = arg;
+    void *ctx = c->keep_ctx ? zmq_ctx_new() : NULL;
     for (long i = 0; i < c->count; i++) {
-        void *ctx = zmq_ctx_new();
+        if (!c->keep_ctx)
+            ctx = zmq_ctx_new();
         void *s = ctx ? zmq_socket(ctx, ZMQ_PUSH) : NULL;
         if (!s || zmq_connect(s, c->endpoint) < 0) die("connect");
         send_msg(s, c->topic, c->body, c->size, 1);
         zmq_close(s);
-        while (zmq_ctx_term(ctx) < 0)
-            if (zmq_errno() != EINTR)
-                die("ctx_term");
+        if (!c->keep_ctx || i == c->count - 1)
+            while (zmq_ctx_term(ctx) < 0)
+                if (zmq_errno() != EINTR)
+                    die("ctx_term");
     }
     return NULL;
 }
@@ -240,16 +247,17 @@ static int conn(int argc, char **argv)
 {
     size_t size = 200;
     long count = 0, senders = 8;
-    int opt;
-    while ((opt = getopt(argc, argv, "s:n:c:")) != -1) {
+    int opt, keep_ctx = 0;
+    while ((opt = getopt(argc, argv, "s:n:c:k")) != -1) {
         if (opt == 's') size = strtoul(optarg, NULL, 10);
         else if (opt == 'n') count = strtol(optarg, NULL, 10);
         else if (opt == 'c') senders = strtol(optarg, NULL, 10);
+        else if (opt == 'k') keep_ctx = 1;
         else return 2;
     }
     if (argc - optind != 2 || senders < 1 || count < senders) {
         fprintf(stderr, "usage: zbench conn -s SIZE -n COUNT [-c SENDERS] "
-                        "ENDPOINT TOPIC (COUNT >= SENDERS >= 1)\n");
+                        "[-k] ENDPOINT TOPIC (COUNT >= SENDERS >= 1)\n");
         return 2;
     }
     const char *endpoint = argv[optind], *topic = argv[optind + 1];
@@ -282,6 +290,7 @@ static int conn(int argc, char **argv)
     for (long k = 0; k < senders; k++) {
         c[k] = (struct conn_sender){.endpoint = endpoint, .topic = topic,
                                     .body = body, .size = size,
+                                    .keep_ctx = keep_ctx,
                                     .count = count / senders +
                                              (k < count % senders)};
         if (pthread_create(&c[k].thread, NULL, conn_send, &c[k])) {
@@ -292,8 +301,8 @@ static int conn(int argc, char **argv)
     for (long k = 0; k < senders; k++)
         pthread_join(c[k].thread, NULL);
     uint64_t t1 = now_ns();
-    /* Every sender's context was terminated, so every message is written:
-     * sent and flushed at once. */
+    /* Every sender's context was terminated (the last one, with -k), so
+     * every message is written: sent and flushed at once. */
     printf("sent t0=%llu t1=%llu connections=%ld senders=%ld\n",
            (unsigned long long)t0, (unsigned long long)t1, count, senders);
     printf("flushed t2=%llu cpu_us=%ld\n", (unsigned long long)t1, cpu_us());

@@ -71,3 +71,14 @@ def test_the_connection_cases_are_sized_by_their_own_prior_rate():
     n = bench.n_for('conn1', 200, 1.0)
     assert n == max(run.MIN_N, cases.PRIOR_RATE['conn1'])
     assert bench.n_for('recv1', 200, 1.0) == run.PRIOR_RATE['c']
+
+
+def test_the_senders_context_is_per_message_unless_asked_per_sender():
+    assert run.parse_args([]).conn_context == 'message'
+    args = run.parse_args(['--cases', 'conn1', '--conn-context', 'sender'])
+    assert args.conn_context == 'sender'
+    assert cases.generator_argv('conn1', 200, 10, 'tcp://h:1', ['t'],
+                                senders=8, context='sender') == [
+        'conn', '-s', 200, '-n', 10, '-c', 8, '-k', 'tcp://h:1', 't']
+    with pytest.raises(SystemExit):
+        run.parse_args(['--conn-context', 'process'])
