@@ -219,6 +219,11 @@ def throughput(endpoints, tmp_root, case, size, n, timeout, rate=0,
         receiver = run.receiver
         if receiver is not None:
             cpu_before = thread_cpu(receiver.pid)
+        # zmq_proxy's own CPU: what libzmq alone spends per message (and
+        # per connection), to set the receiver's against.
+        forwarder = watch[0] if watch and receiver is None else None
+        if forwarder is not None:
+            fwd_before = thread_cpu(forwarder.pid)
         scraper = None
         if receiver is not None and receiver.metrics_url:
             scraper = Scraper(receiver.metrics_url + '/metrics')
@@ -262,6 +267,12 @@ def throughput(endpoints, tmp_root, case, size, n, timeout, rate=0,
                 'peak_rss_kib': peak_rss_kib(receiver.pid),
                 'counters': receiver.stats(),
             }
+        if forwarder is not None and forwarder.proc.poll() is None:
+            fwd_after = thread_cpu(forwarder.pid)
+            cpu = {k: fwd_after[k] - fwd_before[k] for k in fwd_after}
+            result['forwarder'] = {'cpu_s': sum(cpu.values()),
+                                   'cpu_s_by_thread': cpu,
+                                   'cpu_pct': 100.0 * sum(cpu.values()) / wall}
         if not result['complete']:
             # The generator may still hold messages for a dead peer.
             return result
@@ -286,9 +297,10 @@ def throughput(endpoints, tmp_root, case, size, n, timeout, rate=0,
             result['context'] = context
             result['connections'] = sent['connections']
             result['connections_per_s'] = sent['connections'] / seconds
-            if 'receiver' in result:
-                result['receiver']['cpu_us_per_connection'] = (
-                    1e6 * result['receiver']['cpu_s'] / sent['connections'])
+            for who in ('receiver', 'forwarder'):
+                if who in result:
+                    result[who]['cpu_us_per_connection'] = (
+                        1e6 * result[who]['cpu_s'] / sent['connections'])
         if rate:
             d = done[0]
             result['latency_us'] = {k: d[k] / 1e3 for k in

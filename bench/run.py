@@ -320,6 +320,20 @@ def summarize(bench):
                     [r['consumers_cpu_pct'] for r in ok])
                 row['generator_cpu_pct'] = spread(
                     [r['generator_cpu_pct'] for r in ok])
+                fwd = [r['forwarder'] for r in ok if 'forwarder' in r]
+                if fwd:
+                    row['forwarder'] = {
+                        'cpu_us_per_msg': spread(
+                            [1e6 * x['cpu_s'] / r['n']
+                             for x, r in zip(fwd, ok)]),
+                        'main_thread_us_per_msg': spread(
+                            [1e6 * x['cpu_s_by_thread']['main'] / r['n']
+                             for x, r in zip(fwd, ok)]),
+                        'zmq_io_us_per_msg': spread(
+                            [1e6 * x['cpu_s_by_thread']['zmq_io'] / r['n']
+                             for x, r in zip(fwd, ok)]),
+                        'cpu_pct': spread([x['cpu_pct'] for x in fwd]),
+                    }
                 if case in cases.CONN_CASES:
                     row['senders'] = a.senders
                     row['context'] = a.conn_context
@@ -424,13 +438,21 @@ def print_report(bench, summary, meta, out=sys.stdout):
           'connects, sends and closes), %d senders\nat once, a libzmq '
           'context per %s; msg/s = conn/s. gen: the senders\' CPU, share '
           'of one core:\n' % (a.senders, a.conn_context))
-        head = '  %-7s %-32s %-21s %-17s %-19s %-6s %-8s %s\n'
+        head = '  %-7s %-32s %-21s %-17s %-20s %-6s %-8s %s\n'
         w(head % ('size', 'case', 'msg/s = conn/s', '(c)/(b)',
-                  'rcv us/conn (py+io)', 'rcvCPU', 'peakRSS', 'gen'))
+                  'fwd us/conn (mn+io)', 'fwdCPU', 'peakRSS', 'gen'))
         for row in rows:
             if _row_failed(w, row):
                 continue
             ratio, cpu, pct, rss = _receiver_columns(row, 'connection')
+            fwd = row.get('forwarder')
+            if fwd:
+                # One message per connection: per message is per connection.
+                cpu = '%.1f (%.1f+%.1f)' % (
+                    fwd['cpu_us_per_msg']['median'],
+                    fwd['main_thread_us_per_msg']['median'],
+                    fwd['zmq_io_us_per_msg']['median'])
+                pct = '%.0f%%' % fwd['cpu_pct']['median']
             w(head % (size_label(row['size']), _label(row),
                       fmt(row['connections_per_s']), ratio, cpu, pct, rss,
                       '%.0f%%' % row['generator_cpu_pct']['median']))
@@ -452,6 +474,11 @@ def print_report(bench, summary, meta, out=sys.stdout):
                 fmt(row['p999_us'], us), us(row['max_us']['max']),
                 fmt(row['p99_added_over_b_us'], us)
                 if row['group'] == 'c' else ''))
+    if any(r['case'] in cases.CONN_CASES for r in summary['throughput']):
+        w('\nfwd us/conn: CPU time per connection of the forwarder (the '
+          'receiver in (c), zmq_proxy in (b)), mn = its\nmain thread (the '
+          'Python loop, or zmq_proxy\'s), io = libzmq\'s I/O thread; fwdCPU:'
+          ' its share of one core.\n')
     w('\nrcv us/msg: receiver CPU time per message (all threads; py = the '
       'Python loop\'s thread, io = libzmq\'s I/O thread); rcvCPU: share of\n'
       'one core; peakRSS: the receiver\'s VmHWM; cons: consumer processes\' '
