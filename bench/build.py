@@ -76,7 +76,7 @@ def build(workdir, python=False):
     # zmq.h is used when pyzmq (or the system) has it; wheels do not ship
     # it, and zbench.c then uses its own copy of the few declarations.
     includes = ['-I' + d for d in zmq.get_includes()]
-    cmd = [cc, '-O2', '-Wall', '-o', exe, SOURCE] + includes + [
+    cmd = [cc, '-O2', '-Wall', '-pthread', '-o', exe, SOURCE] + includes + [
         '-L' + libdir, '-l:' + libname, '-Wl,-rpath,' + libdir]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)

@@ -9,7 +9,9 @@ them all, so runs can be interleaved in any order. A run's steps:
 2. start the consumers, then the generator, which sends warm-up messages
    to every topic until told "go"; each consumer says "ready" once a
    warm-up arrived from each of its topics (so every connection, and
-   every subscription, is in place);
+   every subscription, is in place); in the connection-per-message cases
+   the generator is ``zbench conn``, which warms up over one lasting
+   connection and then sends each measured message over a new one;
 3. "go": the generator stamps t0 and sends the measured messages; each
    consumer says "done" with its count and the time of its last message.
 
@@ -44,13 +46,47 @@ SETUP_TIMEOUT = 30.0
 CASES = {
     'direct': ('a', 'direct PUSH->PULL, tcp'),
     'proxy': ('b', 'zmq_proxy tcp->ipc PUSH'),
+    'proxypub': ('b', 'zmq_proxy tcp->ipc PUB, 4SUB'),
     'recv1': ('c', 'receiver, 1 topic'),
     'recv1m': ('c', 'receiver, 1 topic, scraped'),
     'recv100': ('c', 'receiver, 100 topics/4 procs'),
     'fanout': ('c', 'receiver, fanout, 4 SUB'),
+    'proxyconn': ('b', 'zmq_proxy, conn per msg'),
+    'conn1': ('c', 'receiver, conn per msg'),
+    'conn1acl': ('c', 'receiver, conn/msg, ACL'),
 }
+#: Senders that open a connection per message (oslo.messaging 1.4 to
+#: 1.10): the cases, and how many senders by default.
+CONN_CASES = ('proxyconn', 'conn1', 'conn1acl')
+SENDERS = 8
+#: Where those senders' libzmq context lives: 'message', a new one for
+#: every message (each close then waits until its message is written);
+#: 'sender', one per sender, as oslo.messaging's impl_zmq kept one per
+#: process (ZMQ_CTX), whose socket closes return at once.
+CONTEXTS = ('message', 'sender')
+CONTEXT = 'message'
+#: What a run of all of them would add to the default run (a minute or
+#: more of new connections) is not what most runs are for: they are run
+#: when asked for with --cases.
+DEFAULT_CASES = tuple(c for c in CASES if c not in CONN_CASES)
+#: The (b) each (c) is paired with: the same traffic through zmq_proxy.
+#: Without it in the run, a case is paired with ``proxy``.
+BASELINES = {'fanout': 'proxypub', 'conn1': 'proxyconn',
+             'conn1acl': 'proxyconn'}
+#: A first guess of a case's rate where its group's is far off, only to
+#: size the pilots: a connection per message is a hundred times slower.
+PRIOR_RATE = {c: 3000 for c in CONN_CASES}
+#: allowed_networks of the conn1acl case: the legacy port then has its
+#: kernel filter, and checks every connection at accept.
+ACL_NETWORKS = '127.0.0.0/8'
 #: Cases that also get a latency run (one message at a time).
 LATENCY_CASES = ('direct', 'proxy', 'recv1')
+
+
+def baseline(case, run_cases):
+    """The (b) case that *case* is paired with when *run_cases* run."""
+    base = BASELINES.get(case, 'proxy')
+    return base if base in run_cases else 'proxy'
 
 
 def message_bytes(topic, size):
@@ -82,8 +118,8 @@ class Run:
         self.procs.append(proc)
         return proc
 
-    def start_receiver(self, deadline, metrics=False):
-        receiver = Receiver(self.dir, deadline, metrics)
+    def start_receiver(self, deadline, metrics=False, allowed_networks=None):
+        receiver = Receiver(self.dir, deadline, metrics, allowed_networks)
         self.procs.append(receiver)
         self.receiver = receiver
         return receiver
@@ -102,13 +138,23 @@ def _topology(run, case, n, size, deadline):
         s = sink('consumer', n, ['tcp://127.0.0.1:*'], '-b')
         endpoint = s[0].expect(r'^endpoint=(\S+)', deadline).group(1)
         return endpoint, [TOPIC], [s], []
-    if case == 'proxy':
+    if case in ('proxy', 'proxyconn'):
         backend = 'ipc://%s/proxy' % run.dir
         proxy = run.start('proxy', 'proxy', 'tcp://127.0.0.1:*', backend)
         endpoint = proxy.expect(r'^endpoint=(\S+)', deadline).group(1)
         return endpoint, [TOPIC], [sink('consumer', n, [backend])], [proxy]
-    receiver = run.start_receiver(deadline, metrics=case == 'recv1m')
-    if case in ('recv1', 'recv1m'):
+    if case == 'proxypub':
+        backend = 'ipc://%s/proxy' % run.dir
+        proxy = run.start('proxy', 'proxy', '-p', 'tcp://127.0.0.1:*',
+                          backend)
+        endpoint = proxy.expect(r'^endpoint=(\S+)', deadline).group(1)
+        sinks = [sink('subscriber%d' % c, n, [backend], '-S')
+                 for c in range(CONSUMERS)]
+        return endpoint, [FANOUT_TOPIC], sinks, [proxy]
+    receiver = run.start_receiver(
+        deadline, metrics=case == 'recv1m',
+        allowed_networks=ACL_NETWORKS if case == 'conn1acl' else None)
+    if case in ('recv1', 'recv1m', 'conn1', 'conn1acl'):
         sinks = [sink('consumer', n, [receiver.outlet(TOPIC)])]
         return receiver.endpoint, [TOPIC], sinks, [receiver]
     if case == 'recv100':
@@ -144,22 +190,40 @@ def _collect(sinks, deadline, watch):
     return results
 
 
+def generator_argv(case, size, n, endpoint, topics, rate=0,
+                   senders=SENDERS, context=CONTEXT):
+    """The generator's role and arguments for a run of *case*."""
+    if case in CONN_CASES:
+        return (['conn', '-s', size, '-n', n, '-c', senders] +
+                (['-k'] if context == 'sender' else []) +
+                [endpoint, topics[0]])
+    return (['gen', '-s', size, '-n', n] + (['-r', rate] if rate else []) +
+            [endpoint] + list(topics))
+
+
 def throughput(endpoints, tmp_root, case, size, n, timeout, rate=0,
-               sample_rss=0.0):
+               sample_rss=0.0, senders=SENDERS, context=CONTEXT):
     """One run of *case*: *n* messages of *size* bytes as fast as they go
     (or, with *rate*, latency probes at that rate). A result dict; with
-    *sample_rss* (seconds), it holds the receiver's RSS over the run."""
+    *sample_rss* (seconds), it holds the receiver's RSS over the run. In
+    the CONN_CASES, *senders* send at once, each message over a connection
+    of its own, with a libzmq context per *context* (CONTEXTS)."""
     with Run(endpoints, tmp_root) as run:
         deadline = time.monotonic() + SETUP_TIMEOUT
         endpoint, topics, sinks, watch = _topology(run, case, n, size,
                                                    deadline)
-        gen_args = ['-s', size, '-n', n] + (['-r', rate] if rate else [])
-        gen = run.start('generator', 'gen', *(gen_args + [endpoint] + topics))
+        gen = run.start('generator', *generator_argv(
+            case, size, n, endpoint, topics, rate, senders, context))
         for proc, _ in sinks:
             proc.expect(r'^ready$', deadline, watch + [gen])
         receiver = run.receiver
         if receiver is not None:
             cpu_before = thread_cpu(receiver.pid)
+        # zmq_proxy's own CPU: what libzmq alone spends per message (and
+        # per connection), to set the receiver's against.
+        forwarder = watch[0] if watch and receiver is None else None
+        if forwarder is not None:
+            fwd_before = thread_cpu(forwarder.pid)
         scraper = None
         if receiver is not None and receiver.metrics_url:
             scraper = Scraper(receiver.metrics_url + '/metrics')
@@ -203,6 +267,12 @@ def throughput(endpoints, tmp_root, case, size, n, timeout, rate=0,
                 'peak_rss_kib': peak_rss_kib(receiver.pid),
                 'counters': receiver.stats(),
             }
+        if forwarder is not None and forwarder.proc.poll() is None:
+            fwd_after = thread_cpu(forwarder.pid)
+            cpu = {k: fwd_after[k] - fwd_before[k] for k in fwd_after}
+            result['forwarder'] = {'cpu_s': sum(cpu.values()),
+                                   'cpu_s_by_thread': cpu,
+                                   'cpu_pct': 100.0 * sum(cpu.values()) / wall}
         if not result['complete']:
             # The generator may still hold messages for a dead peer.
             return result
@@ -221,6 +291,16 @@ def throughput(endpoints, tmp_root, case, size, n, timeout, rate=0,
         if 'receiver' in result:
             result['receiver']['cpu_us_per_msg'] = (
                 1e6 * result['receiver']['cpu_s'] / n)
+        if case in CONN_CASES:
+            # One message per connection: n connections, at n/s.
+            result['senders'] = sent['senders']
+            result['context'] = context
+            result['connections'] = sent['connections']
+            result['connections_per_s'] = sent['connections'] / seconds
+            for who in ('receiver', 'forwarder'):
+                if who in result:
+                    result[who]['cpu_us_per_connection'] = (
+                        1e6 * result[who]['cpu_s'] / sent['connections'])
         if rate:
             d = done[0]
             result['latency_us'] = {k: d[k] / 1e3 for k in

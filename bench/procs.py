@@ -191,13 +191,17 @@ class Receiver(Proc):
     LISTENING = r'listening on (tcp://\S+),'
     METRICS = r'Metrics on (http://\S+)/metrics'
 
-    def __init__(self, workdir, deadline, metrics=False):
-        """With *metrics*, the metrics endpoint is on (``metrics_url``)."""
+    def __init__(self, workdir, deadline, metrics=False,
+                 allowed_networks=None):
+        """With *metrics*, the metrics endpoint is on (``metrics_url``);
+        *allowed_networks* sets [zmq_receiver] allowed_networks."""
         # Large limits: the benchmark measures speed, and a drop from a
         # full backlog would be a failed run rather than a slow one.
         receiver = {'max_backlog_bytes': 0, 'shutdown_timeout': 2}
         if metrics:
             receiver['metrics_port'] = 0
+        if allowed_networks:
+            receiver['allowed_networks'] = allowed_networks
         config, self.ipc_dir = receiver_config(
             workdir, 'benchhost', {'rpc_zmq_topic_backlog': 10000000},
             receiver)

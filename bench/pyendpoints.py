@@ -10,6 +10,7 @@ import os
 import resource
 import select
 import sys
+import threading
 import time
 
 import zmq
@@ -95,6 +96,64 @@ def gen(argv):
     return 0
 
 
+def conn(argv):
+    p = argparse.ArgumentParser(prog='conn')
+    p.add_argument('-s', type=int, default=200)
+    p.add_argument('-n', type=int, default=0)
+    p.add_argument('-c', type=int, default=8)
+    p.add_argument('-k', action='store_true')
+    p.add_argument('endpoint')
+    p.add_argument('topic')
+    a = p.parse_args(argv)
+    size = max(a.s, MIN_BODY)
+    topic = a.topic.encode()
+    ctx = zmq.Context()
+    w = ctx.socket(zmq.PUSH)
+    w.connect(a.endpoint)
+    warm = body(MIN_BODY, b'w')
+    wait = 0.001
+    while True:
+        w.send_multipart([b'0', topic, b'cast', warm])
+        if select.select([0], [], [], wait)[0]:
+            c = read_command()
+            if c == 'g':
+                break
+            if c == 'r':
+                return 1
+        wait = min(wait * 2, 0.05)
+    w.close(linger=-1)
+    ctx.term()
+    payload = body(size, b'm')
+
+    def sender(count):
+        # A socket per message, and a context per message (or, with -k,
+        # per sender), as zbench.c's conn does.
+        c = zmq.Context() if a.k else None
+        for _ in range(count):
+            if not a.k:
+                c = zmq.Context()
+            s = c.socket(zmq.PUSH)
+            s.connect(a.endpoint)
+            s.send_multipart([b'0', topic, b'cast', payload])
+            s.close(linger=-1)
+            if not a.k:
+                c.term()
+        if a.k:
+            c.term()
+    threads = [threading.Thread(target=sender,
+                                args=(a.n // a.c + (k < a.n % a.c),))
+               for k in range(a.c)]
+    t0 = time.monotonic_ns()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    t1 = time.monotonic_ns()
+    say('sent t0=%d t1=%d connections=%d senders=%d' % (t0, t1, a.n, a.c))
+    say('flushed t2=%d cpu_us=%d' % (t1, cpu_us()))
+    return 0
+
+
 def sink(argv):
     p = argparse.ArgumentParser(prog='sink')
     p.add_argument('-n', type=int, required=True)
@@ -176,10 +235,14 @@ def sink(argv):
 
 
 def proxy(argv):
-    front_ep, back_ep = argv
+    pub = argv[:1] == ['-p']
+    front_ep, back_ep = argv[pub:]
     ctx = zmq.Context()
     front = ctx.socket(zmq.PULL)
-    back = ctx.socket(zmq.PUSH)
+    back = ctx.socket(zmq.PUB if pub else zmq.PUSH)
+    if pub:
+        # Held back rather than dropped, as the receiver's fanout outlet.
+        back.setsockopt(zmq.XPUB_NODROP, 1)
     front.bind(front_ep)
     back.bind(back_ep)
     say('endpoint=%s' % front.getsockopt_string(zmq.LAST_ENDPOINT))
@@ -189,9 +252,10 @@ def proxy(argv):
 
 
 def main():
-    roles = {'gen': gen, 'sink': sink, 'proxy': proxy}
+    roles = {'gen': gen, 'conn': conn, 'sink': sink, 'proxy': proxy}
     if len(sys.argv) < 2 or sys.argv[1] not in roles:
-        sys.exit('usage: python -m bench.pyendpoints gen|sink|proxy ...')
+        sys.exit('usage: python -m bench.pyendpoints gen|conn|sink|proxy '
+                 '...')
     sys.exit(roles[sys.argv[1]](sys.argv[2:]))
 
 

@@ -35,6 +35,9 @@ PRIOR_BYTES_PER_S = 1e9
 #: Payload one run may move: bounds memory if a backlog builds up.
 MAX_RUN_BYTES = 1 << 30
 MIN_N = 1000
+#: Senders of the connection-per-message cases at most: each is a thread
+#: that makes a libzmq context (two more threads) per message.
+MAX_SENDERS = 64
 
 
 def parse_args(argv):
@@ -49,8 +52,20 @@ def parse_args(argv):
     p.add_argument('--sizes', default=','.join(map(str, SIZES)),
                    help='body sizes in bytes, comma-separated '
                         '(default %(default)s)')
-    p.add_argument('--cases', default=','.join(cases.CASES),
-                   help='cases, comma-separated (default %(default)s)')
+    p.add_argument('--cases', default=','.join(cases.DEFAULT_CASES),
+                   help='cases, comma-separated (default %%(default)s; '
+                        'also known: %s, a connection per message)' %
+                        ','.join(cases.CONN_CASES))
+    p.add_argument('--senders', type=int, default=cases.SENDERS,
+                   metavar='N',
+                   help='senders at once in the connection-per-message '
+                        'cases (default %(default)s; 4 to 16 is what the '
+                        'issue asks about)')
+    p.add_argument('--conn-context', choices=cases.CONTEXTS,
+                   default=cases.CONTEXT,
+                   help='in those cases, a libzmq context per message, or '
+                        'one per sender as oslo.messaging kept one per '
+                        'process (default %(default)s)')
     p.add_argument('--duration', type=float, default=None, metavar='S',
                    help='target seconds of one throughput run (default 1.5;'
                         ' 0.25 with --quick)')
@@ -84,6 +99,8 @@ def parse_args(argv):
     if unknown:
         p.error('unknown case(s) %s; known: %s' % (
             ','.join(unknown), ','.join(cases.CASES)))
+    if not 1 <= args.senders <= MAX_SENDERS:
+        p.error('--senders takes 1 to %d' % MAX_SENDERS)
     if args.repeat < 1 or not args.sizes or not args.cases:
         p.error('nothing to run')
     return args
@@ -112,8 +129,9 @@ class Bench:
         """Messages that take about *seconds* at the estimated rate."""
         group = cases.CASES[case][0]
         msg = cases.message_bytes(cases.TOPIC, size)
+        prior = cases.PRIOR_RATE.get(case, PRIOR_RATE[group])
         rate = self.rate.get((case, size)) or min(
-            PRIOR_RATE[group], PRIOR_BYTES_PER_S / msg)
+            prior, PRIOR_BYTES_PER_S / msg)
         return max(MIN_N, min(int(rate * seconds), MAX_RUN_BYTES // msg))
 
     def _guard(self, what, fn, *args, **kw):
@@ -152,7 +170,9 @@ class Bench:
         rate = self.rate.get((case, size))
         timeout = 20.0 + (20.0 * n / rate if rate else 60.0)
         r = self._guard('%s %d B' % (case, size), cases.throughput,
-                        self.endpoints, self.tmp, case, size, n, timeout)
+                        self.endpoints, self.tmp, case, size, n, timeout,
+                        senders=self.args.senders,
+                        context=self.args.conn_context)
         if r is None:
             return
         if r['complete']:
@@ -161,7 +181,7 @@ class Bench:
         if record:
             r['round'] = self.round
             self.runs.append(r)
-        log('  %-8s %6d B  n=%-8d %s' % (case, size, n, describe(r)))
+        log('  %-9s %6d B  n=%-8d %s' % (case, size, n, describe(r)))
 
     def run_latency(self, case):
         r = self._guard('latency %s' % case, cases.latency, self.endpoints,
@@ -235,6 +255,9 @@ def describe(r):
             r['expected'] - r['received'], r['expected'], r['bad'],
             _counters_note(r))
     text = '%s msg/s  %.0f MB/s' % (si(r['msgs_per_s']), r['mb_per_s'])
+    if 'connections_per_s' in r:
+        text += '  %s conn/s (%d senders)' % (si(r['connections_per_s']),
+                                              r['senders'])
     if 'receiver' in r:
         text += '  receiver %.1f us/msg, %.0f%% CPU' % (
             r['receiver']['cpu_us_per_msg'], r['receiver']['cpu_pct'])
@@ -269,16 +292,20 @@ def summarize(bench):
             'consumer_msgs_per_core_s': spread(
                 [r['consumers_msgs_per_core_s'] for r in alone]),
         })
-        base = {r['round']: r for r in bench.runs
-                if r['case'] == 'proxy' and r['size'] == size
-                and r['complete']}
+        bases = {b: {r['round']: r for r in bench.runs
+                     if r['case'] == b and r['size'] == size
+                     and r['complete']}
+                 for b in set(cases.baseline(c, a.cases) for c in a.cases)}
         for case in a.cases:
+            base_case = cases.baseline(case, a.cases)
+            base = bases[base_case]
             runs = [r for r in bench.runs
                     if r['case'] == case and r['size'] == size]
             ok = [r for r in runs if r['complete']]
             row = {'case': case, 'group': cases.CASES[case][0],
                    'label': cases.CASES[case][1], 'size': size,
-                   'runs': len(runs), 'lost_runs': len(runs) - len(ok)}
+                   'runs': len(runs), 'lost_runs': len(runs) - len(ok),
+                   'ratio_base': base_case}
             row['lost'] = [{'round': r['round'],
                             'missing': r['expected'] - r['received'],
                             'expected': r['expected']}
@@ -293,6 +320,25 @@ def summarize(bench):
                     [r['consumers_cpu_pct'] for r in ok])
                 row['generator_cpu_pct'] = spread(
                     [r['generator_cpu_pct'] for r in ok])
+                fwd = [r['forwarder'] for r in ok if 'forwarder' in r]
+                if fwd:
+                    row['forwarder'] = {
+                        'cpu_us_per_msg': spread(
+                            [1e6 * x['cpu_s'] / r['n']
+                             for x, r in zip(fwd, ok)]),
+                        'main_thread_us_per_msg': spread(
+                            [1e6 * x['cpu_s_by_thread']['main'] / r['n']
+                             for x, r in zip(fwd, ok)]),
+                        'zmq_io_us_per_msg': spread(
+                            [1e6 * x['cpu_s_by_thread']['zmq_io'] / r['n']
+                             for x, r in zip(fwd, ok)]),
+                        'cpu_pct': spread([x['cpu_pct'] for x in fwd]),
+                    }
+                if case in cases.CONN_CASES:
+                    row['senders'] = a.senders
+                    row['context'] = a.conn_context
+                    row['connections_per_s'] = spread(
+                        [r['connections_per_s'] for r in ok])
             rcv = [r['receiver'] for r in ok if 'receiver' in r]
             if rcv:
                 row['receiver'] = {
@@ -308,6 +354,13 @@ def summarize(bench):
                     'peak_rss_mib': spread(
                         [x['peak_rss_kib'] / 1024 for x in rcv]),
                 }
+                if case in cases.CONN_CASES:
+                    row['receiver']['cpu_us_per_connection'] = spread(
+                        [x['cpu_us_per_connection'] for x in rcv])
+                    row['receiver']['main_thread_us_per_connection'] = (
+                        row['receiver']['main_thread_us_per_msg'])
+                    row['receiver']['zmq_io_us_per_connection'] = (
+                        row['receiver']['zmq_io_us_per_msg'])
             out['throughput'].append(row)
     base = {r['round']: r for r in bench.latency_runs
             if r['case'] == 'proxy' and r['complete']}
@@ -368,32 +421,41 @@ def print_report(bench, summary, meta, out=sys.stdout):
     head = '  %-7s %-32s %-21s %-6s %-17s %-18s %-6s %-8s %s\n'
     w(head % ('size', 'case', 'msg/s', 'MB/s', '(c)/(b)',
               'rcv us/msg (py+io)', 'rcvCPU', 'peakRSS', 'cons'))
-    for row in summary['throughput']:
-        label = '(%s) %s' % (row['group'], row['label'])
-        size = size_label(row['size'])
-        if row['lost']:
-            w('  %-7s %-32s LOST messages in %d of %d runs: %s\n' % (
-                size, label, row['lost_runs'], row['runs'],
-                ', '.join('%d of %d' % (x['missing'], x['expected'])
-                          for x in row['lost'])))
+    rows = [r for r in summary['throughput']
+            if r['case'] not in cases.CONN_CASES]
+    for row in rows:
+        if _row_failed(w, row):
             continue
-        if not row.get('msgs_per_s'):
-            w('  %-7s %-32s no run finished\n' % (size, label))
-            continue
-        rcv = row.get('receiver')
-        ratio = cpu = pct = rss = ''
-        if row['group'] == 'c':
-            ratio = fmt(row['ratio_to_b'], lambda x: '%.2f' % x)
-        if rcv:
-            cpu = '%.1f (%.1f+%.1f)' % (
-                rcv['cpu_us_per_msg']['median'],
-                rcv['main_thread_us_per_msg']['median'],
-                rcv['zmq_io_us_per_msg']['median'])
-            pct = '%.0f%%' % rcv['cpu_pct']['median']
-            rss = '%.0f MiB' % rcv['peak_rss_mib']['median']
-        w(head % (size, label, fmt(row['msgs_per_s']),
+        ratio, cpu, pct, rss = _receiver_columns(row, 'msg')
+        w(head % (size_label(row['size']), _label(row),
+                  fmt(row['msgs_per_s']),
                   '%.0f' % row['mb_per_s']['median'], ratio, cpu, pct, rss,
                   '%.0f%%' % row['consumers_cpu_pct']['median']))
+
+    rows = [r for r in summary['throughput'] if r['case'] in cases.CONN_CASES]
+    if rows:
+        w('\nA connection per message (oslo.messaging 1.4 to 1.10: each cast '
+          'connects, sends and closes), %d senders\nat once, a libzmq '
+          'context per %s; msg/s = conn/s. gen: the senders\' CPU, share '
+          'of one core:\n' % (a.senders, a.conn_context))
+        head = '  %-7s %-32s %-21s %-17s %-20s %-6s %-8s %s\n'
+        w(head % ('size', 'case', 'msg/s = conn/s', '(c)/(b)',
+                  'fwd us/conn (mn+io)', 'fwdCPU', 'peakRSS', 'gen'))
+        for row in rows:
+            if _row_failed(w, row):
+                continue
+            ratio, cpu, pct, rss = _receiver_columns(row, 'connection')
+            fwd = row.get('forwarder')
+            if fwd:
+                # One message per connection: per message is per connection.
+                cpu = '%.1f (%.1f+%.1f)' % (
+                    fwd['cpu_us_per_msg']['median'],
+                    fwd['main_thread_us_per_msg']['median'],
+                    fwd['zmq_io_us_per_msg']['median'])
+                pct = '%.0f%%' % fwd['cpu_pct']['median']
+            w(head % (size_label(row['size']), _label(row),
+                      fmt(row['connections_per_s']), ratio, cpu, pct, rss,
+                      '%.0f%%' % row['generator_cpu_pct']['median']))
 
     if summary['latency']:
         w('\nLatency, one message at a time (%d probes per run at %d/s, '
@@ -412,13 +474,57 @@ def print_report(bench, summary, meta, out=sys.stdout):
                 fmt(row['p999_us'], us), us(row['max_us']['max']),
                 fmt(row['p99_added_over_b_us'], us)
                 if row['group'] == 'c' else ''))
+    if any(r['case'] in cases.CONN_CASES for r in summary['throughput']):
+        w('\nfwd us/conn: CPU time per connection of the forwarder (the '
+          'receiver in (c), zmq_proxy in (b)), mn = its\nmain thread (the '
+          'Python loop, or zmq_proxy\'s), io = libzmq\'s I/O thread; fwdCPU:'
+          ' its share of one core.\n')
     w('\nrcv us/msg: receiver CPU time per message (all threads; py = the '
       'Python loop\'s thread, io = libzmq\'s I/O thread); rcvCPU: share of\n'
       'one core; peakRSS: the receiver\'s VmHWM; cons: consumer processes\' '
-      'CPU, share of one core. (c)/(b): paired within each round.\n')
+      'CPU, share of one core. (c)/(b): paired within each round, with the\n'
+      '(b) of the same traffic: %s.\n' % ', '.join(sorted(
+          '%s with %s' % (c, cases.baseline(c, a.cases)) for c in a.cases
+          if cases.CASES[c][0] == 'c')))
     if bench.errors:
         w('\n%d run(s) failed to run (see the log above): %s\n' % (
             len(bench.errors), '; '.join(e['what'] for e in bench.errors)))
+
+
+def _label(row):
+    return '(%s) %s' % (row['group'], row['label'])
+
+
+def _row_failed(w, row):
+    """Write the line of a row that has no rate; True if it was one."""
+    label, size = _label(row), size_label(row['size'])
+    if row['lost']:
+        w('  %-7s %-32s LOST messages in %d of %d runs: %s\n' % (
+            size, label, row['lost_runs'], row['runs'],
+            ', '.join('%d of %d' % (x['missing'], x['expected'])
+                      for x in row['lost'])))
+        return True
+    if not row.get('msgs_per_s'):
+        w('  %-7s %-32s no run finished\n' % (size, label))
+        return True
+    return False
+
+
+def _receiver_columns(row, per):
+    """(c)/(b), receiver CPU per *per* ('msg' or 'connection') split by
+    thread, its share of a core and its peak RSS, as text ('' if none)."""
+    rcv = row.get('receiver')
+    ratio = cpu = pct = rss = ''
+    if row['group'] == 'c':
+        ratio = fmt(row['ratio_to_b'], lambda x: '%.2f' % x)
+    if rcv:
+        cpu = '%.1f (%.1f+%.1f)' % (
+            rcv['cpu_us_per_' + per]['median'],
+            rcv['main_thread_us_per_' + per]['median'],
+            rcv['zmq_io_us_per_' + per]['median'])
+        pct = '%.0f%%' % rcv['cpu_pct']['median']
+        rss = '%.0f MiB' % rcv['peak_rss_mib']['median']
+    return ratio, cpu, pct, rss
 
 
 def size_label(size):

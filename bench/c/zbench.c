@@ -2,7 +2,16 @@
  *
  *   zbench gen   -s SIZE -n COUNT [-r RATE] ENDPOINT TOPIC...
  *   zbench sink  -n COUNT [-s SIZE] [-S] [-b] [-i IDLE_MS] ENDPOINT...
- *   zbench proxy FRONTEND BACKEND
+ *   zbench conn  -s SIZE -n COUNT [-c SENDERS] [-k] ENDPOINT TOPIC
+ *   zbench proxy [-p] FRONTEND BACKEND
+ *
+ * "conn" is the traffic of oslo.messaging 1.4 to 1.10, which opened a new
+ * connection for every cast (pooling came in 1.11): SENDERS threads (8 by
+ * default) that each make, for every message, a context and a PUSH socket,
+ * connect, send the one message and close, as fast as they can. With -k
+ * each sender keeps one context (as oslo.messaging's impl_zmq did, one per
+ * process) and makes a socket per message, whose close returns at once and
+ * leaves libzmq to write the message.
  *
  * Compiled by bench/build.py against the libzmq inside pyzmq, so that the
  * endpoints cost a small fraction of what they measure. Messages use the
@@ -17,6 +26,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -200,6 +210,106 @@ static int gen(int argc, char **argv)
     return 0;
 }
 
+/* -- conn: a connection per message --------------------------------------- */
+
+struct conn_sender {
+    pthread_t thread;
+    const char *endpoint, *topic;
+    char *body;
+    size_t size;
+    long count;
+    int keep_ctx;
+};
+
+/* One sender: for every message a context and a socket of its own, as
+ * oslo.messaging 1.4 to 1.10 did; the close waits (default linger) until
+ * libzmq has written the message, then the context goes with its threads. */
+static void *conn_send(void *arg)
+{
+    struct conn_sender *c = arg;
+    void *ctx = c->keep_ctx ? zmq_ctx_new() : NULL;
+    for (long i = 0; i < c->count; i++) {
+        if (!c->keep_ctx)
+            ctx = zmq_ctx_new();
+        void *s = ctx ? zmq_socket(ctx, ZMQ_PUSH) : NULL;
+        if (!s || zmq_connect(s, c->endpoint) < 0) die("connect");
+        send_msg(s, c->topic, c->body, c->size, 1);
+        zmq_close(s);
+        if (!c->keep_ctx || i == c->count - 1)
+            while (zmq_ctx_term(ctx) < 0)
+                if (zmq_errno() != EINTR)
+                    die("ctx_term");
+    }
+    return NULL;
+}
+
+static int conn(int argc, char **argv)
+{
+    size_t size = 200;
+    long count = 0, senders = 8;
+    int opt, keep_ctx = 0;
+    while ((opt = getopt(argc, argv, "s:n:c:k")) != -1) {
+        if (opt == 's') size = strtoul(optarg, NULL, 10);
+        else if (opt == 'n') count = strtol(optarg, NULL, 10);
+        else if (opt == 'c') senders = strtol(optarg, NULL, 10);
+        else if (opt == 'k') keep_ctx = 1;
+        else return 2;
+    }
+    if (argc - optind != 2 || senders < 1 || count < senders) {
+        fprintf(stderr, "usage: zbench conn -s SIZE -n COUNT [-c SENDERS] "
+                        "[-k] ENDPOINT TOPIC (COUNT >= SENDERS >= 1)\n");
+        return 2;
+    }
+    const char *endpoint = argv[optind], *topic = argv[optind + 1];
+    if (size < MIN_BODY) size = MIN_BODY;
+
+    /* Warm up over one lasting connection until told to go, as gen does:
+     * the consumer is then known to be connected. */
+    void *wctx = zmq_ctx_new();
+    void *w = zmq_socket(wctx, ZMQ_PUSH);
+    if (!w || zmq_connect(w, endpoint) < 0) die("connect");
+    char *warm = make_body(MIN_BODY, 'w');
+    long wait_ms = 1;
+    for (;;) {
+        send_msg(w, topic, warm, MIN_BODY, 0);
+        zmq_pollitem_t in = {NULL, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&in, 1, wait_ms) > 0) {
+            int c = read_command();
+            if (c == 'g') break;
+            if (c == 'r') return 1;
+        }
+        if (wait_ms < 50) wait_ms *= 2;
+    }
+    /* Its warm-ups are written before the measured messages start. */
+    zmq_close(w);
+    zmq_ctx_term(wctx);
+
+    char *body = make_body(size, 'm');
+    struct conn_sender *c = calloc((size_t)senders, sizeof *c);
+    uint64_t t0 = now_ns();
+    for (long k = 0; k < senders; k++) {
+        c[k] = (struct conn_sender){.endpoint = endpoint, .topic = topic,
+                                    .body = body, .size = size,
+                                    .keep_ctx = keep_ctx,
+                                    .count = count / senders +
+                                             (k < count % senders)};
+        if (pthread_create(&c[k].thread, NULL, conn_send, &c[k])) {
+            fprintf(stderr, "zbench: pthread_create failed\n");
+            exit(2);
+        }
+    }
+    for (long k = 0; k < senders; k++)
+        pthread_join(c[k].thread, NULL);
+    uint64_t t1 = now_ns();
+    /* Every sender's context was terminated (the last one, with -k), so
+     * every message is written: sent and flushed at once. */
+    printf("sent t0=%llu t1=%llu connections=%ld senders=%ld\n",
+           (unsigned long long)t0, (unsigned long long)t1, count, senders);
+    printf("flushed t2=%llu cpu_us=%ld\n", (unsigned long long)t1, cpu_us());
+    fflush(stdout);
+    return 0;
+}
+
 /* -- sink ---------------------------------------------------------------- */
 
 static long expect, count, bad;
@@ -355,14 +465,22 @@ static int sink(int argc, char **argv)
 
 static int proxy(int argc, char **argv)
 {
-    if (argc != 3) {
-        fprintf(stderr, "usage: zbench proxy FRONTEND BACKEND\n");
+    /* -p: a PUB backend (for 4 subscribers, the fanout case's baseline),
+     * which holds a message back rather than drop it (XPUB_NODROP) as
+     * the receiver's fanout outlet does. */
+    int pub = argc == 4 && !strcmp(argv[1], "-p");
+    if (argc != 3 + pub) {
+        fprintf(stderr, "usage: zbench proxy [-p] FRONTEND BACKEND\n");
         return 2;
     }
     void *ctx = zmq_ctx_new();
-    void *front = zmq_socket(ctx, ZMQ_PULL), *back = zmq_socket(ctx, ZMQ_PUSH);
-    if (zmq_bind(front, argv[1]) < 0) die("bind frontend");
-    if (zmq_bind(back, argv[2]) < 0) die("bind backend");
+    void *front = zmq_socket(ctx, ZMQ_PULL);
+    void *back = zmq_socket(ctx, pub ? ZMQ_PUB : ZMQ_PUSH);
+    int one = 1;
+    if (pub && zmq_setsockopt(back, ZMQ_XPUB_NODROP, &one, sizeof one) < 0)
+        die("XPUB_NODROP");
+    if (zmq_bind(front, argv[1 + pub]) < 0) die("bind frontend");
+    if (zmq_bind(back, argv[2 + pub]) < 0) die("bind backend");
     char ep[256];
     size_t len = sizeof ep;
     zmq_getsockopt(front, ZMQ_LAST_ENDPOINT, ep, &len);
@@ -376,7 +494,8 @@ int main(int argc, char **argv)
 {
     if (argc >= 2 && !strcmp(argv[1], "gen")) return gen(argc - 1, argv + 1);
     if (argc >= 2 && !strcmp(argv[1], "sink")) return sink(argc - 1, argv + 1);
+    if (argc >= 2 && !strcmp(argv[1], "conn")) return conn(argc - 1, argv + 1);
     if (argc >= 2 && !strcmp(argv[1], "proxy")) return proxy(argc - 1, argv + 1);
-    fprintf(stderr, "usage: zbench gen|sink|proxy ...\n");
+    fprintf(stderr, "usage: zbench gen|conn|sink|proxy ...\n");
     return 2;
 }

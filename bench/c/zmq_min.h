@@ -8,6 +8,7 @@
 
 #include <stddef.h>
 
+#define ZMQ_PUB 1
 #define ZMQ_SUB 2
 #define ZMQ_PULL 7
 #define ZMQ_PUSH 8
@@ -15,6 +16,7 @@
 #define ZMQ_SUBSCRIBE 6
 #define ZMQ_LINGER 17
 #define ZMQ_LAST_ENDPOINT 32
+#define ZMQ_XPUB_NODROP 69
 
 #define ZMQ_DONTWAIT 1
 #define ZMQ_SNDMORE 2
