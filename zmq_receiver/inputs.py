@@ -23,6 +23,14 @@ from zmq_receiver import stopping
 # lines keep the name operators and their log filters know.
 LOG = logging.getLogger('zmq_receiver.receiver')
 
+#: listen(2) backlog of the TCP ports (libzmq's default is 100). Legacy
+#: senders (oslo.messaging before 1.11) connect anew for every cast and
+#: close at once: a burst of them overflowed 100 (the kernel then drops
+#: the SYN, and the sender waits a second to retry), where zmq_proxy's
+#: own listener did too. Connections waiting there hold kernel memory,
+#: not the receiver's descriptors; the kernel caps it at somaxconn.
+TCP_BACKLOG = 1024
+
 
 class Inputs:
     """The receiver's inbound sockets, from their bind to their close.
@@ -111,6 +119,7 @@ class Inputs:
         sock.setsockopt(zmq.IPV6, int(ipv6))
         # libzmq disconnects a peer that sends a larger frame.
         sock.setsockopt(zmq.MAXMSGSIZE, s.max_message_size)
+        sock.setsockopt(zmq.BACKLOG, TCP_BACKLOG)
         if secure is not None:
             secure(sock)
         # Before the bind: no connection may go uncounted.

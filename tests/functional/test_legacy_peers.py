@@ -10,7 +10,9 @@ hand over plain TCP sockets, from an allowed (127.0.0.1) and a refused
 3 and CURVE cases.
 """
 
+import os
 import re
+import signal
 import socket
 import struct
 
@@ -22,6 +24,7 @@ from tests.functional.test_access import ALLOWED_SOURCE, DENIED_SOURCE
 from tests.functional.test_access import denied, pull, sender_from
 from tests.support import cast, recv
 from zmq_receiver import errors
+from zmq_receiver import inputs
 
 ZMTP_PUSH = 0x08
 #: Refused connections per case: enough that a message slipping through
@@ -268,3 +271,31 @@ def test_filtered_bad_interface_is_a_config_error(short_dir):
         rpc_zmq_bind_address='nosuchif0')
     assert status == errors.EXIT_CONFIG, out + err
     assert 'rpc_zmq_bind_address=nosuchif0' in err, err
+
+
+def test_a_burst_of_connections_waits_in_the_listen_queue(ctx, receiver):
+    """Legacy senders connect anew for every cast: a burst of them while
+    the loop is busy must wait in the TCP listen queue, not be dropped
+    (libzmq's default backlog, 100, drops the SYN past it, and the sender
+    retries a second later). SIGSTOP stands for a busy loop: the kernel
+    alone completes the handshakes, up to the backlog."""
+    burst = 300
+    assert burst < inputs.TCP_BACKLOG
+    consumer = pull(ctx, receiver, 'burst.host1')
+    conns = []
+    os.kill(receiver.proc.pid, signal.SIGSTOP)
+    try:
+        for _ in range(burst):
+            # A dropped SYN would only be sent again after a second.
+            conns.append(socket.create_connection(
+                ('127.0.0.1', receiver.port), timeout=0.5))
+    finally:
+        os.kill(receiver.proc.pid, signal.SIGCONT)
+        for conn in conns:
+            conn.close()
+    assert len(conns) == burst
+    out = support.sender(ctx, receiver)
+    frames = cast('burst.host1', b'after the burst')
+    out.send_multipart(frames)
+    assert recv(consumer) == frames
+    support.close_all(consumer, out)
