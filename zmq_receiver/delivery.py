@@ -12,7 +12,10 @@ matches it, without holding up the messages that do have one. A subscriber
 that is full holds a message up for everyone (XPUB_NODROP) only for
 SLOW_SUBSCRIBER_GRACE: then the messages go on to the subscribers with
 room, and count as dropped (slow_subscriber) for as long as a subscriber
-does not read (see :meth:`Delivery._past_full_subscriber`).
+does not read (see :meth:`Delivery._past_full_subscriber`). In the
+common case (a subscriber of everything, nothing held, none full) the
+compiled loop sends to a PUB outlet straight, as to a PUSH one with an
+empty backlog (see :meth:`Delivery._pub_direct`).
 
 Nothing a socket says when sent to ends the loop: a full socket keeps the
 message in the backlog (so does a PUSH whose consumer left half way through
