@@ -12,7 +12,10 @@ matches it, without holding up the messages that do have one. A subscriber
 that is full holds a message up for everyone (XPUB_NODROP) only for
 SLOW_SUBSCRIBER_GRACE: then the messages go on to the subscribers with
 room, and count as dropped (slow_subscriber) for as long as a subscriber
-does not read (see :meth:`Delivery._past_full_subscriber`).
+does not read (see :meth:`Delivery._past_full_subscriber`). In the
+common case (a subscriber of everything, nothing held, none full) the
+compiled loop sends to a PUB outlet straight, as to a PUSH one with an
+empty backlog (see :meth:`Delivery._pub_direct`).
 
 Nothing a socket says when sent to ends the loop: a full socket keeps the
 message in the backlog (so does a PUSH whose consumer left half way through
@@ -116,13 +119,23 @@ class Delivery:
         """Send *frames* through *outlet* now, or keep them in order."""
         outlet.last_active = self.now
         if outlet.kind is routing.Kind.PUB:
-            if not outlet.subscribed(frames[0]):
-                self._wait_for_subscriber(outlet, frames, size)
-                return
-            if outlet.backlog and outlet.queued >= self.limits.backlog:
-                # Full behind a full subscriber: send the oldest past it,
-                # instead of dropping the newest for every subscriber.
-                self.flush(outlet)
+            self._deliver_pub(outlet, frames, size)
+            # A send may have ended a hold-up, or started one.
+            self._pub_direct(outlet)
+            return
+        self._deliver(outlet, frames, size)
+
+    def _deliver_pub(self, outlet, frames, size):
+        if not outlet.subscribed(frames[0]):
+            self._wait_for_subscriber(outlet, frames, size)
+            return
+        if outlet.backlog and outlet.queued >= self.limits.backlog:
+            # Full behind a full subscriber: send the oldest past it,
+            # instead of dropping the newest for every subscriber.
+            self.flush(outlet)
+        self._deliver(outlet, frames, size)
+
+    def _deliver(self, outlet, frames, size):
         if not outlet.backlog and outlet.settle_until is None:
             sent = self._send(outlet, frames)
             if sent:
@@ -132,6 +145,26 @@ class Delivery:
                 return
         if self._admit(outlet, size):
             self._enqueue(outlet, frames, size)
+
+    @staticmethod
+    def _pub_direct(outlet):
+        """Let _wire.forward send straight to PUB *outlet* (its
+        ``direct``) exactly while :meth:`deliver` would only send each
+        message at once: a subscription to everything (so every message
+        has a subscriber), nothing in the backlog to overtake, and no full
+        subscriber holding messages up (``blocked_since``) or being skipped
+        (``slow``), which deliver must see at every send. A send the socket
+        refuses there (XPUB_NODROP: for every subscriber, none got it) comes
+        back to deliver whole, which tries it again and keeps or counts it.
+
+        Called after everything that changes one of those: a delivery, a
+        flush, a (un)subscription."""
+        if (b'' in outlet.subscriptions and not outlet.backlog and
+                outlet.blocked_since is None and not outlet.slow and
+                outlet.settle_until is None):
+            outlet.direct = outlet.socket
+        else:
+            outlet.direct = None
 
     def count_forwarded(self, outlet):
         """Count one message sent on *outlet* from Python.
@@ -349,6 +382,8 @@ class Delivery:
                 self.count_forwarded(outlet)
         if outlet.kind is routing.Kind.PUSH:
             outlet.direct = sock
+        else:
+            self._pub_direct(outlet)
         if outlet.polling_out:
             # PUSH only: a PUB outlet waits on its retry timer instead.
             outlet.polling_out = False
@@ -376,6 +411,10 @@ class Delivery:
         outlet.last_active = self.clock()
         if joined and outlet.waiting:
             self._release_waiting(outlet)
+        # Before the next message: one to everything may have come, or the
+        # last one gone (a subscriber that leaves unsubscribes:
+        # XPUB_VERBOSER).
+        self._pub_direct(outlet)
 
     def _release_waiting(self, outlet):
         """Move the waiting messages a subscription now matches, in order."""

@@ -71,8 +71,10 @@ class Outlet:
         self.pinned = False
         #: The socket while a message may be sent straight to it,
         #: bypassing delivery.Delivery.deliver (wire.forward): PUSH with an
-        #: empty backlog. None otherwise. Always the pyzmq Socket, never
-        #: its libzmq address: that would outlive the socket.
+        #: empty backlog; PUB with an empty backlog, a subscription to
+        #: everything and no full subscriber (delivery.Delivery._pub_direct).
+        #: None otherwise. Always the pyzmq Socket, never its libzmq
+        #: address: that would outlive the socket.
         self.direct = socket if kind is routing.Kind.PUSH else None
         #: PUB only: when a full subscriber began to hold up the messages
         #: (None: the last send went); whether messages go past one that

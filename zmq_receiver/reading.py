@@ -156,9 +156,11 @@ class Reader:
 
     def _read_fast(self, sock):
         """:meth:`read` in the compiled loop (its forward): a message
-        for a known topic whose PUSH outlet has no backlog goes straight to
-        its socket; every other one comes back to :meth:`dispatch`, which
-        counts it. The ones sent straight are counted here."""
+        for a known topic whose outlet is ``direct`` (a PUSH with no
+        backlog, a fanout in the common case: see
+        delivery.Delivery._pub_direct) goes straight to its socket; every
+        other one comes back to :meth:`dispatch`, which counts it. The
+        ones sent straight are counted here."""
         counters = self.counters
         before = counters.received
         try:

@@ -308,6 +308,68 @@ def test_fanout_waits_for_a_subscriber_while_push_topics_flow(ctx, daemons,
     support.close_all(worker, out, late)
 
 
+def test_fanout_to_subscribers_of_everything_reaches_each_counted_once(
+        ctx, daemons, short_dir):
+    """The common case, which the compiled loop sends straight to the
+    outlet (issue 17 item 2): every subscriber gets every message, in
+    order, and each is counted forwarded once."""
+    n = 2000
+    daemon = daemons(short_dir)
+    out = support.sender(ctx, daemon)
+    out.send_multipart(cast('fanout~compute.host9', b'open'))
+    daemon.wait_stats(lambda s: 'fanout~compute' in s['topics'])
+    subs = [sub(ctx, daemon, 'fanout~compute', RCVHWM=0) for _ in range(3)]
+    daemon.wait_stats(
+        lambda s: topic_stats(s, 'fanout~compute')['consumers'] == 3)
+    for i in range(n):
+        out.send_multipart(cast('fanout~compute.host%d' % (i % 2),
+                                b'%d' % i))
+    stats = daemon.wait_stats(lambda s: s['received'] == n + 1)
+    for s in subs:
+        got = [recv(s)[3]]
+        if got == [b'open']:  # the first joiners also had that one
+            got = []
+        got.extend(recv(s)[3] for _ in range(n - len(got)))
+        assert got == [b'%d' % i for i in range(n)]
+    stats = daemon.wait_stats(lambda s: s['queued'] == 0)
+    assert stats['dropped'] == {}
+    assert stats['forwarded'] == n + 1
+    assert topic_stats(stats, 'fanout~compute')['forwarded'] == n + 1
+    assert_balanced(stats)
+    support.close_all(out, *subs)
+
+
+def test_fanout_waits_again_once_its_last_subscriber_left(ctx, daemons,
+                                                          short_dir):
+    """A subscriber that leaves ends sending straight to the outlet: the
+    next message waits for one (the compiled loop would have given it to
+    libzmq, which drops what no subscriber takes)."""
+    daemon = daemons(short_dir, with_backlog(10, join_window=5.0))
+    out = support.sender(ctx, daemon)
+    out.send_multipart(cast('fanout~compute.host1', b'0'))
+    daemon.wait_stats(lambda s: 'fanout~compute' in s['topics'])
+    first = sub(ctx, daemon, 'fanout~compute')
+    daemon.wait_stats(
+        lambda s: topic_stats(s, 'fanout~compute')['consumers'] == 1)
+    for i in range(1, 50):
+        out.send_multipart(cast('fanout~compute.host1', b'%d' % i))
+    assert [recv(first)[3] for _ in range(50)] == [
+        b'%d' % i for i in range(50)]
+    first.close()
+    daemon.wait_stats(
+        lambda s: topic_stats(s, 'fanout~compute')['consumers'] == 0)
+    out.send_multipart(cast('fanout~compute.host1', b'after'))
+    daemon.wait_stats(
+        lambda s: topic_stats(s, 'fanout~compute').get('backlog') == 1)
+    late = sub(ctx, daemon, 'fanout~compute')
+    assert recv(late)[3] == b'after'
+    stats = daemon.wait_stats(lambda s: s['queued'] == 0)
+    assert stats['dropped'] == {}
+    assert stats['forwarded'] == 51
+    assert_balanced(stats)
+    support.close_all(out, late)
+
+
 def test_fanout_with_no_subscriber_is_dropped_when_the_window_ends(
         ctx, daemons, short_dir):
     daemon = daemons(short_dir, with_backlog(10, join_window=0.3))
