@@ -179,6 +179,15 @@ def _printable(text):
 
 def fetch(target, timeout):
     """The ``/topics`` document of *target*, or raise with the reason."""
+    doc = _parse(target, _download(target, timeout))
+    _check_form(target, doc)
+    _check_names(target, doc)
+    _check_answers_as_asked(target, doc)
+    return doc
+
+
+def _download(target, timeout):
+    """The body of *target*'s answer, at most ``topics_doc.MAX_BYTES``."""
     try:
         with urllib.request.urlopen(target.url, timeout=timeout) as answer:
             body = answer.read(topics_doc.MAX_BYTES + 1)
@@ -193,8 +202,13 @@ def fetch(target, timeout):
     if len(body) > topics_doc.MAX_BYTES:
         raise errors.ReceiverError('%s: document larger than %d bytes' % (
             target.url, topics_doc.MAX_BYTES))
+    return body
+
+
+def _parse(target, body):
+    """*body* decoded as JSON."""
     try:
-        doc = json.loads(body)
+        return json.loads(body)
     except ValueError:
         raise errors.ReceiverError('%s did not answer JSON: is it a receiver '
                                    'metrics port?' % target.url)
@@ -203,15 +217,26 @@ def fetch(target, timeout):
         # broken answer, which must not end the whole learn or diff.
         raise errors.ReceiverError('%s answered JSON nested too deeply to '
                                    'be a /topics document' % target.url)
-    if (not isinstance(doc, dict) or doc.get('format') != topics_doc.FORMAT
-            or not isinstance(doc.get('host'), str)
-            or not isinstance(doc.get('topics'), dict)
-            or not all(isinstance(e, dict) and
-                       isinstance(e.get('consumers'), int)
-                       for e in doc['topics'].values())):
+
+
+def _is_topics_doc(doc):
+    """Whether *doc* has the shape of a ``/topics`` document."""
+    return (isinstance(doc, dict) and doc.get('format') == topics_doc.FORMAT
+            and isinstance(doc.get('host'), str)
+            and isinstance(doc.get('topics'), dict)
+            and all(isinstance(e, dict) and
+                    isinstance(e.get('consumers'), int)
+                    for e in doc['topics'].values()))
+
+
+def _check_form(target, doc):
+    if not _is_topics_doc(doc):
         raise errors.ReceiverError('%s answered a document of another form '
                                    '(not a /topics of format %d)' % (
                                        target.url, topics_doc.FORMAT))
+
+
+def _check_names(target, doc):
     # The names go into a ring and onto the operator's terminal: a host
     # name a ring may hold, and outlet keys without a control character
     # (an escape sequence the terminal would obey).
@@ -224,6 +249,9 @@ def fetch(target, timeout):
             raise errors.ReceiverError(
                 '%s answered a topic with a control character: %s' % (
                     target.url, ascii(key)))
+
+
+def _check_answers_as_asked(target, doc):
     # The ring lists the host a document names, and senders then send that
     # topic's casts there: a host asked by its name must answer as that
     # name, or one receiver could list any host (an attacker's) for any
@@ -236,7 +264,6 @@ def fetch(target, timeout):
             'receiver, or name it %s=%s' % (
                 target.url, doc['host'], expected, expected, doc['host'],
                 target.host))
-    return doc
 
 
 def collect(found, timeout):
