@@ -114,6 +114,55 @@ def _shape_problems(data):
             for problem in _project_problems(name, project, releases)]
 
 
+def _register_topic_options(conf, topics):
+    """Register on *conf* each option (once) that renames one of
+    *topics*."""
+    registered = set()
+    for topic in topics.values():
+        option = topic.get('option')
+        if not option or (topic['group'], option) in registered:
+            continue
+        registered.add((topic['group'], option))
+        group = None if topic['group'] == 'DEFAULT' else topic['group']
+        opt_class = cfg.MultiStrOpt if topic.get('list') else cfg.StrOpt
+        conf.register_opt(opt_class(option), group=group)
+
+
+def _read_topic_options(topics, project, path):
+    """A ConfigOpts with the options of *topics* read from *path*, the
+    config file of *project*."""
+    conf = cfg.ConfigOpts()
+    _register_topic_options(conf, topics)
+    try:
+        conf(args=[], project=project, default_config_files=[path])
+    except cfg.ConfigFilesNotFoundError:
+        raise CatalogError(
+            '%s config file %s cannot be read: give the path of the '
+            'file the %s services read' % (project, path, project))
+    except cfg.Error as exc:
+        raise CatalogError('%s config file %s: %s' % (project, path, exc))
+    return conf
+
+
+def _configured_names(conf, topic):
+    """The names *conf* gives *topic* through its option, or None when it
+    has no option or the option is unset."""
+    option = topic.get('option')
+    if not option:
+        return None
+    group = topic['group']
+    value = conf[option] if group == 'DEFAULT' else conf[group][option]
+    if value is None or value == []:
+        return None
+    if topic.get('list'):
+        values = [v.strip() for item in value
+                  for v in item.split(',') if v.strip()]
+    else:
+        values = [value]
+    template = topic.get('template', '{}')
+    return [template.format(v) for v in values]
+
+
 class Catalog:
     """The parsed catalog; see the module docstring."""
 
@@ -154,46 +203,12 @@ class Catalog:
     def renames(self, project, path):
         """{topic key: [names]} from the options in *path*, the project's
         config file, for the topics of *project* that have an option."""
-        conf = cfg.ConfigOpts()
         topics = self.project(project)['topics']
-        registered = set()
-        for key, topic in topics.items():
-            option = topic.get('option')
-            if not option or (topic['group'], option) in registered:
-                continue
-            registered.add((topic['group'], option))
-            group = None if topic['group'] == 'DEFAULT' else topic['group']
-            if topic.get('list'):
-                opt = cfg.MultiStrOpt(option)
-            else:
-                opt = cfg.StrOpt(option)
-            conf.register_opt(opt, group=group)
-        try:
-            conf(args=[], project=project, default_config_files=[path])
-        except cfg.ConfigFilesNotFoundError:
-            raise CatalogError(
-                '%s config file %s cannot be read: give the path of the '
-                'file the %s services read' % (project, path, project))
-        except cfg.Error as exc:
-            raise CatalogError('%s config file %s: %s' % (project, path, exc))
+        conf = _read_topic_options(topics, project, path)
         result = {}
         for key, topic in topics.items():
-            option = topic.get('option')
-            if not option:
-                continue
-            group = topic['group']
-            value = (conf[option] if group == 'DEFAULT'
-                     else conf[group][option])
-            if value is None or value == []:
-                continue
-            if topic.get('list'):
-                values = [v.strip() for item in value
-                          for v in item.split(',') if v.strip()]
-            else:
-                values = [value]
-            template = topic.get('template', '{}')
-            names = [template.format(v) for v in values]
-            if names != [key]:
+            names = _configured_names(conf, topic)
+            if names is not None and names != [key]:
                 result[key] = names
         return result
 
