@@ -372,14 +372,9 @@ def _documents(conf, command, listed_hosts):
     return docs, failed, notes
 
 
-def learn(conf, command, out, err):
-    listed = ring.load(command.from_ring).hosts() if command.from_ring else ()
-    docs, failed, notes = _documents(conf, command, listed)
-    topics, more = implied(docs)
-    for note in notes + more:
-        print('note: %s' % note, file=err)
-    for label, reason in sorted(failed.items()):
-        print('warning: %s did not answer: %s' % (label, reason), file=err)
+def _refuse_incomplete(command, docs, failed, topics):
+    """Raise unless the learned ring may be written: every receiver
+    answered (or --partial), and it holds a topic (or --allow-empty)."""
     if failed and not command.partial:
         raise errors.ReceiverError(
             '%d of %d receivers did not answer (%s): the ring would miss '
@@ -390,16 +385,28 @@ def learn(conf, command, out, err):
         raise errors.ReceiverError(
             'No receiver reported a consumer: nothing to write '
             '(--allow-empty writes an empty ring anyway)')
+
+
+def learn(conf, command, out, err):
+    """``ring learn``: write the ring the receivers' documents imply."""
+    listed = ring.load(command.from_ring).hosts() if command.from_ring else ()
+    docs, failed, notes = _documents(conf, command, listed)
+    topics, more = implied(docs)
+    for note in notes + more:
+        print('note: %s' % note, file=err)
+    for label, reason in sorted(failed.items()):
+        print('warning: %s did not answer: %s' % (label, reason), file=err)
+    _refuse_incomplete(command, docs, failed, topics)
     # What is written must load again.
     ring.parse(ring.dumps(topics), '<learned>')
-    if command.output:
-        ring.write(command.output, topics)
-        print('wrote %s: %d topics, %d hosts; %d of %d receivers answered' % (
-            command.output, len(topics),
-            len({h for hs in topics.values() for h in hs}), len(docs),
-            len(docs) + len(failed)), file=err)
-    else:
+    if not command.output:
         out.write(ring.dumps(topics))
+        return 0
+    ring.write(command.output, topics)
+    print('wrote %s: %d topics, %d hosts; %d of %d receivers answered' % (
+        command.output, len(topics),
+        len({h for hs in topics.values() for h in hs}), len(docs),
+        len(docs) + len(failed)), file=err)
     return 0
 
 
@@ -430,19 +437,34 @@ def report(cells, failed, names):
                                                ring_text, seen_text))
     for label, reason in sorted(failed.items()):
         lines.append('host %s did not answer: %s' % (label, reason))
-    counts = {s: sum(1 for v in cells.values() if v == s) for s in DISAGREE}
-    if any(counts.values()) or failed:
-        lines.append('DISAGREE (%s): %d listed without a consumer, %d '
-                     'consumers not listed, %d hosts did not answer' % (
-                         names, counts[NO_CONSUMER], counts[UNLISTED],
-                         len(failed)))
-    else:
-        lines.append('AGREE (%s): %d topics on %d hosts' % (
-            names, len({t for t, _ in cells}), len({h for _, h in cells})))
+    lines.append(_summary(cells, failed, names))
     return '\n'.join(lines) + '\n'
 
 
+def _summary(cells, failed, names):
+    """The last line of a diff: AGREE, or DISAGREE with the counts."""
+    counts = {s: sum(1 for v in cells.values() if v == s) for s in DISAGREE}
+    if any(counts.values()) or failed:
+        return ('DISAGREE (%s): %d listed without a consumer, %d '
+                'consumers not listed, %d hosts did not answer' % (
+                    names, counts[NO_CONSUMER], counts[UNLISTED],
+                    len(failed)))
+    return 'AGREE (%s): %d topics on %d hosts' % (
+        names, len({t for t, _ in cells}), len({h for _, h in cells}))
+
+
+def _json_report(cells, failed, where):
+    """The text of ``diff --json``."""
+    return json.dumps({
+        'listed_in': where,
+        'cells': [dict(topic=t, host=h, state=s)
+                  for (t, h), s in sorted(cells.items())],
+        'no_answer': failed}, indent=2, sort_keys=True) + '\n'
+
+
 def diff(conf, command, out, err):
+    """``ring diff``: the ring (or Redis) against what the receivers
+    report; 1 when they disagree."""
     listed, where = _listed(conf, command)
     listed_hosts = sorted({h for hs in listed.values() for h in hs})
     docs, failed, notes = _documents(conf, command, listed_hosts)
@@ -452,11 +474,7 @@ def diff(conf, command, out, err):
     answered = {doc['host'] for doc in docs.values()} | set(docs)
     cells = compare(listed, seen, answered, set(failed))
     if command.json:
-        out.write(json.dumps({
-            'listed_in': where,
-            'cells': [dict(topic=t, host=h, state=s)
-                      for (t, h), s in sorted(cells.items())],
-            'no_answer': failed}, indent=2, sort_keys=True) + '\n')
+        out.write(_json_report(cells, failed, where))
     else:
         out.write(report(cells, failed, where))
     if command.html:
