@@ -30,47 +30,137 @@ class CatalogError(errors.ConfigError):
     """The catalog (or a question put to it) does not fit."""
 
 
+# Each takes (key, topic) of a project's topic and returns what is wrong
+# with it, to follow "topic KEY", or None.
+
+
+def _misnamed(key, topic):
+    if topic.get('name') != key:
+        return 'is named %r' % (topic.get('name'),)
+    return None
+
+
+def _bad_kinds(key, topic):
+    if not topic.get('kinds') or not set(topic['kinds']) <= KINDS:
+        return 'has kinds %r' % (topic.get('kinds'),)
+    return None
+
+
+def _no_file(key, topic):
+    if not (topic.get('source') or {}).get('file'):
+        return 'cites no file'
+    return None
+
+
+def _verified_nowhere(key, topic):
+    source = topic.get('source') or {}
+    if source.get('verified_at') and not (source.get('line') or
+                                          source.get('anchor')):
+        return 'is verified without a line or anchor'
+    return None
+
+
+def _option_without_group(key, topic):
+    if topic.get('option') and not topic.get('group'):
+        return 'has an option but no group'
+    return None
+
+
+#: In the order their sentences are given.
+TOPIC_PROBLEMS = (_misnamed, _bad_kinds, _no_file, _verified_nowhere,
+                  _option_without_group)
+
+
+def _topic_problems(where, topics):
+    return ['%s: topic %s %s' % (where, key, problem)
+            for key, topic in sorted(topics.items())
+            for problem in (check(key, topic) for check in TOPIC_PROBLEMS)
+            if problem is not None]
+
+
+def _service_problems(where, topics, services):
+    """A sentence for each topic a service uses that *topics* lacks."""
+    return ['%s: service %s %s unknown topic %s' % (where, service, field,
+                                                     key)
+            for service, uses in sorted(services.items())
+            for field in ('consumes', 'sends')
+            for key in uses.get(field, ())
+            if key not in topics]
+
+
+def _project_problems(name, project, releases):
+    where = 'project %s' % name
+    problems = []
+    if not set(project.get('releases', ())) <= releases:
+        problems.append('%s: a release outside %s' % (where, sorted(
+            releases)))
+    topics = project.get('topics')
+    services = project.get('services')
+    if not isinstance(topics, dict) or not isinstance(services, dict):
+        problems.append('%s: "topics" and "services" must be objects'
+                        % where)
+        return problems
+    return (problems + _topic_problems(where, topics)
+            + _service_problems(where, topics, services))
+
+
 def _shape_problems(data):
     """Every way *data* is not a catalog, as sentences (empty: it is)."""
-    problems = []
     if not isinstance(data.get('projects'), dict) or not data['projects']:
         return ['no "projects" object']
     releases = set(data.get('releases', ()))
-    for name, project in sorted(data['projects'].items()):
-        where = 'project %s' % name
-        if not set(project.get('releases', ())) <= releases:
-            problems.append('%s: a release outside %s' % (where, sorted(
-                releases)))
-        topics = project.get('topics')
-        services = project.get('services')
-        if not isinstance(topics, dict) or not isinstance(services, dict):
-            problems.append('%s: "topics" and "services" must be objects'
-                            % where)
+    return [problem
+            for name, project in sorted(data['projects'].items())
+            for problem in _project_problems(name, project, releases)]
+
+
+def _register_topic_options(conf, topics):
+    """Register on *conf* each option (once) that renames one of
+    *topics*."""
+    registered = set()
+    for topic in topics.values():
+        option = topic.get('option')
+        if not option or (topic['group'], option) in registered:
             continue
-        for key, topic in sorted(topics.items()):
-            if topic.get('name') != key:
-                problems.append('%s: topic %s is named %r' % (
-                    where, key, topic.get('name')))
-            if not topic.get('kinds') or not set(topic['kinds']) <= KINDS:
-                problems.append('%s: topic %s has kinds %r' % (
-                    where, key, topic.get('kinds')))
-            source = topic.get('source') or {}
-            if not source.get('file'):
-                problems.append('%s: topic %s cites no file' % (where, key))
-            if source.get('verified_at') and not (source.get('line') or
-                                                  source.get('anchor')):
-                problems.append('%s: topic %s is verified without a line '
-                                'or anchor' % (where, key))
-            if topic.get('option') and not topic.get('group'):
-                problems.append('%s: topic %s has an option but no group'
-                                % (where, key))
-        for service, uses in sorted(services.items()):
-            for field in ('consumes', 'sends'):
-                for key in uses.get(field, ()):
-                    if key not in topics:
-                        problems.append('%s: service %s %s unknown topic '
-                                        '%s' % (where, service, field, key))
-    return problems
+        registered.add((topic['group'], option))
+        group = None if topic['group'] == 'DEFAULT' else topic['group']
+        opt_class = cfg.MultiStrOpt if topic.get('list') else cfg.StrOpt
+        conf.register_opt(opt_class(option), group=group)
+
+
+def _read_topic_options(topics, project, path):
+    """A ConfigOpts with the options of *topics* read from *path*, the
+    config file of *project*."""
+    conf = cfg.ConfigOpts()
+    _register_topic_options(conf, topics)
+    try:
+        conf(args=[], project=project, default_config_files=[path])
+    except cfg.ConfigFilesNotFoundError:
+        raise CatalogError(
+            '%s config file %s cannot be read: give the path of the '
+            'file the %s services read' % (project, path, project))
+    except cfg.Error as exc:
+        raise CatalogError('%s config file %s: %s' % (project, path, exc))
+    return conf
+
+
+def _configured_names(conf, topic):
+    """The names *conf* gives *topic* through its option, or None when it
+    has no option or the option is unset."""
+    option = topic.get('option')
+    if not option:
+        return None
+    group = topic['group']
+    value = conf[option] if group == 'DEFAULT' else conf[group][option]
+    if value is None or value == []:
+        return None
+    if topic.get('list'):
+        values = [v.strip() for item in value
+                  for v in item.split(',') if v.strip()]
+    else:
+        values = [value]
+    template = topic.get('template', '{}')
+    return [template.format(v) for v in values]
 
 
 class Catalog:
@@ -113,46 +203,12 @@ class Catalog:
     def renames(self, project, path):
         """{topic key: [names]} from the options in *path*, the project's
         config file, for the topics of *project* that have an option."""
-        conf = cfg.ConfigOpts()
         topics = self.project(project)['topics']
-        registered = set()
-        for key, topic in topics.items():
-            option = topic.get('option')
-            if not option or (topic['group'], option) in registered:
-                continue
-            registered.add((topic['group'], option))
-            group = None if topic['group'] == 'DEFAULT' else topic['group']
-            if topic.get('list'):
-                opt = cfg.MultiStrOpt(option)
-            else:
-                opt = cfg.StrOpt(option)
-            conf.register_opt(opt, group=group)
-        try:
-            conf(args=[], project=project, default_config_files=[path])
-        except cfg.ConfigFilesNotFoundError:
-            raise CatalogError(
-                '%s config file %s cannot be read: give the path of the '
-                'file the %s services read' % (project, path, project))
-        except cfg.Error as exc:
-            raise CatalogError('%s config file %s: %s' % (project, path, exc))
+        conf = _read_topic_options(topics, project, path)
         result = {}
         for key, topic in topics.items():
-            option = topic.get('option')
-            if not option:
-                continue
-            group = topic['group']
-            value = (conf[option] if group == 'DEFAULT'
-                     else conf[group][option])
-            if value is None or value == []:
-                continue
-            if topic.get('list'):
-                values = [v.strip() for item in value
-                          for v in item.split(',') if v.strip()]
-            else:
-                values = [value]
-            template = topic.get('template', '{}')
-            names = [template.format(v) for v in values]
-            if names != [key]:
+            names = _configured_names(conf, topic)
+            if names is not None and names != [key]:
                 result[key] = names
         return result
 

@@ -93,9 +93,10 @@ def _host_name(path, lineno, words):
     return host
 
 
-def _parse_ini(text, path):
+def _ini_sections(text, path):
+    """{section: [(line number, line)]} of an INI text, in file order,
+    without blank lines and comments."""
     sections = {}
-    order = []
     current = None
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
@@ -103,9 +104,7 @@ def _parse_ini(text, path):
             continue
         if line.startswith('[') and line.endswith(']'):
             current = line[1:-1].strip()
-            if current not in sections:
-                sections[current] = []
-                order.append(current)
+            sections.setdefault(current, [])
             continue
         if current is None:
             raise InventoryError(
@@ -113,33 +112,52 @@ def _parse_ini(text, path):
                 '[host] (services = ...) or an Ansible [group]' % (
                     path, lineno, line))
         sections[current].append((lineno, line))
-    simple = sections and all(
+    return sections
+
+
+def _is_services_ini(sections):
+    """Whether every section is a host with ``services`` lines only."""
+    return bool(sections) and all(
         lines and all(re.match(r'services\s*[=:]', l) for _, l in lines)
         for lines in sections.values())
-    if simple:
-        hosts = {}
-        for host, lines in sections.items():
-            hosts[host] = set()
-            for _, line in lines:
-                hosts[host].update(_split(re.split(r'[=:]', line, 1)[1]))
-        return Inventory(hosts, ansible=False)
+
+
+def _services_inventory(sections):
+    hosts = {}
+    for host, lines in sections.items():
+        hosts[host] = set()
+        for _, line in lines:
+            hosts[host].update(_split(re.split(r'[=:]', line, 1)[1]))
+    return Inventory(hosts, ansible=False)
+
+
+def _ansible_section(section, lines, members, children, path):
+    """Add Ansible INI section *section* to *members* ({group: hosts}) or
+    *children* ({group: groups})."""
+    name, _, suffix = section.partition(':')
+    if suffix == 'vars':
+        return
+    for lineno, line in lines:
+        words = line.split()
+        if suffix == 'children':
+            children.setdefault(name, set()).add(words[0])
+        elif not suffix:
+            members.setdefault(name, set()).add(
+                _host_name(path, lineno, words))
+        else:
+            raise InventoryError('%s: section [%s] is neither a group, '
+                                 ':children nor :vars' % (path, section))
+    members.setdefault(name, set())
+
+
+def _parse_ini(text, path):
+    sections = _ini_sections(text, path)
+    if _is_services_ini(sections):
+        return _services_inventory(sections)
     # Ansible: groups of hosts, groups of groups.
     members, children = {}, {}
-    for section in order:
-        name, _, suffix = section.partition(':')
-        if suffix == 'vars':
-            continue
-        for lineno, line in sections[section]:
-            words = line.split()
-            if suffix == 'children':
-                children.setdefault(name, set()).add(words[0])
-            elif not suffix:
-                members.setdefault(name, set()).add(
-                    _host_name(path, lineno, words))
-            else:
-                raise InventoryError('%s: section [%s] is neither a group, '
-                                     ':children nor :vars' % (path, section))
-        members.setdefault(name, set())
+    for section, lines in sections.items():
+        _ansible_section(section, lines, members, children, path)
     return Inventory(_flatten(members, children, path), ansible=True)
 
 
@@ -179,6 +197,28 @@ def _yaml_group(name, body, members, children, path):
         _yaml_group(child, child_body, members, children, path)
 
 
+def _is_ansible_yaml(data):
+    """Whether YAML mapping *data* is an Ansible inventory (``all:``, or
+    groups with ``hosts:`` or ``children:``)."""
+    return 'all' in data or any(
+        isinstance(v, dict) and ('hosts' in v or 'children' in v)
+        for v in data.values())
+
+
+def _yaml_host_services(host, services, path):
+    """The set of services of *host*: a list, a string of them, or a
+    mapping with ``services:``."""
+    if isinstance(services, dict):
+        services = services.get('services')
+    if isinstance(services, str):
+        services = _split(services)
+    if not isinstance(services, list):
+        raise InventoryError(
+            '%s: host %s must map to a list of services, such as '
+            '%s: [nova-compute]' % (path, host, host))
+    return {str(s) for s in services}
+
+
 def _parse_yaml(text, path):
     try:
         data = yaml.safe_load(text)
@@ -186,22 +226,9 @@ def _parse_yaml(text, path):
         raise InventoryError('%s is not valid YAML: %s' % (path, exc))
     if not isinstance(data, dict) or not data:
         raise InventoryError('%s holds no mapping of hosts or groups' % path)
-    ansible = 'all' in data or any(
-        isinstance(v, dict) and ('hosts' in v or 'children' in v)
-        for v in data.values())
-    if not ansible:
-        hosts = {}
-        for host, services in data.items():
-            if isinstance(services, dict):
-                services = services.get('services')
-            if isinstance(services, str):
-                services = _split(services)
-            if not isinstance(services, list):
-                raise InventoryError(
-                    '%s: host %s must map to a list of services, such as '
-                    '%s: [nova-compute]' % (path, host, host))
-            hosts[str(host)] = {str(s) for s in services}
-        return Inventory(hosts, ansible=False)
+    if not _is_ansible_yaml(data):
+        return Inventory({str(host): _yaml_host_services(host, services, path)
+                          for host, services in data.items()}, ansible=False)
     members, children = {}, {}
     for name, body in data.items():
         _yaml_group(name, body, members, children, path)

@@ -179,6 +179,15 @@ def _printable(text):
 
 def fetch(target, timeout):
     """The ``/topics`` document of *target*, or raise with the reason."""
+    doc = _parse(target, _download(target, timeout))
+    _check_form(target, doc)
+    _check_names(target, doc)
+    _check_answers_as_asked(target, doc)
+    return doc
+
+
+def _download(target, timeout):
+    """The body of *target*'s answer, at most ``topics_doc.MAX_BYTES``."""
     try:
         with urllib.request.urlopen(target.url, timeout=timeout) as answer:
             body = answer.read(topics_doc.MAX_BYTES + 1)
@@ -193,8 +202,13 @@ def fetch(target, timeout):
     if len(body) > topics_doc.MAX_BYTES:
         raise errors.ReceiverError('%s: document larger than %d bytes' % (
             target.url, topics_doc.MAX_BYTES))
+    return body
+
+
+def _parse(target, body):
+    """*body* decoded as JSON."""
     try:
-        doc = json.loads(body)
+        return json.loads(body)
     except ValueError:
         raise errors.ReceiverError('%s did not answer JSON: is it a receiver '
                                    'metrics port?' % target.url)
@@ -203,15 +217,26 @@ def fetch(target, timeout):
         # broken answer, which must not end the whole learn or diff.
         raise errors.ReceiverError('%s answered JSON nested too deeply to '
                                    'be a /topics document' % target.url)
-    if (not isinstance(doc, dict) or doc.get('format') != topics_doc.FORMAT
-            or not isinstance(doc.get('host'), str)
-            or not isinstance(doc.get('topics'), dict)
-            or not all(isinstance(e, dict) and
-                       isinstance(e.get('consumers'), int)
-                       for e in doc['topics'].values())):
+
+
+def _is_topics_doc(doc):
+    """Whether *doc* has the shape of a ``/topics`` document."""
+    return (isinstance(doc, dict) and doc.get('format') == topics_doc.FORMAT
+            and isinstance(doc.get('host'), str)
+            and isinstance(doc.get('topics'), dict)
+            and all(isinstance(e, dict) and
+                    isinstance(e.get('consumers'), int)
+                    for e in doc['topics'].values()))
+
+
+def _check_form(target, doc):
+    if not _is_topics_doc(doc):
         raise errors.ReceiverError('%s answered a document of another form '
                                    '(not a /topics of format %d)' % (
                                        target.url, topics_doc.FORMAT))
+
+
+def _check_names(target, doc):
     # The names go into a ring and onto the operator's terminal: a host
     # name a ring may hold, and outlet keys without a control character
     # (an escape sequence the terminal would obey).
@@ -224,6 +249,9 @@ def fetch(target, timeout):
             raise errors.ReceiverError(
                 '%s answered a topic with a control character: %s' % (
                     target.url, ascii(key)))
+
+
+def _check_answers_as_asked(target, doc):
     # The ring lists the host a document names, and senders then send that
     # topic's casts there: a host asked by its name must answer as that
     # name, or one receiver could list any host (an attacker's) for any
@@ -236,7 +264,6 @@ def fetch(target, timeout):
             'receiver, or name it %s=%s' % (
                 target.url, doc['host'], expected, expected, doc['host'],
                 target.host))
-    return doc
 
 
 def collect(found, timeout):
@@ -345,14 +372,9 @@ def _documents(conf, command, listed_hosts):
     return docs, failed, notes
 
 
-def learn(conf, command, out, err):
-    listed = ring.load(command.from_ring).hosts() if command.from_ring else ()
-    docs, failed, notes = _documents(conf, command, listed)
-    topics, more = implied(docs)
-    for note in notes + more:
-        print('note: %s' % note, file=err)
-    for label, reason in sorted(failed.items()):
-        print('warning: %s did not answer: %s' % (label, reason), file=err)
+def _refuse_incomplete(command, docs, failed, topics):
+    """Raise unless the learned ring may be written: every receiver
+    answered (or --partial), and it holds a topic (or --allow-empty)."""
     if failed and not command.partial:
         raise errors.ReceiverError(
             '%d of %d receivers did not answer (%s): the ring would miss '
@@ -363,16 +385,28 @@ def learn(conf, command, out, err):
         raise errors.ReceiverError(
             'No receiver reported a consumer: nothing to write '
             '(--allow-empty writes an empty ring anyway)')
+
+
+def learn(conf, command, out, err):
+    """``ring learn``: write the ring the receivers' documents imply."""
+    listed = ring.load(command.from_ring).hosts() if command.from_ring else ()
+    docs, failed, notes = _documents(conf, command, listed)
+    topics, more = implied(docs)
+    for note in notes + more:
+        print('note: %s' % note, file=err)
+    for label, reason in sorted(failed.items()):
+        print('warning: %s did not answer: %s' % (label, reason), file=err)
+    _refuse_incomplete(command, docs, failed, topics)
     # What is written must load again.
     ring.parse(ring.dumps(topics), '<learned>')
-    if command.output:
-        ring.write(command.output, topics)
-        print('wrote %s: %d topics, %d hosts; %d of %d receivers answered' % (
-            command.output, len(topics),
-            len({h for hs in topics.values() for h in hs}), len(docs),
-            len(docs) + len(failed)), file=err)
-    else:
+    if not command.output:
         out.write(ring.dumps(topics))
+        return 0
+    ring.write(command.output, topics)
+    print('wrote %s: %d topics, %d hosts; %d of %d receivers answered' % (
+        command.output, len(topics),
+        len({h for hs in topics.values() for h in hs}), len(docs),
+        len(docs) + len(failed)), file=err)
     return 0
 
 
@@ -403,19 +437,34 @@ def report(cells, failed, names):
                                                ring_text, seen_text))
     for label, reason in sorted(failed.items()):
         lines.append('host %s did not answer: %s' % (label, reason))
-    counts = {s: sum(1 for v in cells.values() if v == s) for s in DISAGREE}
-    if any(counts.values()) or failed:
-        lines.append('DISAGREE (%s): %d listed without a consumer, %d '
-                     'consumers not listed, %d hosts did not answer' % (
-                         names, counts[NO_CONSUMER], counts[UNLISTED],
-                         len(failed)))
-    else:
-        lines.append('AGREE (%s): %d topics on %d hosts' % (
-            names, len({t for t, _ in cells}), len({h for _, h in cells})))
+    lines.append(_summary(cells, failed, names))
     return '\n'.join(lines) + '\n'
 
 
+def _summary(cells, failed, names):
+    """The last line of a diff: AGREE, or DISAGREE with the counts."""
+    counts = {s: sum(1 for v in cells.values() if v == s) for s in DISAGREE}
+    if any(counts.values()) or failed:
+        return ('DISAGREE (%s): %d listed without a consumer, %d '
+                'consumers not listed, %d hosts did not answer' % (
+                    names, counts[NO_CONSUMER], counts[UNLISTED],
+                    len(failed)))
+    return 'AGREE (%s): %d topics on %d hosts' % (
+        names, len({t for t, _ in cells}), len({h for _, h in cells}))
+
+
+def _json_report(cells, failed, where):
+    """The text of ``diff --json``."""
+    return json.dumps({
+        'listed_in': where,
+        'cells': [dict(topic=t, host=h, state=s)
+                  for (t, h), s in sorted(cells.items())],
+        'no_answer': failed}, indent=2, sort_keys=True) + '\n'
+
+
 def diff(conf, command, out, err):
+    """``ring diff``: the ring (or Redis) against what the receivers
+    report; 1 when they disagree."""
     listed, where = _listed(conf, command)
     listed_hosts = sorted({h for hs in listed.values() for h in hs})
     docs, failed, notes = _documents(conf, command, listed_hosts)
@@ -425,11 +474,7 @@ def diff(conf, command, out, err):
     answered = {doc['host'] for doc in docs.values()} | set(docs)
     cells = compare(listed, seen, answered, set(failed))
     if command.json:
-        out.write(json.dumps({
-            'listed_in': where,
-            'cells': [dict(topic=t, host=h, state=s)
-                      for (t, h), s in sorted(cells.items())],
-            'no_answer': failed}, indent=2, sort_keys=True) + '\n')
+        out.write(_json_report(cells, failed, where))
     else:
         out.write(report(cells, failed, where))
     if command.html:

@@ -64,6 +64,45 @@ def _pairs(values, option):
     return result
 
 
+def _merge(topics, name, hosts):
+    """Add *hosts* to topic *name* of *topics*, each once, sorted."""
+    topics[name] = sorted(set(topics.get(name, [])) | set(hosts))
+
+
+def _ring_services(consumers, listed_anyway):
+    """The services of *consumers* that a ring must list for the topic:
+    those that consume it other than directed, or all when
+    *listed_anyway*."""
+    return {service for _, service, topic in consumers
+            if listed_anyway or set(topic['kinds']) & catalog_mod.RING_KINDS}
+
+
+def _unroutable(consumers):
+    """Why the catalog says no ring can route the topic, or None."""
+    for _, _, topic in consumers:
+        if topic.get('unroutable'):
+            return topic['unroutable']
+    return None
+
+
+def _topic_hosts(catalog, key, listed_anyway, consumers, placements):
+    """(hosts, note) of topic *key* with *consumers*: the hosts that run a
+    service consuming it, or none and why it is left out (None when it
+    needs no entry: directed only, and not *listed_anyway*)."""
+    services = _ring_services(consumers, listed_anyway)
+    if not services:
+        return [], None
+    unroutable = _unroutable(consumers)
+    if unroutable:
+        return [], '%s left out: %s' % (key, unroutable)
+    hosts = sorted(h for h, running in placements.items()
+                   if running & services)
+    if not hosts:
+        return [], '%s left out: no host of the inventory runs %s' % (
+            key, ' or '.join(sorted(services)))
+    return hosts, None
+
+
 def build(catalog, project, placements, renames=None):
     """({topic: [hosts]}, notes) of the ring of *project* for
     *placements* ({host: set of services}); *renames* is
@@ -76,25 +115,16 @@ def build(catalog, project, placements, renames=None):
         if key in catalog.not_in_ring:
             continue
         consumers = catalog.consumers(key)
-        services = {service for _, service, topic in consumers
-                    if key in also or set(topic['kinds']) & catalog_mod.RING_KINDS}
-        if not services:
-            continue
-        unroutable = [t.get('unroutable') for _, _, t in consumers
-                      if t.get('unroutable')]
-        if unroutable:
-            notes.append('%s left out: %s' % (key, unroutable[0]))
-            continue
-        hosts = sorted(h for h, running in placements.items()
-                       if running & services)
+        hosts, note = _topic_hosts(catalog, key, key in also, consumers,
+                                   placements)
+        if note is not None:
+            notes.append(note)
         if not hosts:
-            notes.append('%s left out: no host of the inventory runs %s' % (
-                key, ' or '.join(sorted(services))))
             continue
         # The sender's name for it: its own project's option first.
         owner = project if key in entry['topics'] else consumers[0][0]
         for name in renames.get(owner, {}).get(key, [key]):
-            topics[name] = sorted(set(topics.get(name, [])) | set(hosts))
+            _merge(topics, name, hosts)
     return topics, notes
 
 
@@ -111,9 +141,9 @@ def _projects(catalog, command, placements, release):
     return asked
 
 
-def run(conf, command, out=sys.stdout, err=sys.stderr):
-    """The ``ring build`` subcommand; the exit status."""
-    catalog = catalog_mod.load()
+def _placements(catalog, command, err):
+    """{host: set of services} of the inventory; a note for its groups
+    that name no service."""
     groups = {g: [s.strip() for s in v.split(',') if s.strip()]
               for g, v in _pairs(command.group, '--group').items()}
     inventory = inventory_mod.load(command.inventory)
@@ -126,41 +156,61 @@ def run(conf, command, out=sys.stdout, err=sys.stderr):
             'Inventory %s places no service of the catalog on any host: name '
             'services (nova-compute, ...) or map groups with --group' %
             command.inventory)
+    return placements
+
+
+def _members(catalog, name, release):
+    """The projects whose topics ring *name* lists: every project of
+    *release* for ``all``, else the one."""
+    if name != ALL:
+        return [name]
+    return [p for p in sorted(catalog.projects)
+            if release in catalog.projects[p]['releases']]
+
+
+def _ring(catalog, name, command, placements, renames, err):
+    """{topic: [hosts]} of ring *name*, its notes printed on *err*."""
+    merged = {}
+    for member in _members(catalog, name, command.release):
+        topics, notes = build(catalog, member, placements, renames)
+        for note in notes:
+            print('note: %s: %s' % (member, note), file=err)
+        for topic, hosts in topics.items():
+            _merge(merged, topic, hosts)
+    return merged
+
+
+def _write(name, topics, command, out, err):
+    """Validate ring *name* and write it: to its file, or to *out*."""
+    # Validated as ``ring validate`` does: what is written must load.
+    checked = ring.parse(ring.dumps(topics), '<%s ring>' % name)
+    for warning in checked.warnings:
+        print('warning: %s: %s' % (name, warning), file=err)
+    if command.output_dir:
+        path = os.path.join(command.output_dir, FILE_NAME % name)
+    else:
+        path = command.output
+    if not path:
+        out.write(ring.dumps(topics))
+        return
+    ring.write(path, topics)
+    print('wrote %s: %d topics, %d hosts' % (
+        path, len(topics), len(checked.hosts())), file=err)
+
+
+def run(conf, command, out=sys.stdout, err=sys.stderr):
+    """The ``ring build`` subcommand; the exit status."""
+    catalog = catalog_mod.load()
+    placements = _placements(catalog, command, err)
     projects = _projects(catalog, command, placements, command.release)
-    renames = {}
-    for name, path in _pairs(command.project_config,
-                             '--project-config').items():
-        renames[name] = catalog.renames(name, path)
-    rings = {}
-    for name in projects:
-        members = ([p for p in sorted(catalog.projects)
-                    if command.release in catalog.projects[p]['releases']]
-                   if name == ALL else [name])
-        merged = {}
-        for member in members:
-            topics, notes = build(catalog, member, placements, renames)
-            for note in notes:
-                print('note: %s: %s' % (member, note), file=err)
-            for topic, hosts in topics.items():
-                merged[topic] = sorted(set(merged.get(topic, [])) | set(hosts))
-        rings[name] = merged
+    renames = {name: catalog.renames(name, path) for name, path in _pairs(
+        command.project_config, '--project-config').items()}
+    rings = {name: _ring(catalog, name, command, placements, renames, err)
+             for name in projects}
     if len(rings) > 1 and not command.output_dir:
         raise errors.ConfigError(
             'Several projects (%s): give --output-dir DIR to write one ring '
             'file each, or --project all for one ring' % ', '.join(rings))
     for name, topics in rings.items():
-        # Validated as ``ring validate`` does: what is written must load.
-        checked = ring.parse(ring.dumps(topics), '<%s ring>' % name)
-        for warning in checked.warnings:
-            print('warning: %s: %s' % (name, warning), file=err)
-        if command.output_dir:
-            path = os.path.join(command.output_dir, FILE_NAME % name)
-        else:
-            path = command.output
-        if path:
-            ring.write(path, topics)
-            print('wrote %s: %d topics, %d hosts' % (
-                path, len(topics), len(checked.hosts())), file=err)
-        else:
-            out.write(ring.dumps(topics))
+        _write(name, topics, command, out, err)
     return 0
