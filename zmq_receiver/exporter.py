@@ -171,28 +171,49 @@ class Collector:
         if snap is self._last_snap:
             return self._last_families
         topics = snap['topics']
+        shown = self._shown(topics)
+        seen, totals, new = self._label_totals(topics, shown)
+        other = self._other_total(snap, totals, new)
+        self._seen, self._totals, self._other = seen, totals, other
+        rows = _topic_rows(topics, shown, totals, other)
+        self._last_snap, self._last_families = snap, _topic_families(rows)
+        return self._last_families
+
+    def _shown(self, topics):
         # The busiest N topics by name, the rest summed as "other", so that
         # a flood of distinct topics cannot blow up the label cardinality.
         # A real topic called "other" joins the aggregate, so that no label
         # value stands for two series.
-        shown = heapq.nlargest(
+        return heapq.nlargest(
             self.top_topics, (key for key in topics if key != OTHER),
             key=lambda key: topics[key]['forwarded'] + topics[key]['backlog'])
+
+    def _label_totals(self, topics, shown):
+        """The outlets' (forwarded, dropped) of the *shown* topics, their
+        labels' totals, and the topics newly shown."""
         seen, totals, new = {}, {}, []
         for key in shown:
             t = topics[key]
             now = (t['forwarded'], sum(t['dropped'].values()))
             if key in self._seen:
-                before = self._seen[key]
-                if now[0] < before[0] or now[1] < before[1]:
-                    before = (0, 0)  # a new outlet of a reaped topic
-                total = self._totals[key]
-                totals[key] = (total[0] + now[0] - before[0],
-                               total[1] + now[1] - before[1])
+                totals[key] = self._grown(key, now)
             else:
                 totals[key] = now
                 new.append(key)
             seen[key] = now
+        return seen, totals, new
+
+    def _grown(self, key, now):
+        """The label total of a topic shown before, grown by what its
+        outlet counted since."""
+        before = self._seen[key]
+        if now[0] < before[0] or now[1] < before[1]:
+            before = (0, 0)  # a new outlet of a reaped topic
+        total = self._totals[key]
+        return (total[0] + now[0] - before[0],
+                total[1] + now[1] - before[1])
+
+    def _other_total(self, snap, totals, new):
         # "other" is the rest of the totals. It only grows: a label gains
         # only what its topic counted meanwhile, and one leaving the top N
         # hands its count back. A newly shown topic takes along what it
@@ -203,41 +224,55 @@ class Collector:
                  for i in (0, 1)]
         for i in (0, 1):
             if other[i] < self._other[i]:
-                for key in new:
-                    other[i] += totals[key][i]
-                    totals[key] = ((0, totals[key][1]) if i == 0
-                                   else (totals[key][0], 0))
-        other = tuple(other)
-        self._seen, self._totals, self._other = seen, totals, other
-        gauges = {key: (topics[key]['backlog'], topics[key]['consumers'])
-                  for key in shown}
-        rest = [t for key, t in topics.items() if key not in gauges]
-        fams = {
-            'topic_forwarded': prom_core.CounterMetricFamily(
-                PREFIX + 'topic_forwarded', 'Messages forwarded per topic.',
-                labels=['topic']),
-            'topic_dropped': prom_core.CounterMetricFamily(
-                PREFIX + 'topic_dropped', 'Messages dropped per topic.',
-                labels=['topic']),
-            'topic_backlog': prom_core.GaugeMetricFamily(
-                PREFIX + 'topic_backlog_messages', 'Messages queued per '
-                'topic.', labels=['topic']),
-            'topic_consumers': prom_core.GaugeMetricFamily(
-                PREFIX + 'topic_consumers', 'Connected consumers (PUSH) or '
-                'subscriptions (PUB) per topic.', labels=['topic']),
-        }
-        rows = [(key, totals[key], gauges[key]) for key in shown]
-        if rest or other != (0, 0):
-            rows.append((OTHER, other,
-                         (sum(t['backlog'] for t in rest),
-                          sum(t['consumers'] for t in rest))))
-        for key, (forwarded, dropped), (backlog, consumers) in rows:
-            fams['topic_forwarded'].add_metric([key], forwarded)
-            fams['topic_dropped'].add_metric([key], dropped)
-            fams['topic_backlog'].add_metric([key], backlog)
-            fams['topic_consumers'].add_metric([key], consumers)
-        self._last_snap, self._last_families = snap, list(fams.values())
-        return self._last_families
+                other[i] += _take_back(totals, new, i)
+        return tuple(other)
+
+
+def _take_back(totals, new, i):
+    """Zero field *i* of the *new* topics' totals; what they held."""
+    taken = 0
+    for key in new:
+        taken += totals[key][i]
+        totals[key] = ((0, totals[key][1]) if i == 0
+                       else (totals[key][0], 0))
+    return taken
+
+
+def _topic_rows(topics, shown, totals, other):
+    """(label, (forwarded, dropped), (backlog, consumers)) per series."""
+    gauges = {key: (topics[key]['backlog'], topics[key]['consumers'])
+              for key in shown}
+    rest = [t for key, t in topics.items() if key not in gauges]
+    rows = [(key, totals[key], gauges[key]) for key in shown]
+    if rest or other != (0, 0):
+        rows.append((OTHER, other,
+                     (sum(t['backlog'] for t in rest),
+                      sum(t['consumers'] for t in rest))))
+    return rows
+
+
+def _topic_families(rows):
+    """The four per-topic metric families holding *rows*."""
+    fams = {
+        'topic_forwarded': prom_core.CounterMetricFamily(
+            PREFIX + 'topic_forwarded', 'Messages forwarded per topic.',
+            labels=['topic']),
+        'topic_dropped': prom_core.CounterMetricFamily(
+            PREFIX + 'topic_dropped', 'Messages dropped per topic.',
+            labels=['topic']),
+        'topic_backlog': prom_core.GaugeMetricFamily(
+            PREFIX + 'topic_backlog_messages', 'Messages queued per '
+            'topic.', labels=['topic']),
+        'topic_consumers': prom_core.GaugeMetricFamily(
+            PREFIX + 'topic_consumers', 'Connected consumers (PUSH) or '
+            'subscriptions (PUB) per topic.', labels=['topic']),
+    }
+    for key, (forwarded, dropped), (backlog, consumers) in rows:
+        fams['topic_forwarded'].add_metric([key], forwarded)
+        fams['topic_dropped'].add_metric([key], dropped)
+        fams['topic_backlog'].add_metric([key], backlog)
+        fams['topic_consumers'].add_metric([key], consumers)
+    return list(fams.values())
 
 
 def _counter(name, doc, value):

@@ -55,42 +55,66 @@ def prepare(path, ident):
     except OSError as exc:
         raise cannot_open(path, exc.strerror)
     try:
-        fd = os.open(os.path.basename(path), _FLAGS, MODE, dir_fd=parent)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise errors.PermissionProblem(
-                'The log file %s is a symbolic link, which whoever may write '
-                '%s can point at any file: remove it (the receiver creates '
-                'the file) or set --log-file to the real file' % (
-                    path, os.path.dirname(path)))
-        if exc.errno == errno.ENXIO:
-            raise _not_regular(path)
-        raise cannot_open(path, exc.strerror)
+        fd = _open_in(parent, path)
     finally:
         os.close(parent)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise _not_regular(path)
-        if st.st_nlink > 1 and st.st_uid != ident.uid:
-            raise errors.PermissionProblem(
-                'The log file %s has %d names (hard links) and belongs to '
-                'uid %d, not to %s: another of its names may be a file the '
-                'receiver must never write; remove %s (the receiver creates '
-                'a new one)' % (path, st.st_nlink, st.st_uid, ident.label,
-                                path))
-        if ident.uid != 0:
-            if st.st_uid not in (0, ident.uid):
-                raise errors.PermissionProblem(
-                    'The log file %s belongs to uid %d, neither root nor '
-                    '%s, who will write it: chown %s %s, or remove it' % (
-                        path, st.st_uid, ident.label, ident.label, path))
-            if st.st_uid != ident.uid or st.st_gid != ident.gid:
-                os.fchown(fd, ident.uid, ident.gid)
+        _check_and_give(fd, path, ident)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _open_in(parent, path):
+    """A descriptor of the log file *path*, opened or created by its name
+    in the directory *parent* without following a symlink."""
+    try:
+        return os.open(os.path.basename(path), _FLAGS, MODE, dir_fd=parent)
+    except OSError as exc:
+        raise _open_error(path, exc)
+
+
+def _open_error(path, exc):
+    """The problem to raise for *exc*, the failed open of *path*."""
+    if exc.errno == errno.ELOOP:
+        return errors.PermissionProblem(
+            'The log file %s is a symbolic link, which whoever may write '
+            '%s can point at any file: remove it (the receiver creates '
+            'the file) or set --log-file to the real file' % (
+                path, os.path.dirname(path)))
+    if exc.errno == errno.ENXIO:
+        return _not_regular(path)
+    return cannot_open(path, exc.strerror)
+
+
+def _check_and_give(fd, path, ident):
+    """Refuse the open log file *fd* unless it is a regular file that is
+    safe to write for *ident*; give it to *ident* by its descriptor."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_regular(path)
+    if st.st_nlink > 1 and st.st_uid != ident.uid:
+        raise errors.PermissionProblem(
+            'The log file %s has %d names (hard links) and belongs to '
+            'uid %d, not to %s: another of its names may be a file the '
+            'receiver must never write; remove %s (the receiver creates '
+            'a new one)' % (path, st.st_nlink, st.st_uid, ident.label,
+                            path))
+    if ident.uid != 0:
+        _give(fd, st, path, ident)
+
+
+def _give(fd, st, path, ident):
+    """Give the log file *fd* (stat *st*) to *ident*, the user who will
+    write it, unless a third user owns it."""
+    if st.st_uid not in (0, ident.uid):
+        raise errors.PermissionProblem(
+            'The log file %s belongs to uid %d, neither root nor '
+            '%s, who will write it: chown %s %s, or remove it' % (
+                path, st.st_uid, ident.label, ident.label, path))
+    if st.st_uid != ident.uid or st.st_gid != ident.gid:
+        os.fchown(fd, ident.uid, ident.gid)
 
 
 def _open_parent(path):

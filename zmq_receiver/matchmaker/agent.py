@@ -276,74 +276,53 @@ class Agent:
         max_len = routing.max_key_length(outlets.ipc_dir)
         for key in sorted(wanted):
             outlet = outlets.by_key.get(key)
-            if outlet is not None and outlet.pinned:
-                continue
-            route = routing.route(key.encode('ascii', 'replace'), max_len)
-            if not isinstance(route, routing.Route) or route.key != key:
-                if key not in self._failed:
-                    self._failed.add(key)
-                    self.errors += 1
-                    LOG.error('Matchmaker agent: topic key %r cannot name '
-                              'a socket file (%s); its service cannot be '
-                              'served here: shorten the topic or '
-                              'rpc_zmq_host, or the rpc_zmq_ipc_dir path',
-                              key, route)
-                continue
-            if outlets.pin(route) is None:
-                # Outlets.pin logged why; count a key once per failure.
-                if key not in self._failed:
-                    self._failed.add(key)
-                    self.errors += 1
-                continue
-            self._failed.discard(key)
+            if outlet is None or not outlet.pinned:
+                self._pin(outlets, key, max_len)
         self._failed &= wanted
         for key in self.pinned - wanted:
             outlets.unpin(key)
         self.pinned = wanted - self._failed
 
+    def _pin(self, outlets, key, max_len):
+        """Pin the outlet of *key*, opening it if missing."""
+        route = routing.route(key.encode('ascii', 'replace'), max_len)
+        if not isinstance(route, routing.Route) or route.key != key:
+            if self._count_failed(key):
+                LOG.error('Matchmaker agent: topic key %r cannot name '
+                          'a socket file (%s); its service cannot be '
+                          'served here: shorten the topic or '
+                          'rpc_zmq_host, or the rpc_zmq_ipc_dir path',
+                          key, route)
+            return
+        if outlets.pin(route) is None:
+            # Outlets.pin logged why; count a key once per failure.
+            self._count_failed(key)
+            return
+        self._failed.discard(key)
+
+    def _count_failed(self, key):
+        """Count the failure of *key* once per failure: True when it had
+        not failed already."""
+        if key in self._failed:
+            return False
+        self._failed.add(key)
+        self.errors += 1
+        return True
+
     def _watch(self, now):
         """Consumers now: which topics are live, owned, without one."""
-        host = self.host
-        by_key = self.outlets.by_key
-        consumers = {}
-        for key, outlet in by_key.items():
-            # A service consumes its topic with a PULL; the PUB outlets
-            # (fanout, replies) are not where senders look it up.
-            if outlet.kind is not routing.Kind.PUSH:
-                continue
-            topic = served_topic(key, host)
-            if topic is not None:
-                consumers[topic] = outlet.consumers
+        consumers = self._consumers()
         # Only Redis records are the agent's to keep: with a ring file,
         # a topic matters only while the file lists it.
         keeps = self.worker is not None
         live = set()
         lonely = set()
-        grace = self.grace_period
         for topic in self.listed | self.owned | set(consumers):
-            if consumers.get(topic):
-                self._idle_since.pop(topic, None)
-                self._released.discard(topic)
-                if keeps:
-                    self.owned.add(topic)
-                    live.add(topic)
-                continue
-            if topic not in self.owned and topic not in self.listed:
-                self._idle_since.pop(topic, None)
-                continue
-            since = self._idle_since.setdefault(topic, now)
-            if now - since < grace:
-                if topic in self.owned:
-                    live.add(topic)
-                continue
-            if topic in self.owned:
-                self.owned.discard(topic)
-                self._released.add(topic)
-                LOG.warning('Matchmaker agent: topic %s has had no consumer '
-                            'on %s for %.3g s: removing its records, so '
-                            'that senders stop routing it here', topic,
-                            base.queue_name(topic, host), now - since)
-            if topic in self.listed and topic not in self._released:
+            is_live, is_lonely = self._watch_topic(
+                topic, consumers.get(topic), now, keeps)
+            if is_live:
+                live.add(topic)
+            if is_lonely:
                 lonely.add(topic)
         for topic in set(self._idle_since) - self.listed - self.owned:
             del self._idle_since[topic]
@@ -351,6 +330,48 @@ class Agent:
         if lonely != self.no_consumer:
             self._report(lonely)
         self.no_consumer = frozenset(lonely)
+
+    def _consumers(self):
+        """Served topic -> its outlet's consumers."""
+        host = self.host
+        consumers = {}
+        for key, outlet in self.outlets.by_key.items():
+            # A service consumes its topic with a PULL; the PUB outlets
+            # (fanout, replies) are not where senders look it up.
+            if outlet.kind is not routing.Kind.PUSH:
+                continue
+            topic = served_topic(key, host)
+            if topic is not None:
+                consumers[topic] = outlet.consumers
+        return consumers
+
+    def _watch_topic(self, topic, consumers, now, keeps):
+        """Whether *topic*, with *consumers* now, is live and whether it
+        is listed without a consumer."""
+        if consumers:
+            self._idle_since.pop(topic, None)
+            self._released.discard(topic)
+            if keeps:
+                self.owned.add(topic)
+            return keeps, False
+        if topic not in self.owned and topic not in self.listed:
+            self._idle_since.pop(topic, None)
+            return False, False
+        since = self._idle_since.setdefault(topic, now)
+        if now - since < self.grace_period:
+            return topic in self.owned, False
+        if topic in self.owned:
+            self._release(topic, now - since)
+        return False, topic in self.listed and topic not in self._released
+
+    def _release(self, topic, idle):
+        """Stop keeping the records of *topic*, idle for *idle* s."""
+        self.owned.discard(topic)
+        self._released.add(topic)
+        LOG.warning('Matchmaker agent: topic %s has had no consumer '
+                    'on %s for %.3g s: removing its records, so '
+                    'that senders stop routing it here', topic,
+                    base.queue_name(topic, self.host), idle)
 
     def _report(self, lonely):
         source = ('the ring file lists' if self.ring is not None
@@ -481,48 +502,63 @@ class RegistryWorker:
         retry_at = 0.0
         try:
             while True:
-                now = self.clock()
-                wait = (retry_at if backoff else self._next_refresh) - now
-                if wait > 0:
-                    self._wake.wait(wait)
-                self._wake.clear()
-                with self._lock:
-                    wanted, final = self._wanted, self._final
-                    scan, self._scan = self._scan, False
+                wanted, final, scan = self._next_wish(
+                    retry_at if backoff else self._next_refresh)
                 now = self.clock()
                 if backoff and now < retry_at and not final:
                     # Redis is away: a new wish waits for the retry.
-                    if scan:
-                        with self._lock:
-                            self._scan = True
+                    self._keep_scan(scan)
                     continue
                 try:
                     self._sync(wanted, scan, now)
                 except Exception as exc:  # noqa: BLE001 - never die
-                    if scan:
-                        with self._lock:
-                            self._scan = True
-                    backoff = min(max(backoff * 2, BACKOFF_FIRST),
-                                  BACKOFF_CAP,
-                                  max(self.heartbeat_freq, BACKOFF_FIRST))
+                    self._keep_scan(scan)
+                    backoff = self._next_backoff(backoff)
                     retry_at = self.clock() + backoff
                     self._failed(exc, backoff, final)
                     if final:
                         return
                     continue
-                if self.up is False:
-                    LOG.warning('Matchmaker agent: %s answers again; the '
-                                'records of %d live topics of host %s are '
-                                'registered again', self.registry.where,
-                                len(self._registered), self.host)
-                self.up = True
+                self._synced()
                 backoff = 0.0
-                self.syncs += 1
-                self.warn.flush()
                 if final:
                     return
         finally:
             self.registry.close()
+
+    def _next_wish(self, deadline):
+        """Wait until *deadline* or a wake-up; the mailbox then: (wanted,
+        final, scan)."""
+        wait = deadline - self.clock()
+        if wait > 0:
+            self._wake.wait(wait)
+        self._wake.clear()
+        with self._lock:
+            wanted, final = self._wanted, self._final
+            scan, self._scan = self._scan, False
+        return wanted, final, scan
+
+    def _keep_scan(self, scan):
+        # A read of the registrations that did not happen is still owed.
+        if scan:
+            with self._lock:
+                self._scan = True
+
+    def _next_backoff(self, backoff):
+        """The wait after one more failure."""
+        return min(max(backoff * 2, BACKOFF_FIRST), BACKOFF_CAP,
+                   max(self.heartbeat_freq, BACKOFF_FIRST))
+
+    def _synced(self):
+        """A pass succeeded."""
+        if self.up is False:
+            LOG.warning('Matchmaker agent: %s answers again; the '
+                        'records of %d live topics of host %s are '
+                        'registered again', self.registry.where,
+                        len(self._registered), self.host)
+        self.up = True
+        self.syncs += 1
+        self.warn.flush()
 
     def _sync(self, wanted, scan, now):
         registry = self.registry

@@ -76,29 +76,47 @@ def parse_sentinel_hosts(values):
         value = value.strip()
         if not value:
             continue
-        host, port = value, DEFAULT_SENTINEL_PORT
-        if value.startswith('['):
-            host, bracket, rest = value[1:].partition(']')
-            if not bracket:
-                host = None
-            elif rest:
-                if not rest.startswith(':'):
-                    host = None
-                port = rest[1:]
-        elif value.count(':') == 1:
-            host, port = value.split(':')
-        try:
-            port = int(port)
-            if not 0 < port < 65536:
-                raise ValueError
-        except ValueError:
-            host = None
-        if not host:
+        address = _sentinel_address(value)
+        if address is None:
             raise base.MatchMakerError(
                 '[matchmaker_redis] sentinel_hosts: %r is not host:port; '
                 'write for example sentinel1:26379,sentinel2:26379' % value)
-        hosts.append((host, port))
+        hosts.append(address)
     return hosts
+
+
+def _sentinel_address(value):
+    """``(host, port)`` of one ``host:port`` (stripped, not empty), or
+    None when it is not one."""
+    host, port = _split_host_port(value)
+    if not host:
+        return None
+    port = _port_number(port)
+    if port is None:
+        return None
+    return host, port
+
+
+def _split_host_port(value):
+    """(host, port text) of *value*; host None when it cannot be one."""
+    if value.startswith('['):
+        host, bracket, rest = value[1:].partition(']')
+        if not bracket or (rest and not rest.startswith(':')):
+            return None, None
+        return host, (rest[1:] if rest else DEFAULT_SENTINEL_PORT)
+    if value.count(':') == 1:
+        host, port = value.split(':')
+        return host, port
+    return value, DEFAULT_SENTINEL_PORT
+
+
+def _port_number(port):
+    """*port* as a TCP port number, or None."""
+    try:
+        port = int(port)
+    except ValueError:
+        return None
+    return port if 0 < port < 65536 else None
 
 
 class RedisMatchMaker(base.MatchMaker):
@@ -331,24 +349,33 @@ class RedisMatchMaker(base.MatchMaker):
         """
         with self.talking():
             if topics is None:
-                keys = sorted(set(self.client.scan_iter(count=1000)))
-                # TYPE, not SCAN's TYPE option, which Redis < 6 lacks.
-                pipe = self.client.pipeline(transaction=False)
-                for key in keys:
-                    pipe.type(key)
-                topics = [k for k, t in zip(keys, pipe.execute())
-                          if t == 'set']
-            pipe = self.client.pipeline(transaction=False)
-            for topic in topics:
-                pipe.smembers(topic)
-            found = []
-            for topic, members in zip(topics, pipe.execute()):
-                for member in sorted(members):
-                    host = self.host_of(topic, member)
-                    if host:
-                        found.append((topic, member, host))
+                topics = self._set_keys()
+            found = self._members_with_hosts(topics)
             ttls = self._ttls([m for _, m, _ in found]) if found else []
         return sorted((t, m, h, ttl) for (t, m, h), ttl in zip(found, ttls))
+
+    def _set_keys(self):
+        """Every key of the database that holds a set, sorted."""
+        keys = sorted(set(self.client.scan_iter(count=1000)))
+        # TYPE, not SCAN's TYPE option, which Redis < 6 lacks.
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.type(key)
+        return [k for k, t in zip(keys, pipe.execute()) if t == 'set']
+
+    def _members_with_hosts(self, topics):
+        """``[(topic, member, host)]`` of the members of *topics* that
+        name a host."""
+        pipe = self.client.pipeline(transaction=False)
+        for topic in topics:
+            pipe.smembers(topic)
+        found = []
+        for topic, members in zip(topics, pipe.execute()):
+            for member in sorted(members):
+                host = self.host_of(topic, member)
+                if host:
+                    found.append((topic, member, host))
+        return found
 
     def topics(self):
         """``{topic: [host]}`` of the live registrations of bare topics,

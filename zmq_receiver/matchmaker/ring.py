@@ -78,33 +78,35 @@ def _guide_mistakes(text):
     """Index of the first single quote and of the first trailing comma
     outside JSON strings, each None when absent."""
     single = trailing = None
-    in_string = escaped = False
     last_comma = None
-    for i, char in enumerate(text):
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == '\\':
-                escaped = True
-            elif char == '"':
-                in_string = False
-            continue
-        if char == '"':
-            in_string = True
-            last_comma = None
-        elif char == "'":
-            if single is None:
-                single = i
-            last_comma = None
-        elif char == ',':
+    for i, char in _outside_strings(text):
+        if char == ',':
             last_comma = i
-        elif char in '}]':
-            if last_comma is not None and trailing is None:
-                trailing = last_comma
-            last_comma = None
-        elif not char.isspace():
+            continue
+        if char in '}]' and last_comma is not None and trailing is None:
+            trailing = last_comma
+        if char == "'" and single is None:
+            single = i
+        # Only blanks may stand between a trailing comma and its bracket.
+        if not char.isspace():
             last_comma = None
     return single, trailing
+
+
+def _outside_strings(text):
+    """(index, character) of each character of *text* outside JSON
+    strings; a string's opening quote is outside, its closing one in."""
+    in_string = escaped = False
+    for i, char in enumerate(text):
+        if not in_string:
+            in_string = char == '"'
+            yield i, char
+        elif escaped:
+            escaped = False
+        elif char == '\\':
+            escaped = True
+        elif char == '"':
+            in_string = False
 
 
 def _hints(text):
@@ -155,7 +157,24 @@ def parse(text, path='<ring>'):
 
     Raises :class:`RingFileError` when it cannot be used.
     """
-    warnings = []
+    data, duplicates = _decode(text, path)
+    warnings = [_duplicate_warning(text, key) for key in duplicates]
+    topics = {}
+    for topic, hosts in data.items():
+        why = _topic_error(topic, hosts)
+        if why:
+            line, column = _key_position(text, topic)
+            raise RingFileError(path, why, line, column)
+        warnings.extend(warning % topic for test, warning in _TOPIC_WARNINGS
+                        if test(topic, hosts))
+        topics[topic] = list(hosts)
+    warnings.extend(_fqdn_warnings(topics))
+    return Ring(topics, warnings)
+
+
+def _decode(text, path):
+    """The JSON object of *text*, and the keys it holds twice (in any
+    object of it)."""
     duplicates = []
 
     def pairs(items):
@@ -175,49 +194,54 @@ def parse(text, path='<ring>'):
         raise RingFileError(
             path, 'the file holds a JSON %s, not an object of topics to '
             'host lists such as %s' % (type(data).__name__, EXAMPLE), 1, 1)
-    for key in duplicates:
-        line, column = _key_position(text, key)
-        warnings.append('topic %r is listed twice; the last list wins%s' % (
-            key, '' if line is None else ' (line %d)' % line))
-    topics = {}
-    for topic, hosts in data.items():
-        line, column = _key_position(text, topic)
-        why = check_name(topic)
+    return data, duplicates
+
+
+def _duplicate_warning(text, key):
+    line, column = _key_position(text, key)
+    return 'topic %r is listed twice; the last list wins%s' % (
+        key, '' if line is None else ' (line %d)' % line)
+
+
+def _topic_error(topic, hosts):
+    """Why *topic* and its *hosts* cannot be used, or None."""
+    why = check_name(topic)
+    if why:
+        return 'topic %r %s' % (topic, why)
+    if isinstance(hosts, str):
+        return ('the hosts of topic %r must be a list, not a string: '
+                'write "%s": [%s]' % (topic, topic, json.dumps(hosts)))
+    if not isinstance(hosts, list):
+        return ('the hosts of topic %r must be a list of host names, '
+                'not %s' % (topic, json.dumps(hosts)))
+    for host in hosts:
+        why = check_name(host)
         if why:
-            raise RingFileError(path, 'topic %r %s' % (topic, why), line,
-                                column)
-        if isinstance(hosts, str):
-            raise RingFileError(
-                path, 'the hosts of topic %r must be a list, not a string: '
-                'write "%s": [%s]' % (topic, topic, json.dumps(hosts)),
-                line, column)
-        if not isinstance(hosts, list):
-            raise RingFileError(
-                path, 'the hosts of topic %r must be a list of host names, '
-                'not %s' % (topic, json.dumps(hosts)), line, column)
-        for host in hosts:
-            why = check_name(host)
-            if why:
-                raise RingFileError(path, 'a host of topic %r %s' % (
-                    topic, why), line, column)
-        if '.' in topic:
-            warnings.append(
-                'topic %r has a dot: senders never look up a directed '
-                'topic (topic.host) in the ring; list the bare topic' % topic)
-        if not hosts:
-            warnings.append('topic %r lists no host: senders find nobody to '
-                            'send it to' % topic)
-        if len(set(hosts)) != len(hosts):
-            warnings.append('topic %r lists a host more than once, which '
-                            'sends it more than its share' % topic)
-        topics[topic] = list(hosts)
+            return 'a host of topic %r %s' % (topic, why)
+    return None
+
+
+#: (test of a topic and its hosts, the warning when it holds), in order.
+_TOPIC_WARNINGS = (
+    (lambda topic, hosts: '.' in topic,
+     'topic %r has a dot: senders never look up a directed '
+     'topic (topic.host) in the ring; list the bare topic'),
+    (lambda topic, hosts: not hosts,
+     'topic %r lists no host: senders find nobody to send it to'),
+    (lambda topic, hosts: len(set(hosts)) != len(hosts),
+     'topic %r lists a host more than once, which '
+     'sends it more than its share'),
+)
+
+
+def _fqdn_warnings(topics):
     fqdns = sorted({h for hosts in topics.values() for h in hosts if '.' in h})
-    if fqdns:
-        warnings.append(
-            'host names with dots (%s): the deployment guide asks for bare '
-            'host names; each must equal that host\'s rpc_zmq_host, or its '
-            'services never see the messages' % ', '.join(fqdns))
-    return Ring(topics, warnings)
+    if not fqdns:
+        return []
+    return [
+        'host names with dots (%s): the deployment guide asks for bare '
+        'host names; each must equal that host\'s rpc_zmq_host, or its '
+        'services never see the messages' % ', '.join(fqdns)]
 
 
 def load(path):
