@@ -37,14 +37,13 @@ its local address (TCP port, or socket file path) is checked to still be
 the one of the socket that accepted it.
 """
 
+import _socket
 import collections
 import errno
 import logging
 import os
 import socket
 import struct
-
-import _socket
 
 import zmq
 from zmq import backend
