@@ -27,6 +27,7 @@ Nothing happens at import; :func:`policy_from` reads and checks the
 options, :class:`AccessControl` does the work.
 """
 
+import functools
 import ipaddress
 import logging
 import os
@@ -49,6 +50,9 @@ CURVE_DOMAIN = 'zmq_receiver_curve'
 NETWORK_NOT_ALLOWED = 'network_not_allowed'
 CURVE_KEY_UNKNOWN = 'curve_key_unknown'
 OTHER = 'other'
+
+#: Peer addresses whose verdict a NetworkCheck keeps (the latest ones).
+VERDICTS_KEPT = 4096
 
 #: pyzmq's status texts for a refusal, to our reasons.
 _REASONS = {
@@ -129,16 +133,28 @@ class NetworkCheck:
         self.networks = tuple(networks)
         self.counters = counters
         self.warn = warn
+        # A legacy sender connects once a message, from one address:
+        # parsing it each time was a fifth of what a connection costs the
+        # loop. Bounded, since a refused network may come from any number
+        # of addresses.
+        self._verdict = functools.lru_cache(maxsize=VERDICTS_KEPT)(
+            self._judge)
 
     def admits(self, peer):
         """Whether the peer at address *peer* (text) may stay connected;
         a refusal is counted and logged."""
-        if allowed(peer, self.networks):
+        ok, shown = self._verdict(peer)
+        if ok:
             return True
-        # 192.0.2.7 rather than ::ffff:192.0.2.7 (a dual-stack socket's).
-        refused_network(self.counters, self.warn,
-                        peer_address(peer) or peer)
+        refused_network(self.counters, self.warn, shown)
         return False
+
+    def _judge(self, peer):
+        """(whether *peer* is allowed, the address to log if not)."""
+        address = peer_address(peer)
+        # 192.0.2.7 rather than ::ffff:192.0.2.7 (a dual-stack socket's).
+        return (address is not None and
+                any(address in n for n in self.networks)), address or peer
 
 
 class Curve:

@@ -37,13 +37,12 @@ its local address (TCP port, or socket file path) is checked to still be
 the one of the socket that accepted it.
 """
 
+import _socket
 import collections
-import contextlib
 import errno
 import logging
 import os
 import socket
-
 import struct
 
 import zmq
@@ -70,6 +69,10 @@ _EVENTS = (zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED |
 _recv = backend.Socket.recv
 _NOBLOCK = int(zmq.NOBLOCK)
 _EVENT = struct.Struct('=HI')
+_EVENTS_OPTION = int(zmq.EVENTS)
+_SOCK_STREAM = int(socket.SOCK_STREAM)
+_INET_FAMILIES = (int(socket.AF_INET), int(socket.AF_INET6))
+_POLLIN = int(zmq.POLLIN)
 
 
 def read_events(monitor):
@@ -82,13 +85,20 @@ def read_events(monitor):
     them as fast as libzmq accepts them is what keeps descriptors free.
     """
     events = []
-    while True:
-        try:
+    try:
+        while True:
             head = _recv(monitor, _NOBLOCK, True)
-        except zmq.Again:
-            return events
-        _recv(monitor, _NOBLOCK, True)  # the endpoint: known already
-        events.append(_EVENT.unpack_from(head))
+            _recv(monitor, _NOBLOCK, True)  # the endpoint: known already
+            events.append(_EVENT.unpack_from(head))
+            # Asking whether another event waits costs less than the
+            # zmq.Again a recv raises when none does (one per connection
+            # in a flood of them, each woken alone).
+            if not monitor.getsockopt(_EVENTS_OPTION) & _POLLIN:
+                return events
+    except zmq.Again:
+        # Woken with nothing to read: another handler of the same turn
+        # read it, or the poll's wakeup was spurious.
+        return events
 
 
 def connection_cap(configured, nofile, outlets_need):
@@ -323,43 +333,50 @@ class Connections:
         self._names.clear()
 
 
-@contextlib.contextmanager
-def _borrowed(fd, address):
+def _borrow(fd, address):
     """*fd* as a socket object if it is still a connection on *address*
     (a TCP port, int; or the name, str, or names, a set, a unix socket
     was bound with), else None.
 
-    The descriptor stays libzmq's: the socket object only borrows it and
-    gives it back with detach().
+    The descriptor stays libzmq's: the socket object only borrows it, and
+    the caller must give it back with detach() (a socket object left to
+    the collector would close it). A plain function rather than a context
+    manager, whose generator costs as much as the checks, once or twice a
+    connection.
     """
     tcp = isinstance(address, int)
     try:
-        # For a unix path, the family and type are not asked of the
-        # kernel (three calls, in a flood of connections): getsockname
-        # alone tells, since only a unix stream connection accepted on
-        # that path has that name (a descriptor of anything else gives
-        # another name, or fails).
-        borrowed = (socket.socket(fileno=fd) if tcp else
-                    socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd))
+        # The C socket type, not socket.socket: its family and type are
+        # plain ints rather than enums, and it has no Python __init__ or
+        # detach (several µs a connection, in a flood of them). For TCP
+        # the kernel is asked the family and type (getsockname and
+        # SO_TYPE), not the protocol, which a stream socket of those
+        # families does not need checked. For a unix path, not even
+        # those: getsockname alone tells, since only a unix stream
+        # connection accepted on that path has that name (a descriptor
+        # of anything else gives another name, or fails).
+        borrowed = (_socket.socket(-1, -1, 0, fd) if tcp else
+                    _socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0,
+                                   fd))
     except OSError:
-        yield None  # closed meanwhile
-        return
+        return None  # closed meanwhile
     try:
-        try:
-            if tcp:
-                ours = (borrowed.type == socket.SOCK_STREAM and
-                        borrowed.family in (socket.AF_INET,
-                                            socket.AF_INET6) and
-                        borrowed.getsockname()[1] == address)
-            else:
-                names = {address} if isinstance(address, str) else address
-                ours = borrowed.getsockname() in names
-        except OSError:
-            ours = False
-        yield borrowed if ours else None
-    finally:
-        # Always: a socket object left to the collector would close it.
+        if tcp:
+            ours = (borrowed.type == _SOCK_STREAM and
+                    borrowed.family in _INET_FAMILIES and
+                    borrowed.getsockname()[1] == address)
+        else:
+            names = {address} if isinstance(address, str) else address
+            ours = borrowed.getsockname() in names
+    except OSError:
+        ours = False
+    except BaseException:
         borrowed.detach()
+        raise
+    if ours:
+        return borrowed
+    borrowed.detach()
+    return None
 
 
 def _path_of(endpoint):
@@ -370,31 +387,35 @@ def _path_of(endpoint):
 
 def _shutdown(fd, address, how):
     """shutdown(2) *fd* if it is still a connection on *address* (see
-    _borrowed). Returns whether it was.
+    _borrow). Returns whether it was.
     """
-    with _borrowed(fd, address) as sock:
-        if sock is None:
-            return False
-        try:
-            sock.shutdown(how)
-            return True
-        except OSError as exc:
-            # ENOTCONN: the peer is already gone.
-            if exc.errno != errno.ENOTCONN:
-                LOG.debug('shutdown of descriptor %d failed: %s', fd, exc)
-            return False
+    sock = _borrow(fd, address)
+    if sock is None:
+        return False
+    try:
+        sock.shutdown(how)
+        return True
+    except OSError as exc:
+        # ENOTCONN: the peer is already gone.
+        if exc.errno != errno.ENOTCONN:
+            LOG.debug('shutdown of descriptor %d failed: %s', fd, exc)
+        return False
+    finally:
+        sock.detach()
 
 
 def _peer_address(fd, port):
     """The peer address (text) of connection *fd* on TCP *port*, or None
     when it is gone."""
-    with _borrowed(fd, port) as sock:
-        if sock is None:
-            return None
-        try:
-            return sock.getpeername()[0]
-        except OSError:
-            return None  # ENOTCONN: the peer left already
+    sock = _borrow(fd, port)
+    if sock is None:
+        return None
+    try:
+        return sock.getpeername()[0]
+    except OSError:
+        return None  # ENOTCONN: the peer left already
+    finally:
+        sock.detach()
 
 
 def _strerror(code):

@@ -368,3 +368,39 @@ def test_a_socket_bound_in_a_private_directory_is_capped_too(tmp_path):
         assert ended(lp.peers) == 2
     finally:
         lp.close()
+
+
+# -- read_events -----------------------------------------------------------
+
+
+def test_read_events_returns_every_waiting_event_and_nothing_when_none():
+    # It stops on ZMQ_EVENTS rather than on a raised zmq.Again: no event
+    # may be lost at the end of a read, and a read with none must not fail.
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PULL)
+    monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED |
+                                      zmq.EVENT_DISCONNECTED)
+    port = sock.bind_to_random_port('tcp://127.0.0.1')
+    peers = []
+    try:
+        assert connections.read_events(monitor) == []
+        for _ in range(5):
+            peers.append(socket.create_connection(('127.0.0.1', port)))
+        for peer in peers:
+            peer.close()
+        kinds = []
+        deadline = time.monotonic() + TIMEOUT
+        while len(kinds) < 10 and time.monotonic() < deadline:
+            if monitor.poll(100):
+                kinds.extend(kind for kind, _ in
+                             connections.read_events(monitor))
+        assert sorted(kinds) == sorted([zmq.EVENT_ACCEPTED] * 5 +
+                                       [zmq.EVENT_DISCONNECTED] * 5)
+        assert connections.read_events(monitor) == []
+    finally:
+        for peer in peers:
+            peer.close()
+        sock.disable_monitor()
+        monitor.close(linger=0)
+        sock.close(linger=0)
+        ctx.term()
