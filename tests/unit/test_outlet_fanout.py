@@ -6,19 +6,16 @@ In-process, on real sockets and a clock the test moves; the daemon-level
 side (both loops) is in tests/functional/test_backlog.py.
 """
 
-import logging
-import os
 
 import pytest
 import zmq
 
 from tests import support
-from tests.unit.test_outlet_files import Loop
+from tests.unit.test_outlet_files import make_outlets
 from tests.unit.test_ratelimit import Clock
 from zmq_receiver import delivery
 from zmq_receiver import metrics
 from zmq_receiver import outlets
-from zmq_receiver import ratelimit
 from zmq_receiver import routing
 from zmq_receiver import wire
 
@@ -37,12 +34,9 @@ def clock():
 
 @pytest.fixture
 def made(short_dir, ctx, clock):
-    ipc_dir = os.path.join(short_dir, 'ipc')
-    os.mkdir(ipc_dir)
-    limits = outlets.Limits(BACKLOG, 0, 10, 300, 5.0)
-    log = logging.getLogger('test_outlet_fanout')
-    made = outlets.Outlets(ctx, Loop(), ipc_dir, limits, metrics.Counters(),
-                           ratelimit.RateLimitedLog(log, 10, clock), clock)
+    made = make_outlets(ctx, short_dir,
+                        outlets.Limits(BACKLOG, 0, 10, 300, 5.0),
+                        'test_outlet_fanout', clock)
     yield made
     made.close_all()
 

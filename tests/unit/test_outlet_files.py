@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 
 import pytest
 import zmq
@@ -35,14 +36,21 @@ class Loop:
         pass
 
 
-@pytest.fixture
-def made(short_dir, ctx):
+def make_outlets(ctx, short_dir, limits, name, clock=time.monotonic,
+                 loop=None):
+    """Outlets over a new IPC directory in *short_dir*, logging as *name*
+    (the unit tests' common setup; close with close_all())."""
     ipc_dir = os.path.join(short_dir, 'ipc')
     os.mkdir(ipc_dir)
-    limits = outlets.Limits(10, 0, 10, 300, 5)
-    log = logging.getLogger('test_outlet_files')
-    made = outlets.Outlets(ctx, Loop(), ipc_dir, limits, metrics.Counters(),
-                           ratelimit.RateLimitedLog(log, 10))
+    warn = ratelimit.RateLimitedLog(logging.getLogger(name), 10, clock)
+    return outlets.Outlets(ctx, loop if loop is not None else Loop(),
+                           ipc_dir, limits, metrics.Counters(), warn, clock)
+
+
+@pytest.fixture
+def made(short_dir, ctx):
+    made = make_outlets(ctx, short_dir, outlets.Limits(10, 0, 10, 300, 5),
+                        'test_outlet_files')
     yield made
     made.close_all()
 

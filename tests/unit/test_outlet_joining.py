@@ -3,8 +3,6 @@ the test moves: the state changes that the daemon-level tests in
 tests/functional/test_backlog.py and test_faults.py only see from outside.
 """
 
-import logging
-import os
 
 import pytest
 import zmq
@@ -12,9 +10,8 @@ import zmq
 from tests import support
 from zmq_receiver import metrics
 from zmq_receiver import outlets
-from zmq_receiver import ratelimit
 from zmq_receiver import routing
-from tests.unit.test_outlet_files import Loop
+from tests.unit.test_outlet_files import make_outlets
 from tests.unit.test_ratelimit import Clock
 
 BACKLOG = 4
@@ -28,12 +25,9 @@ def clock():
 
 @pytest.fixture
 def made(short_dir, ctx, clock):
-    ipc_dir = os.path.join(short_dir, 'ipc')
-    os.mkdir(ipc_dir)
-    limits = outlets.Limits(BACKLOG, 0, 3, 300, WINDOW)
-    log = logging.getLogger('test_outlet_joining')
-    made = outlets.Outlets(ctx, Loop(), ipc_dir, limits, metrics.Counters(),
-                           ratelimit.RateLimitedLog(log, 10, clock), clock)
+    made = make_outlets(ctx, short_dir,
+                        outlets.Limits(BACKLOG, 0, 3, 300, WINDOW),
+                        'test_outlet_joining', clock)
     yield made
     made.close_all()
 

@@ -3,29 +3,21 @@ loop share: filled by Outlets.route, emptied whenever an outlet closes, so
 that no topic ever reaches a closed outlet. Real outlets on a real
 loop.Loop, in one process."""
 
-import logging
-import os
 
 import pytest
 
 from zmq_receiver import loop as loop_mod
-from zmq_receiver import metrics
 from zmq_receiver import outlets
-from zmq_receiver import ratelimit
 from zmq_receiver import routing
+from tests.unit.test_outlet_files import make_outlets
 from tests.unit.test_ratelimit import Clock
 
 
 @pytest.fixture
 def made(short_dir, ctx):
-    ipc_dir = os.path.join(short_dir, 'ipc')
-    os.mkdir(ipc_dir)
     clock = Clock()
-    made = outlets.Outlets(
-        ctx, loop_mod.Loop(clock), ipc_dir,
-        outlets.Limits(10, 0, 10, 300, 5), metrics.Counters(),
-        ratelimit.RateLimitedLog(logging.getLogger('test_route_memo'), 10),
-        clock)
+    made = make_outlets(ctx, short_dir, outlets.Limits(10, 0, 10, 300, 5),
+                        'test_route_memo', clock, loop=loop_mod.Loop(clock))
     yield made
     made.close_all()
 
