@@ -48,6 +48,23 @@ def read_command():
     return 'g' if b'go' in data else None
 
 
+
+def warm_up(sock, topics):
+    """Send warm-up casts to every topic until told to go (True) or to
+    give up (False), as zbench.c's warm_up."""
+    warm = body(MIN_BODY, b'w')
+    wait = 0.001
+    while True:
+        for t in topics:
+            sock.send_multipart([b'0', t, b'cast', warm])
+        if select.select([0], [], [], wait)[0]:
+            c = read_command()
+            if c == 'g':
+                return True
+            if c == 'r':
+                return False
+        wait = min(wait * 2, 0.05)
+
 def gen(argv):
     p = argparse.ArgumentParser(prog='gen')
     p.add_argument('-s', type=int, default=200)
@@ -61,18 +78,8 @@ def gen(argv):
     ctx = zmq.Context()
     s = ctx.socket(zmq.PUSH)
     s.connect(a.endpoint)
-    warm = body(MIN_BODY, b'w')
-    wait = 0.001
-    while True:
-        for t in topics:
-            s.send_multipart([b'0', t, b'cast', warm])
-        if select.select([0], [], [], wait)[0]:
-            c = read_command()
-            if c == 'g':
-                break
-            if c == 'r':
-                return 1
-        wait = min(wait * 2, 0.05)
+    if not warm_up(s, topics):
+        return 1
     payload = body(size, b'l' if a.r else b'm')
     t0 = time.monotonic_ns()
     send = s.send_multipart
@@ -110,17 +117,8 @@ def conn(argv):
     ctx = zmq.Context()
     w = ctx.socket(zmq.PUSH)
     w.connect(a.endpoint)
-    warm = body(MIN_BODY, b'w')
-    wait = 0.001
-    while True:
-        w.send_multipart([b'0', topic, b'cast', warm])
-        if select.select([0], [], [], wait)[0]:
-            c = read_command()
-            if c == 'g':
-                break
-            if c == 'r':
-                return 1
-        wait = min(wait * 2, 0.05)
+    if not warm_up(w, [topic]):
+        return 1
     w.close(linger=-1)
     ctx.term()
     payload = body(size, b'm')

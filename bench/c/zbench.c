@@ -135,6 +135,29 @@ static void send_msg(void *s, const char *topic, char *body, size_t len,
             die("send");
 }
 
+/* Warm up until told to go (1) or to give up (0, "r"): every round
+ * reaches every topic, so each consumer (and each subscriber, which may
+ * join late) sees one. The poll timeout only paces the rounds; "go" ends
+ * the wait at once. */
+static int warm_up(void *s, char **topics, int ntopics)
+{
+    char *warm = make_body(MIN_BODY, 'w');
+    long wait_ms = 1;
+    for (;;) {
+        for (int t = 0; t < ntopics; t++)
+            send_msg(s, topics[t], warm, MIN_BODY, 0);
+        zmq_pollitem_t in = {NULL, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&in, 1, wait_ms) > 0) {
+            int c = read_command();
+            if (c == 'g') break;
+            if (c == 'r') { free(warm); return 0; }
+        }
+        if (wait_ms < 50) wait_ms *= 2;
+    }
+    free(warm);
+    return 1;
+}
+
 static int gen(int argc, char **argv)
 {
     size_t size = 200;
@@ -160,22 +183,7 @@ static int gen(int argc, char **argv)
     void *s = zmq_socket(ctx, ZMQ_PUSH);
     if (!s || zmq_connect(s, endpoint) < 0) die("connect");
 
-    /* Warm up until told to go: every round reaches every topic, so each
-     * consumer (and each subscriber, which may join late) sees one. The
-     * poll timeout only paces the rounds; "go" ends the wait at once. */
-    char *warm = make_body(MIN_BODY, 'w');
-    long wait_ms = 1;
-    for (;;) {
-        for (int t = 0; t < ntopics; t++)
-            send_msg(s, topics[t], warm, MIN_BODY, 0);
-        zmq_pollitem_t in = {NULL, 0, ZMQ_POLLIN, 0};
-        if (zmq_poll(&in, 1, wait_ms) > 0) {
-            int c = read_command();
-            if (c == 'g') break;
-            if (c == 'r') return 1;
-        }
-        if (wait_ms < 50) wait_ms *= 2;
-    }
+    if (!warm_up(s, topics, ntopics)) return 1;
 
     char *body = make_body(size, rate ? 'l' : 'm');
     uint64_t t0 = now_ns(), next = t0;
@@ -268,18 +276,7 @@ static int conn(int argc, char **argv)
     void *wctx = zmq_ctx_new();
     void *w = zmq_socket(wctx, ZMQ_PUSH);
     if (!w || zmq_connect(w, endpoint) < 0) die("connect");
-    char *warm = make_body(MIN_BODY, 'w');
-    long wait_ms = 1;
-    for (;;) {
-        send_msg(w, topic, warm, MIN_BODY, 0);
-        zmq_pollitem_t in = {NULL, 0, ZMQ_POLLIN, 0};
-        if (zmq_poll(&in, 1, wait_ms) > 0) {
-            int c = read_command();
-            if (c == 'g') break;
-            if (c == 'r') return 1;
-        }
-        if (wait_ms < 50) wait_ms *= 2;
-    }
+    if (!warm_up(w, argv + optind + 1, 1)) return 1;
     /* Its warm-ups are written before the measured messages start. */
     zmq_close(w);
     zmq_ctx_term(wctx);
