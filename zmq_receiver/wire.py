@@ -120,12 +120,6 @@ def py_send_message(sock, frames):
         raise
 
 
-def rollbacks():
-    """Messages whose send was cut after its first part since the start (a
-    PUSH's consumer left half way through), by either implementation."""
-    return _py_rollbacks + (_module.rollbacks() if FAST else 0)
-
-
 #: What pyzmq raises for libzmq's errnos, as zmq.error._check_rc does.
 _ERRORS = {
     errno.EAGAIN: zmq.Again,
@@ -255,12 +249,6 @@ def implementation(compiled=True):
     return _compiled
 
 
-def current():
-    """The implementation :func:`use_compiled` chose (pure Python before
-    it is called)."""
-    return _compiled if FAST else PURE_PYTHON
-
-
 #: Whether the compiled functions are in use; if not, FAST_PROBLEM says why.
 FAST = False
 FAST_PROBLEM = 'use_compiled() was not called'
@@ -273,7 +261,6 @@ send_message = py_send_message
 forward = None
 #: The compiled type of large received parts; None without the extension.
 Part = None
-_module = None
 
 
 def use_compiled():
@@ -284,12 +271,11 @@ def use_compiled():
 
     It sets this module's functions (:func:`recv_message`,
     :func:`send_message`, :data:`forward`) to :func:`implementation`'s,
-    for the callers that look them up here (the tests, the benchmarks);
-    :func:`current` returns it. The receiver does not: it is handed its
-    :class:`Implementation` at start (``startup.choose_wire``).
+    for the callers that look them up here (the tests, the benchmarks).
+    The receiver does not: it is handed its :class:`Implementation` at
+    start (``startup.choose_wire``).
     """
     global FAST, FAST_PROBLEM, recv_message, send_message, forward, Part
-    global _module
     if FAST:
         return True
     chosen = implementation()
@@ -300,7 +286,6 @@ def use_compiled():
         send_message = chosen.send_message
         forward = chosen.forward
         Part = chosen.Part
-        _module = chosen.module
     return FAST
 
 
