@@ -39,7 +39,7 @@ from tests import support
 #: (the tree, the wheelhouse, the boot, the install, the start) has SETUP
 #: seconds of it, checked by a Budget (pytest-timeout would charge it to
 #: whichever check happens to run first): a first run pays for debootstrap
-#: (45 s to 5 minutes, by mirror), later ones take about 15 s. Each check
+#: (45 s to 5 minutes, by mirror), later ones take about 10 s. Each check
 #: then has its own limit (func_only: the module's fixtures are not its
 #: time), more than the 60 s its own waits allow, so that theirs report
 #: first. Measured on 2 shared cores: 86 s for the whole module with
