@@ -16,10 +16,36 @@ from tests import support
 from zmq_receiver import wire
 
 
+#: Lines for the end of the run's output (the ``notes`` fixture).
+NOTES = pytest.StashKey[list]()
+
+
 def pytest_configure(config):
     # As the daemon does at start: in-process tests (test_wire) get the
     # compiled functions, when they were built.
     wire.use_compiled()
+    config.stash[NOTES] = []
+
+
+@pytest.fixture(scope='session')
+def notes(request):
+    """A list: each line appended is printed in a "notes" section at the
+    end of the run, whether the tests passed or not.
+
+    For numbers a run must always show (the real-systemd test's timings):
+    CI runs plain ``pytest`` (``-ra``), which shows nothing a passing test
+    prints, and output printed past the capture lands between the progress
+    dots, where nobody looks.
+    """
+    return request.config.stash[NOTES]
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    lines = config.stash.get(NOTES, [])
+    if lines:
+        terminalreporter.write_sep('=', 'notes')
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 FUNCTIONAL = os.path.join(os.path.dirname(os.path.abspath(__file__)),

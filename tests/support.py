@@ -367,33 +367,68 @@ DEBIAN_HOSTS = {
 }
 
 
+#: Run in the command's own mount namespace, just before it: the addresses
+#: ``localhost`` resolves to there, in order, by getaddrinfo() as libzmq's
+#: connect does.
+_RESOLVE_LOCALHOST = (
+    'import socket; print(" ".join(a[4][0] for a in socket.getaddrinfo('
+    '"localhost", None, type=socket.SOCK_STREAM)))')
+
+
 def run_with_hosts(hosts, argv, env=None, cwd=None, timeout=TIMEOUT):
     """Run *argv* to completion with *hosts* (text) as its /etc/hosts:
     bound over the real one in a mount namespace of its own, which ends
-    with it. Skips, saying why, where that cannot be done."""
+    with it. Skips, saying why, where that cannot be done.
+
+    The result (a CompletedProcess) also has ``localhost``: the addresses
+    ``localhost`` resolved to in that same namespace, in order, so that a
+    test can show the hosts file was in effect for *argv*.
+    """
     unshare = shutil.which('unshare')
     if unshare is None or os.geteuid() != 0:
         pytest.skip('needs root and unshare (util-linux) to give a process '
                     'an /etc/hosts of its own')
     directory = tempfile.mkdtemp(prefix='zrhosts')
     path = os.path.join(directory, 'hosts')
+    resolved = os.path.join(directory, 'localhost')
     with open(path, 'w') as f:
         f.write(hosts)
-    wrap = [unshare, '--mount', 'sh', '-c',
-            'mount --bind "$0" /etc/hosts || exit 125; exec "$@"', path]
+    mount = 'mount --bind "$0" /etc/hosts || exit 125; '
     try:
-        probe = subprocess.run(wrap + ['cat', '/etc/hosts'],
-                               capture_output=True, text=True,
-                               timeout=timeout)
+        probe = subprocess.run(
+            [unshare, '--mount', 'sh', '-c', mount + 'exec "$@"', path,
+             'cat', '/etc/hosts'], capture_output=True, text=True,
+            timeout=timeout)
         if probe.returncode != 0 or probe.stdout != hosts:
             pytest.skip('cannot bind-mount a hosts file in a mount namespace '
                         'here: %s' % (probe.stderr.strip() or probe.stdout))
-        return subprocess.run(
-            wrap + list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        result = subprocess.run(
+            [unshare, '--mount', 'sh', '-c',
+             mount + '"$1" -c "$2" > "$3" || exit 125; shift 3; exec "$@"',
+             path, sys.executable, _RESOLVE_LOCALHOST, resolved] + list(argv),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL, text=True, timeout=timeout, cwd=cwd,
             env=clean_env(env))
+        with open(resolved) as f:
+            result.localhost = f.read().split()
+        return result
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def assert_debian_localhost(name, result):
+    """Fail unless ``localhost`` resolved, for run_with_hosts()'s *result*
+    with DEBIAN_HOSTS[*name*], as on a stock Debian: to both loopback
+    addresses, and for 'ipv6-first' to ::1 first (what libzmq, which
+    connects to the first address only, then tries)."""
+    seen = result.localhost
+    assert '::1' in seen and '127.0.0.1' in seen, (
+        'localhost resolved to %s beside the command, not to ::1 and '
+        '127.0.0.1: the hosts file %r was not in effect' % (seen, name))
+    if name == 'ipv6-first':
+        assert seen[0] == '::1', (
+            'localhost resolved to %s beside the command: ::1 is not first, '
+            'so the test does not show what a stock Debian does' % seen)
 
 
 def recv(sock, timeout=TIMEOUT):

@@ -792,6 +792,8 @@ def test_send_through_the_ring_matchmaker(ctx, daemons, short_dir, hosts):
     args = ('--config-file', daemon.config_file, 'send', 'compute',
             '--port', str(daemon.port), '--method', 'ping')
     sent = run(*args)
+    if hosts is not None:
+        support.assert_debian_localhost(hosts, sent)
     assert sent.returncode == 0, sent.stdout + sent.stderr
     assert sent.stdout == ('sent cast ping to compute.localhost at '
                            'tcp://localhost:%d\n' % daemon.port)

@@ -63,6 +63,7 @@ def test_the_readme_run_command_forwards(ctx, short_dir):
             [os.path.join(support.REPO, send[0])] + send[1:],
             env={'OS_DEFAULT__RPC_ZMQ_PORT': port,
                  'OS_DEFAULT__RPC_ZMQ_IPC_DIR': ipc_dir}, cwd=support.REPO)
+        support.assert_debian_localhost('ipv6-first', sent)
         assert sent.returncode == 0, sent.stdout + sent.stderr
         assert support.recv(consumer)[:3] == [b'0', b'compute.localhost',
                                               b'cast']

@@ -17,7 +17,8 @@ the shipped 30 s.
 
 Where nspawn cannot boot (no root, no debootstrap, no mirror, a kernel or
 container that refuses), the module is skipped with the reason. The time
-each part takes is printed at the end.
+each part takes is in the "notes" section at the end of the run's output
+(tests/conftest.py), passed or failed.
 """
 
 import contextlib
@@ -34,9 +35,18 @@ import pytest
 
 from tests import support
 
-# The first run builds the tree (debootstrap: 2-5 minutes); every run boots
-# a whole systemd.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+#: The issue's budget is 10 minutes of CI for the whole module. The setup
+#: (the tree, the wheelhouse, the boot, the install, the start) has SETUP
+#: seconds of it, checked by a Budget (pytest-timeout would charge it to
+#: whichever check happens to run first): a first run pays for debootstrap
+#: (45 s to 5 minutes, by mirror), later ones take about 10 s. Each check
+#: then has its own limit (func_only: the module's fixtures are not its
+#: time), more than the 60 s its own waits allow, so that theirs report
+#: first. Measured on 2 shared cores: 86 s for the whole module with
+#: debootstrap (45 s of it), the checks 27 s of that.
+SETUP = 420.0
+CHECK = 90
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(CHECK, func_only=True)]
 
 CACHE = '/var/cache/oslo-messaging-zmq-receiver'
 SUITE = 'bookworm'
@@ -61,14 +71,24 @@ def readme(command):
     return command
 
 
+def readme_heredoc(first):
+    """The README's command that starts with the line *first* and feeds a
+    here-document, through its closing EOF line."""
+    lines = README.splitlines()
+    assert first in lines, 'the README no longer says: %s' % first
+    start = lines.index(first)
+    return '\n'.join(lines[start:lines.index('EOF', start) + 1]) + '\n'
+
+
 # -- timings -------------------------------------------------------------
 
 
 class Timings:
-    """How long each part took, printed at the end of the module."""
+    """How long each part took, reported at the end of the module."""
 
     def __init__(self):
         self.parts = []
+        self.start = time.monotonic()
 
     @contextlib.contextmanager
     def measure(self, name):
@@ -79,19 +99,20 @@ class Timings:
             self.parts.append((name, time.monotonic() - start))
 
     def report(self):
-        return 'real-systemd test timings: ' + ', '.join(
-            '%s %.1f s' % part for part in self.parts)
+        # The parts are in the order they ended; some are inside others
+        # (systemctl stop in its check), so the total is the wall time.
+        return 'real-systemd test timings: %s; total %.1f s' % (
+            ', '.join('%s %.1f s' % part for part in self.parts),
+            time.monotonic() - self.start)
 
 
 @pytest.fixture(scope='module')
-def timings(request):
+def timings(notes):
     timings = Timings()
     yield timings
     if timings.parts:
-        capture = request.config.pluginmanager.get_plugin('capturemanager')
-        # Past the capture: the numbers are part of every run's output.
-        with capture.global_and_fixture_disabled():
-            print('\n' + timings.report())
+        # In the run's output whether the checks passed or not.
+        notes.append(timings.report())
 
 
 @pytest.fixture(autouse=True)
@@ -106,10 +127,30 @@ def skip(reason):
     pytest.skip(reason)
 
 
+class Budget:
+    """The setup's time (SETUP): every wait in it is cut to what is left."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+
+    def left(self, at_most):
+        """*at_most* seconds, or what is left of the budget if less; fails
+        once it is spent."""
+        left = self.end - time.monotonic()
+        if left <= 0:
+            pytest.fail(
+                'the real-systemd test\'s setup took more than its %.0f s '
+                '(SETUP): a first run builds the Debian tree from %s, which '
+                'may be slow; run it again (the tree stays in %s), or find '
+                'the slow part in the timings' % (self.seconds, MIRROR, CACHE))
+        return min(at_most, left)
+
+
 # -- the Debian tree, the wheelhouse, the machine --------------------------
 
 
-def debian_tree():
+def debian_tree(budget):
     """The cached tree, built when missing (one builder at a time)."""
     tree = os.path.join(CACHE, SUITE)
     stamp = os.path.join(tree, '.zr-packages')
@@ -127,7 +168,7 @@ def debian_tree():
         result = subprocess.run(
             ['debootstrap', '--variant=minbase', '--include=' + PACKAGES,
              SUITE, partial, MIRROR], capture_output=True, text=True,
-            timeout=600)
+            timeout=budget.left(600))
         if result.returncode != 0:
             shutil.rmtree(partial, ignore_errors=True)
             skip('debootstrap %s from %s failed: %s' % (
@@ -145,7 +186,7 @@ def python_version(argv):
         capture_output=True, text=True, timeout=WAIT).stdout.strip()
 
 
-def build_pip(tree):
+def build_pip(tree, budget):
     """A pip for the tree's Python (wheels are built on the host, where
     there is a network and a compiler): a venv of the host's
     /usr/bin/python3, which must be the same version, cached."""
@@ -159,11 +200,12 @@ def build_pip(tree):
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not os.path.exists(os.path.join(venv, 'bin', 'pip')):
             subprocess.run(['/usr/bin/python3', '-m', 'venv', venv],
-                           check=True, capture_output=True, timeout=300)
+                           check=True, capture_output=True,
+                           timeout=budget.left(300))
     return os.path.join(venv, 'bin', 'pip')
 
 
-def checkout_with_wheelhouse(directory, pip):
+def checkout_with_wheelhouse(directory, pip, budget):
     """A copy of the checkout with the wheels built by the README's line,
     so the checkout itself gets no build output."""
     src = os.path.join(directory, 'src')
@@ -172,16 +214,20 @@ def checkout_with_wheelhouse(directory, pip):
         '__pycache__', '.pytest_cache', '.hypothesis', 'results'))
     argv = shlex.split(readme('pip wheel --wheel-dir wheelhouse .'))
     result = subprocess.run([pip] + argv[1:], cwd=src, capture_output=True,
-                            text=True, timeout=600)
+                            text=True, timeout=budget.left(600))
     assert result.returncode == 0, result.stdout + result.stderr
     return src
 
 
 class Machine:
-    """A booted container, driven through nsenter into its PID 1."""
+    """A booted container, driven through nsenter into its PID 1.
 
-    def __init__(self, root, src, log_path):
+    While ``budget`` (a Budget) is set, no command waits past it.
+    """
+
+    def __init__(self, root, src, log_path, budget):
         self.root = root
+        self.budget = budget
         self.log_path = log_path
         self.log = open(log_path, 'w')
         self.nspawn = subprocess.Popen(
@@ -235,6 +281,8 @@ class Machine:
         argv = ['nsenter', '-t', str(self.leader), '-a']
         if user is not None:
             argv += ['runuser', '-u', user, '--']
+        if self.budget is not None:
+            timeout = self.budget.left(timeout)
         # (nsenter --wd opens the directory outside the container.)
         result = subprocess.run(
             argv + ['sh', '-c', 'cd %s && %s' % (SRC, command)],
@@ -276,6 +324,8 @@ class Machine:
                 % (mode, group, path, text))
 
     def poweroff(self):
+        # Even when the setup ran out of its budget.
+        self.budget = None
         if self.leader is not None and self.nspawn.poll() is None:
             self.sh('systemctl poweroff', check=False)
         try:
@@ -312,18 +362,21 @@ def machine(timings):
     if missing:
         skip('%s not installed (./dev installs debootstrap and '
              'systemd-container with apt-get)' % ', '.join(missing))
+    budget = Budget(SETUP)
     with timings.measure('Debian tree'):
-        tree, built = debian_tree()
+        tree, built = debian_tree(budget)
     if built:
         timings.parts[-1] = ('debootstrap', timings.parts[-1][1])
     directory = tempfile.mkdtemp(prefix='zr-boot-', dir='/var/tmp')
     try:
         with timings.measure('wheelhouse'):
-            src = checkout_with_wheelhouse(directory, build_pip(tree))
+            src = checkout_with_wheelhouse(directory,
+                                           build_pip(tree, budget), budget)
         root = overlay(tree, directory)
         try:
             with timings.measure('boot'):
-                box = Machine(root, src, os.path.join(directory, 'boot.log'))
+                box = Machine(root, src, os.path.join(directory, 'boot.log'),
+                              budget)
                 state = box.wait_booted()
             try:
                 if state is None:
@@ -341,23 +394,17 @@ def machine(timings):
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def project_config(port, ipc_dir, default=None, receiver=None):
-    """A service's config file: what the receiver reads of nova.conf."""
-    text = ('[DEFAULT]\nrpc_zmq_port = %s\nrpc_zmq_ipc_dir = %s\n'
-            % (port, ipc_dir))
+def configure(box, name, port, default=None):
+    """/etc/<name>/<name>.conf, 0640 root:<name> as the packages make it,
+    replaced with *port*, /var/run/<name> and *default* (more [DEFAULT]
+    options). For what the README does not write: nova and neutron are
+    configured by the README's own commands."""
+    text = ('[DEFAULT]\nrpc_zmq_port = %s\nrpc_zmq_ipc_dir = /var/run/%s\n'
+            % (port, name))
     text += ''.join('%s = %s\n' % item for item in (default or {}).items())
-    if receiver:
-        text += '[zmq_receiver]\n' + ''.join(
-            '%s = %s\n' % item for item in receiver.items())
-    return text
-
-
-def configure(box, name, port, ipc_dir=None, default=None, receiver=None):
-    """/etc/<name>/<name>.conf, 0640 root:<name> as the packages make it."""
     box.sh('install -d -m 750 -g %s /etc/%s' % (name, name))
-    box.write('/etc/%s/%s.conf' % (name, name),
-              project_config(port, ipc_dir or '/var/run/' + name, default,
-                             receiver), mode=0o640, group=name)
+    box.write('/etc/%s/%s.conf' % (name, name), text, mode=0o640,
+              group=name)
 
 
 def useradd(box, name):
@@ -383,12 +430,21 @@ def installed(machine, timings):
             useradd(box, name)
         box.sh(readme('install -m 644 systemd/oslo-messaging-zmq-receiver@'
                       '.service /etc/systemd/system/'))
-        configure(box, 'nova', 9501)
-        configure(box, 'neutron', 9502)
+        for name in ('nova', 'neutron'):
+            box.sh(readme('[ -d /etc/%s ] || install -d -m 750 -g %s /etc/%s'
+                          % (name, name, name)))
+            box.sh(readme_heredoc("cat >> /etc/%s/%s.conf <<'EOF'"
+                                  % (name, name)))
+            box.sh(readme('chown root:%s /etc/%s/%s.conf && chmod 640 '
+                          '/etc/%s/%s.conf' % ((name,) * 5)))
+            assert box.sh('stat -c %%a:%%U:%%G /etc/%s/%s.conf' % (
+                name, name)).stdout.strip() == '640:root:' + name
         box.sh(readme('systemctl daemon-reload'))
     with timings.measure('start nova+neutron'):
         box.sh(readme('systemctl enable --now %s %s' % (
             UNIT % 'nova', UNIT % 'neutron')))
+    # The checks have their own limits.
+    box.budget = None
     return box
 
 
@@ -488,6 +544,14 @@ def test_stop_is_clean_and_quick(installed, timings):
     # Code 1 is CLD_EXITED: it exited 0 itself, no SIGKILL after a timeout.
     assert state == {'ActiveState': 'inactive', 'Result': 'success',
                      'ExecMainStatus': '0', 'ExecMainCode': '1'}, state
+    # With no backlog the receiver itself exits in well under a second;
+    # the span measured adds nsenter and systemctl starting inside the
+    # container and systemd's stop job, each a few tens of ms, which a
+    # loaded 2-core CI machine can make several times slower. 3 s is that
+    # margin over the 2 s a quick stop must keep, and far below the 10 s
+    # of shutdown_timeout: a stop that waited for a drain with nothing to
+    # drain, or for TimeoutStopSec= and a SIGKILL, fails here.
+    assert took < 3.0, 'systemctl stop took %.1f s' % took
     # Its socket files and lock are gone; the directory stays.
     assert box.sh('ls -A /run/neutron').stdout == ''
     box.sh('systemctl start ' + unit)
@@ -567,6 +631,8 @@ def test_a_missing_program_or_user_is_not_restarted(installed):
         state
 
 
+# Five starts 2 s apart and their failures, within the 120 s waited.
+@pytest.mark.timeout(150, func_only=True)
 def test_a_port_in_use_stops_restarting_at_the_start_limit(installed,
                                                            timings):
     box = installed
@@ -603,9 +669,10 @@ def test_the_shared_group_model_through_its_dropin(installed, timings):
                 'system/oslo-messaging-zmq-receiver@nova.service.d/'
                 'shared-group.conf'):
             box.sh(readme(command))
-        shared = {'socket_group': 'openstack'}
-        configure(box, 'nova', 9501, '/var/run/openstack', shared)
-        configure(box, 'neutron', 9502, '/var/run/openstack', shared)
+        # Appended to what the install (and the reload check) wrote.
+        box.sh(readme_heredoc(
+            "tee -a /etc/nova/nova.conf /etc/neutron/neutron.conf "
+            "> /dev/null <<'EOF'"))
         for command in ('systemctl disable --now %s' % (UNIT % 'neutron'),
                         'systemctl daemon-reload',
                         'systemctl restart %s' % (UNIT % 'nova')):
