@@ -68,6 +68,37 @@ def short_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
+#: Where the tests' measured tables wait for the end of the run.
+_MEASURED = pytest.StashKey()
+
+
+@pytest.fixture
+def measured(request):
+    """``measured(text)``: show *text* (a table of measured numbers) in the
+    terminal summary at the end of the run, under the test's id.
+
+    CI runs plain ``pytest`` (``-ra``), which shows a passing test's output
+    to nobody: a table printed by a test that passed would be lost, and the
+    numbers matter most then.
+    """
+    shown = request.config.stash.setdefault(_MEASURED, [])
+
+    def show(text):
+        shown.append((request.node.nodeid, text))
+
+    return show
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    shown = config.stash.get(_MEASURED, [])
+    if not shown:
+        return
+    terminalreporter.section('measured')
+    for nodeid, text in shown:
+        terminalreporter.write_line(nodeid)
+        terminalreporter.write_line(text)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     # Each phase's report on the item, for fixtures that must know in their

@@ -104,6 +104,9 @@ static PyTypeObject *SocketType = NULL;
 /* Messages a send cut mid-way (a consumer left between two parts: libzmq's
  * PUSH takes the parts back and refuses the next), for rollbacks(). */
 static unsigned long long cut_sends = 0;
+/* Whether the bound libzmq's PUSH drops what follows a part it refused in
+ * mid-message (4.3.1 on): see end_dropped(). */
+static int drops_after_cut = 0;
 
 static PyObject *s_underlying, *s_direct, *s_forwarded, *s_last_active;
 
@@ -507,13 +510,33 @@ prepare(zmq_msg_t *msg, PyObject *obj)
     }
 }
 
+/* After libzmq's PUSH refused, with EAGAIN, a part that said more were
+ * coming (its consumer left half way through the message), it drops every
+ * part sent next up to one that says none is, so that the rest of the
+ * message never reaches another consumer (lb.cpp, libzmq 4.3.1 on). The
+ * message sent again, whole, would be dropped so, and counted as sent: one
+ * empty last part ends the dropping at once, and reaches no one. (Only a
+ * PUSH refuses a part after the first: XPUB takes the whole message or
+ * refuses its first part.) */
+static void
+end_dropped(void *sock)
+{
+    zmq_msg_t end;
+
+    if (!drops_after_cut)
+        return;
+    Z.msg_init(&end);
+    send_msg(&end, sock, ZMQ_DONTWAIT, 0);
+    Z.msg_close(&end);
+}
+
 /* Send msgs[0..n) as one message. Returns 0 (all sent, every message
  * taken), or the errno of the failed send, or -1 with an exception set
  * (from a signal handler, before the first part): then the message was not
  * sent. A failure after the first part is no broken promise: a PUSH whose
  * consumer left between two parts takes the parts back (the consumer never
  * sees them) and refuses the next with EAGAIN; the message can be sent
- * again, whole.
+ * again, whole (end_dropped() sees to that).
  *
  * On failure, with *keep* NULL, every message is closed (the caller still
  * has the parts); with *keep*, room for n - 1 messages, msgs[0..n) is whole
@@ -538,8 +561,11 @@ send_parts(void *sock, zmq_msg_t *msgs, int n, zmq_msg_t *keep)
         if (err != 0)
             break;
     }
-    if (err != 0 && i > 0)
+    if (err != 0 && i > 0) {
         cut_sends++;
+        if (err == EAGAIN && i < n - 1)
+            end_dropped(sock);
+    }
     if (keep != NULL) {
         /* Taken parts come back from their copies (zmq_msg_move closes
          * the emptied part first); the other copies go. */
@@ -981,6 +1007,7 @@ wire_bind(PyObject *module, PyObject *args)
                      PyBytes_AS_STRING(path_bytes), major, minor, patch);
         goto fail;
     }
+    drops_after_cut = major > 4 || minor > 3 || (minor == 3 && patch >= 1);
     Py_INCREF(socket_type);
     Py_XSETREF(SocketType, (PyTypeObject *)socket_type);
     Py_INCREF(error);

@@ -105,19 +105,46 @@ def py_send_message(sock, frames):
     now. That includes a PUSH whose consumer left between two parts: libzmq
     takes back the parts it took (the consumer never sees them) and refuses
     the next, and the message can be sent again, whole (counted in
-    :func:`rollbacks`).
+    :meth:`Implementation.rollbacks`; see :func:`_end_dropped`).
     """
     global _py_rollbacks
     last = len(frames) - 1
     _send(sock, frames[0], _MORE if last else _NOBLOCK)
+    part = 1
     try:
-        for i in range(1, last):
-            _send(sock, frames[i], _MORE)
+        for part in range(1, last):
+            _send(sock, frames[part], _MORE)
+        part = last
         if last:
             _send(sock, frames[last], _NOBLOCK)
-    except zmq.ZMQError:
+    except zmq.ZMQError as exc:
         _py_rollbacks += 1
+        if exc.errno == errno.EAGAIN and part < last:
+            _end_dropped(sock)
         raise
+
+
+#: libzmq's version, from which its PUSH drops what follows a part it
+#: refused in mid-message (see _end_dropped).
+_DROPS_AFTER_CUT = (4, 3, 1)
+
+
+def _end_dropped(sock):
+    """After libzmq's PUSH refused, with EAGAIN, a part that said more were
+    coming (its consumer left half way through the message), it drops every
+    part sent next up to one that says none is, so that the rest of the
+    message never reaches another consumer (lb.cpp, libzmq 4.3.1 on). The
+    message sent again, whole, would be dropped so, and counted as sent:
+    one empty last part ends the dropping at once, and reaches no one.
+    (Only a PUSH refuses a part after the first: XPUB takes the whole
+    message or refuses its first part.)"""
+    if zmq.zmq_version_info() < _DROPS_AFTER_CUT:
+        return
+    try:
+        _send(sock, b'', _NOBLOCK)
+    except zmq.ZMQError:
+        # The original error is the one to report.
+        pass
 
 
 #: What pyzmq raises for libzmq's errnos, as zmq.error._check_rc does.

@@ -166,6 +166,12 @@ def test_consumers_leaving_at_random_points_never_stop_the_receiver(
     assert daemon.proc.poll() is None
     assert stats['rejected'] == {}
     assert_balanced(stats)
+    # Not asserted: that a send was cut part way (send_rollbacks > 0).
+    # libzmq sees a consumer gone between two parts only when it processes
+    # commands between them, at most about once a millisecond, so it is
+    # chance: 4 runs counted 0, 2, 2, 2 on the compiled path and 4 to 14
+    # on the pure-Python one. tests/unit/test_wire.py cuts sends on
+    # request instead.
     # Still forwarding, on both kinds of outlet, whole messages.
     late = support.pull(ctx, daemon, 'after.host1')
     frames = message(0, 'after.host1', rng)

@@ -333,7 +333,7 @@ def restart_run(daemons, directory, consumers, topics, names, options,
 
 
 def restart_table(case, runs):
-    """The runs as a table for the test output (pytest -rA shows it)."""
+    """The runs as a table, for the terminal summary (``measured``)."""
     lines = ['RESTART %s' % case,
              ' run    sent   lost  dropped  dup  first-dropped  '
              'peak-queued  peak-KiB  rejected']
@@ -357,7 +357,8 @@ def restart_table(case, runs):
 ], ids=['1-topic-1-sender', '4-topics-2-senders'])
 def test_graceful_restart_under_legacy_push_senders(daemons, short_dir,
                                                     consumers, tmp_path,
-                                                    topics, names):
+                                                    measured, topics,
+                                                    names):
     """Senders queue what they cannot send while no receiver listens and
     send it all at once to the new one, before the consumers have
     reconnected (libzmq retries every 100 to 200 ms). The new outlets are
@@ -378,7 +379,7 @@ def test_graceful_restart_under_legacy_push_senders(daemons, short_dir,
                                 names, options, phase))
     case = '%d topic(s), %d sender(s) at %d msg/s, default settings' % (
         len(topics), len(names), RESTART_RATE)
-    print(restart_table(case, runs))
+    measured(restart_table(case, runs))
     report(tmp_path, 'graceful receiver restart: ' + case, runs=runs)
     for r in runs:
         assert r['duplicated'] == 0 and r['rejected'] == {}, runs

@@ -988,14 +988,18 @@ def test_stop_with_a_backlog_and_no_consumer_does_not_wait(ctx, spawn,
     out.send_multipart(support.cast('nobody.host1'))
     out.send_multipart(support.cast('fanout~nobody.host1'))
     daemon.wait_stats(lambda s: s['queued'] == 2)
+    # The stop alone: from the signal to the exit status, the start and
+    # the setup above left out.
     started = time.monotonic()
     daemon.signal(signal.SIGTERM)
     assert daemon.wait() == errors.EXIT_OK
     took = time.monotonic() - started
     print('stop with a backlog and no consumer: %.2f s from SIGTERM to '
           'exit (shutdown_timeout 10)' % took)
-    # A functional bound, not a speed test: it used to take the whole 10 s.
-    assert took < 3
+    # Issue 13's bound: under a second (it took the whole 10 s; measured
+    # since: 0.16 s, the senders' connections closing and the interpreter
+    # exiting).
+    assert took < 1.0, took
     log = daemon.log()
     assert re.search(r'Stopping: delivering 0 queued messages to connected '
                      r'consumers .*; 2 more have no consumer', log), log

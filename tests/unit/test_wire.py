@@ -11,6 +11,7 @@ a reference lost per message would show as megabytes.
 import ctypes
 import errno
 import gc
+import json
 import os
 import subprocess
 import sys
@@ -821,3 +822,199 @@ def test_guard_accept_is_installed_once_and_can_be_turned_off(monkeypatch):
     assert wire.guard_accept(), 'a second call changes nothing'
     assert wire.ACCEPT_GUARD_PROBLEM == ''
     assert wire.guarded_emfiles() >= 0
+
+
+# -- a send cut part way (a PUSH's consumer left between two parts) ----------
+#
+# libzmq's PUSH takes the parts of a message as they come; when the pipe to
+# its consumer closes before the last one, it takes them back (the consumer
+# sees none of them) and refuses the next part with EAGAIN. It sees the
+# pipe close only when it processes commands between two parts, at most
+# about once a millisecond: a consumer that really leaves hits that by
+# chance only (test_chaos). Here the send is cut on request, at any part,
+# as libzmq cuts it: by a stand-in for zmq_msg_send (cut_send.c) for the
+# compiled functions, and for _send, which py_send_message calls for
+# each part, for the pure-Python ones.
+
+CUT_SEND = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                        'cut_send.c')
+#: A 6-part message, as oslo.messaging's impl_zmq_v2 envelope, with a part
+#: that goes without a copy.
+SIX = [b'id', b'compute.host1', b'impl_zmq_v2', b'{}', b'oslo.message',
+       b'b' * LARGE]
+
+
+class PyCut:
+    """wire._send, cut as cut_send.c cuts zmq_msg_send: after arm(k), the
+    next message's parts are held, and its part k is refused (zmq.Again)
+    with the parts held released unsent; then, when that part said more
+    were coming, the parts sent next are dropped up to one that says none
+    is (libzmq's PUSH since 4.3.1)."""
+
+    def __init__(self, send):
+        self._send = send
+        self.at = None
+        self.held = []
+        self.dropping = False
+
+    def arm(self, part):
+        self.at = part
+
+    def __call__(self, sock, frame, flags):
+        if self.dropping:
+            self.dropping = bool(flags & zmq.SNDMORE)
+            return None
+        if self.at is None:
+            return self._send(sock, frame, flags)
+        if len(self.held) == self.at:
+            self.at, self.held = None, []
+            self.dropping = bool(flags & zmq.SNDMORE)
+            raise zmq.Again(errno.EAGAIN)
+        if flags & zmq.SNDMORE:
+            self.held.append((frame, flags))
+            return None
+        self.at = None
+        held, self.held = self.held, []
+        for part, more in held:
+            self._send(sock, part, more)
+        return self._send(sock, frame, flags)
+
+
+def check_cut_sends(ctx, send_message, cut_next, rollbacks):
+    """Cut a message at each of its parts in turn: each time the send
+    raises zmq.Again, counts one rollback and leaves the frames whole, and
+    the message sent again arrives whole, with nothing of the refused
+    attempt before it. Returns the rollbacks counted."""
+    push, pull = pair(ctx, 'inproc', None, 'cut')
+    first = rollbacks()
+    for part in range(1, len(SIX)):
+        frames = list(SIX)
+        before = rollbacks()
+        cut_next(part)
+        with pytest.raises(zmq.Again):
+            send_message(push, frames)
+        assert rollbacks() == before + 1, part
+        assert frames == SIX, part
+        send_message(push, frames)
+        send_message(push, [b'next', b'compute.host1'])
+        assert pull.poll(support.TIMEOUT * 1000)
+        assert pull.recv_multipart() == SIX, part
+        assert pull.recv_multipart() == [b'next', b'compute.host1'], part
+    support.close_all(push, pull)
+    return rollbacks() - first
+
+
+def test_py_send_cut_part_way_is_again_whole_and_counted(ctx, monkeypatch):
+    cut = PyCut(wire._send)
+    monkeypatch.setattr(wire, '_send', cut)
+    # What the receiver reports as send_rollbacks.
+    counted = check_cut_sends(ctx, wire.py_send_message, cut.arm,
+                              wire.PURE_PYTHON.rollbacks)
+    assert counted == len(SIX) - 1
+
+
+def test_delivery_keeps_a_message_cut_part_way_and_sends_it_whole(
+        ctx, short_dir, monkeypatch):
+    from tests.unit.test_outlet_files import make_outlets
+    from tests.unit.test_ratelimit import Clock
+    from zmq_receiver import outlets, routing
+
+    clock = Clock()
+    made = make_outlets(ctx, short_dir, outlets.Limits(10, 0, 10, 300, 5),
+                        'test_wire', clock)
+    outlet = made.get(routing.route(b'compute.host1', 100))
+    consumer = ctx.socket(zmq.PULL)
+    consumer.connect('ipc://' + outlet.path)
+    # A pipe to the consumer: a send reaches it instead of being refused
+    # at its first part.
+    assert outlet.socket.poll(support.TIMEOUT * 1000, zmq.POLLOUT)
+    cut = PyCut(wire._send)
+    monkeypatch.setattr(wire, '_send', cut)
+    before = wire.PURE_PYTHON.rollbacks()
+    made.deliver(outlet, list(SIX), wire.message_cost(SIX))
+    # The new outlet settles first; then its backlog goes, and is cut.
+    cut.arm(3)
+    clock.advance(1.0)
+    made.delivery.run_due()
+    assert wire.PURE_PYTHON.rollbacks() == before + 1
+    assert (outlet.queued, outlet.forwarded) == (1, 0)
+    assert outlet.polling_out and not outlet.dropped
+    made.delivery.flush(outlet)
+    assert (outlet.queued, outlet.forwarded) == (0, 1)
+    assert not outlet.dropped and not made.counters.dropped
+    assert consumer.poll(support.TIMEOUT * 1000)
+    assert consumer.recv_multipart() == SIX
+    consumer.close()
+    made.close_all()
+
+
+CUT_C = r'''
+import ctypes, json, sys
+import pytest, zmq
+from tests.unit import test_wire as t
+from zmq_receiver import wire, _wire
+shim, libzmq = sys.argv[1], sys.argv[2]
+cut = ctypes.CDLL(shim)
+assert cut.cut_setup(libzmq.encode()) == 0
+# Every function but zmq_msg_send is libzmq's own, found through the links
+# of the stand-in.
+_wire.bind(shim, zmq.backend.Socket, wire.zmq_error)
+compiled = wire.Implementation('compiled', _wire.recv_message,
+                               _wire.send_message, _wire.forward,
+                               _wire.Part, module=_wire)
+ctx = zmq.Context()
+sends = t.check_cut_sends(ctx, _wire.send_message, cut.cut_next,
+                          compiled.rollbacks)
+# The compiled loop: the message comes back to slow() whole, a Part and all.
+(push, pull), (opush, opull) = (t.pair(ctx, 'inproc', None, 'in'),
+                                t.pair(ctx, 'inproc', None, 'out'))
+outlet = t.Outlet(opush)
+assert opush.poll(5000, zmq.POLLOUT)
+_wire.send_message(push, t.SIX)
+assert pull.poll(5000)
+slow = t.Slow()
+before = compiled.rollbacks()
+cut.cut_next(2)
+direct = _wire.forward(pull, {b'compute.host1': outlet}, 10, 1 << 20, 1.0,
+                       slow)
+forwarded = [direct, outlet.forwarded, compiled.rollbacks() - before,
+             slow.got == [t.SIX], type(slow.calls[0][-1]).__name__]
+_wire.send_message(opush, slow.calls[0])
+assert opull.poll(5000)
+whole = opull.recv_multipart() == t.SIX
+for s in (push, pull, opush, opull):
+    s.close(linger=0)
+ctx.term()
+print(json.dumps(dict(sends=sends, cut=cut.cut_count(), forward=forwarded,
+                      whole=whole)))
+'''
+
+
+@fast
+def test_c_send_cut_part_way_is_again_whole_and_counted(tmp_path):
+    libzmq = [p for p in wire._loaded_libzmq(None)
+              if os.path.basename(p).startswith('libzmq')]
+    if not libzmq:
+        pytest.skip('libzmq is linked into pyzmq: nothing to link to')
+    shim = str(tmp_path / 'cut_send.so')
+    build = subprocess.run(
+        # --no-as-needed: linked to libzmq though it calls none of its
+        # functions by name, so that dlsym on it finds them.
+        ['cc', '-shared', '-fPIC', '-O2', '-o', shim, CUT_SEND,
+         '-Wl,--no-as-needed', libzmq[0],
+         '-Wl,-rpath,' + os.path.dirname(libzmq[0]), '-ldl'],
+        capture_output=True, text=True, timeout=support.TIMEOUT)
+    assert build.returncode == 0, build.stderr
+    # A process of its own: _wire binds one libzmq per process, and this
+    # one's is bound to the real one.
+    out = subprocess.run(
+        [sys.executable, '-c', CUT_C, shim, libzmq[0]], capture_output=True,
+        text=True, cwd=support.REPO, timeout=support.TIMEOUT,
+        env=support.clean_env(ZMQ_RECEIVER_PURE_PYTHON='1'))
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got['sends'] == got['cut'] - 1 == len(SIX) - 1, got
+    # Not sent straight, not counted forwarded; one rollback; slow() got
+    # it whole (its large part still a Part), and it went whole again.
+    assert got['forward'] == [0, 0, 1, True, 'Part'], got
+    assert got['whole'], got
