@@ -40,14 +40,6 @@ def notes(request):
     return request.config.stash[NOTES]
 
 
-def pytest_terminal_summary(terminalreporter, config):
-    lines = config.stash.get(NOTES, [])
-    if lines:
-        terminalreporter.write_sep('=', 'notes')
-        for line in lines:
-            terminalreporter.write_line(line)
-
-
 FUNCTIONAL = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                           'functional')
 
@@ -90,13 +82,18 @@ def measured(request):
 
 
 def pytest_terminal_summary(terminalreporter, config):
+    # What the ``notes`` and ``measured`` fixtures collected.
+    lines = config.stash.get(NOTES, [])
+    if lines:
+        terminalreporter.write_sep('=', 'notes')
+        for line in lines:
+            terminalreporter.write_line(line)
     shown = config.stash.get(_MEASURED, [])
-    if not shown:
-        return
-    terminalreporter.section('measured')
-    for nodeid, text in shown:
-        terminalreporter.write_line(nodeid)
-        terminalreporter.write_line(text)
+    if shown:
+        terminalreporter.section('measured')
+        for nodeid, text in shown:
+            terminalreporter.write_line(nodeid)
+            terminalreporter.write_line(text)
 
 
 @pytest.hookimpl(hookwrapper=True)
