@@ -34,9 +34,16 @@ TOPIC = 'compute.bench'
 #: The fanout case's topic; the receiver publishes it on key fanout~compute.
 FANOUT_TOPIC = 'fanout~compute.bench'
 FANOUT_KEY = 'fanout~compute'
-#: Topics of the many-topics case and the consumer processes sharing them.
-MANY_TOPICS = ['compute.b%03d' % i for i in range(100)]
+#: Topics of the many-topics case (``recv100``) unless --topics says
+#: otherwise, and the consumer processes sharing them.
+TOPICS = 100
 CONSUMERS = 4
+
+
+def many_topics(count=TOPICS):
+    """The topics of the many-topics case, *count* of them."""
+    return ['compute.b%03d' % i for i in range(count)]
+
 #: A consumer silent this long after its first message has lost some.
 IDLE_MS = 3000
 #: Seconds for processes to start, connect and warm up.
@@ -55,6 +62,16 @@ CASES = {
     'conn1': ('c', 'receiver, conn per msg'),
     'conn1acl': ('c', 'receiver, conn/msg, ACL'),
 }
+
+
+def label(case, topic_count=TOPICS):
+    """*case*'s label in the report, with the topics it ran with."""
+    text = CASES[case][1]
+    if case == 'recv100':
+        text = text.replace('100 topics', '%d topics' % topic_count)
+    return text
+
+
 #: Senders that open a connection per message (oslo.messaging 1.4 to
 #: 1.10): the cases, and how many senders by default.
 CONN_CASES = ('proxyconn', 'conn1', 'conn1acl')
@@ -118,16 +135,18 @@ class Run:
         self.procs.append(proc)
         return proc
 
-    def start_receiver(self, deadline, metrics=False, allowed_networks=None):
-        receiver = Receiver(self.dir, deadline, metrics, allowed_networks)
+    def start_receiver(self, deadline, metrics=False, allowed_networks=None,
+                       topics=1):
+        receiver = Receiver(self.dir, deadline, metrics, allowed_networks,
+                            topics)
         self.procs.append(receiver)
         self.receiver = receiver
         return receiver
 
 
-def _topology(run, case, n, size, deadline):
+def _topology(run, case, n, size, deadline, topic_count=TOPICS):
     """Start forwarder and consumers: (endpoint, topics, [(sink, expect)],
-    processes to watch)."""
+    processes to watch). *topic_count*: the topics of ``recv100``."""
     sink_args = ['-s', size, '-i', IDLE_MS]
 
     def sink(name, count, endpoints, *extra):
@@ -151,22 +170,23 @@ def _topology(run, case, n, size, deadline):
         sinks = [sink('subscriber%d' % c, n, [backend], '-S')
                  for c in range(CONSUMERS)]
         return endpoint, [FANOUT_TOPIC], sinks, [proxy]
+    many = many_topics(topic_count)
     receiver = run.start_receiver(
         deadline, metrics=case == 'recv1m',
-        allowed_networks=ACL_NETWORKS if case == 'conn1acl' else None)
+        allowed_networks=ACL_NETWORKS if case == 'conn1acl' else None,
+        topics=len(many) if case == 'recv100' else 1)
     if case in ('recv1', 'recv1m', 'conn1', 'conn1acl'):
         sinks = [sink('consumer', n, [receiver.outlet(TOPIC)])]
         return receiver.endpoint, [TOPIC], sinks, [receiver]
     if case == 'recv100':
         sinks = []
         for c in range(CONSUMERS):
-            # The generator sends message i to topic i % 100.
-            mine = range(c, len(MANY_TOPICS), CONSUMERS)
-            expect = sum(len(range(t, n, len(MANY_TOPICS))) for t in mine)
+            # The generator sends message i to topic i % len(many).
+            mine = range(c, len(many), CONSUMERS)
+            expect = sum(len(range(t, n, len(many))) for t in mine)
             sinks.append(sink('consumer%d' % c, expect,
-                              [receiver.outlet(MANY_TOPICS[t])
-                               for t in mine]))
-        return receiver.endpoint, MANY_TOPICS, sinks, [receiver]
+                              [receiver.outlet(many[t]) for t in mine]))
+        return receiver.endpoint, many, sinks, [receiver]
     if case == 'fanout':
         sinks = [sink('subscriber%d' % c, n, [receiver.outlet(FANOUT_KEY)],
                       '-S') for c in range(CONSUMERS)]
@@ -202,16 +222,18 @@ def generator_argv(case, size, n, endpoint, topics, rate=0,
 
 
 def throughput(endpoints, tmp_root, case, size, n, timeout, rate=0,
-               sample_rss=0.0, senders=SENDERS, context=CONTEXT):
+               sample_rss=0.0, senders=SENDERS, context=CONTEXT,
+               topic_count=TOPICS):
     """One run of *case*: *n* messages of *size* bytes as fast as they go
     (or, with *rate*, latency probes at that rate). A result dict; with
     *sample_rss* (seconds), it holds the receiver's RSS over the run. In
     the CONN_CASES, *senders* send at once, each message over a connection
-    of its own, with a libzmq context per *context* (CONTEXTS)."""
+    of its own, with a libzmq context per *context* (CONTEXTS). *topic_count*:
+    how many the many-topics case (``recv100``) spreads its messages over."""
     with Run(endpoints, tmp_root) as run:
         deadline = time.monotonic() + SETUP_TIMEOUT
         endpoint, topics, sinks, watch = _topology(run, case, n, size,
-                                                   deadline)
+                                                   deadline, topic_count)
         gen = run.start('generator', *generator_argv(
             case, size, n, endpoint, topics, rate, senders, context))
         for proc, _ in sinks:

@@ -192,12 +192,14 @@ class Receiver(Proc):
     METRICS = r'Metrics on (http://\S+)/metrics'
 
     def __init__(self, workdir, deadline, metrics=False,
-                 allowed_networks=None):
+                 allowed_networks=None, topics=1):
         """With *metrics*, the metrics endpoint is on (``metrics_url``);
-        *allowed_networks* sets [zmq_receiver] allowed_networks."""
+        *allowed_networks* sets [zmq_receiver] allowed_networks; *topics*:
+        how many outlets the run needs (max_topics is raised for them)."""
         # Large limits: the benchmark measures speed, and a drop from a
         # full backlog would be a failed run rather than a slow one.
-        receiver = {'max_backlog_bytes': 0, 'shutdown_timeout': 2}
+        receiver = {'max_backlog_bytes': 0, 'shutdown_timeout': 2,
+                    'max_topics': max(512, 2 * topics)}
         if metrics:
             receiver['metrics_port'] = 0
         if allowed_networks:

@@ -38,6 +38,9 @@ MIN_N = 1000
 #: Senders of the connection-per-message cases at most: each is a thread
 #: that makes a libzmq context (two more threads) per message.
 MAX_SENDERS = 64
+#: Topics of the many-topics case at most: each is an IPC socket in the
+#: receiver and one in a consumer.
+MAX_TOPICS = 4096
 
 
 def parse_args(argv):
@@ -66,6 +69,10 @@ def parse_args(argv):
                    help='in those cases, a libzmq context per message, or '
                         'one per sender as oslo.messaging kept one per '
                         'process (default %(default)s)')
+    p.add_argument('--topics', type=int, default=cases.TOPICS, metavar='N',
+                   help='topics of the recv100 case, spread over %d '
+                        'consumer processes (default %%(default)s)'
+                        % cases.CONSUMERS)
     p.add_argument('--duration', type=float, default=None, metavar='S',
                    help='target seconds of one throughput run (default 1.5;'
                         ' 0.25 with --quick)')
@@ -99,6 +106,8 @@ def parse_args(argv):
     if unknown:
         p.error('unknown case(s) %s; known: %s' % (
             ','.join(unknown), ','.join(cases.CASES)))
+    if not cases.CONSUMERS <= args.topics <= MAX_TOPICS:
+        p.error('--topics takes %d to %d' % (cases.CONSUMERS, MAX_TOPICS))
     if not 1 <= args.senders <= MAX_SENDERS:
         p.error('--senders takes 1 to %d' % MAX_SENDERS)
     if args.repeat < 1 or not args.sizes or not args.cases:
@@ -172,7 +181,8 @@ class Bench:
         r = self._guard('%s %d B' % (case, size), cases.throughput,
                         self.endpoints, self.tmp, case, size, n, timeout,
                         senders=self.args.senders,
-                        context=self.args.conn_context)
+                        context=self.args.conn_context,
+                        topic_count=self.args.topics)
         if r is None:
             return
         if r['complete']:
@@ -303,7 +313,7 @@ def summarize(bench):
                     if r['case'] == case and r['size'] == size]
             ok = [r for r in runs if r['complete']]
             row = {'case': case, 'group': cases.CASES[case][0],
-                   'label': cases.CASES[case][1], 'size': size,
+                   'label': cases.label(case, a.topics), 'size': size,
                    'runs': len(runs), 'lost_runs': len(runs) - len(ok),
                    'ratio_base': base_case}
             row['lost'] = [{'round': r['round'],
@@ -370,7 +380,7 @@ def summarize(bench):
             continue
         ok = [r for r in runs if r['complete']]
         row = {'case': case, 'group': cases.CASES[case][0],
-               'label': cases.CASES[case][1], 'runs': len(runs),
+               'label': cases.label(case, a.topics), 'runs': len(runs),
                'lost_runs': len(runs) - len(ok)}
         if not row['lost_runs']:
             for k in ('p50', 'p99', 'p999', 'max'):

@@ -701,6 +701,168 @@ run_flush(Run *run, PyObject *now)
     return rc;
 }
 
+/* The messages of a batch that may go straight to their outlets, held
+ * until the batch ends or a message must go to slow(), then sent outlet by
+ * outlet. With many topics, consecutive messages name different outlets;
+ * sent as they come, each one wakes libzmq's I/O thread for its pipe (a
+ * command, two epoll_ctl and a write of its own) and its consumer; a group
+ * pays that once per outlet and batch. Only the order within a topic
+ * matters to the services, and it is kept. */
+#define GROUP_MSGS 256
+#define GROUP_PARTS (GROUP_MSGS * 8)
+
+typedef struct {
+    PyObject *outlet;  /* strong reference */
+    int first, n;      /* its parts, parts[first, first + n); n 0: handled */
+} Held;
+
+typedef struct {
+    zmq_msg_t *parts;
+    Held *held;
+    int parts_cap, held_cap;
+    int parts_used, count;
+} Group;
+
+/* Allocated once; one forward() at a time holds it (a forward() that
+ * slow() calls gets a group of one message on its stack). */
+static Group shared_group = {NULL, NULL, GROUP_PARTS, GROUP_MSGS, 0, 0};
+static int shared_busy = 0;
+
+static Group *
+group_take(Group *local)
+{
+    if (shared_busy)
+        return local;
+    if (shared_group.parts == NULL) {
+        zmq_msg_t *parts = PyMem_RawMalloc(GROUP_PARTS * sizeof(zmq_msg_t));
+        Held *held = PyMem_RawMalloc(GROUP_MSGS * sizeof(Held));
+
+        if (parts == NULL || held == NULL) {
+            /* Slower, not wrong: one message at a time. */
+            PyMem_RawFree(parts);
+            PyMem_RawFree(held);
+            return local;
+        }
+        shared_group.parts = parts;
+        shared_group.held = held;
+    }
+    shared_busy = 1;
+    shared_group.parts_used = shared_group.count = 0;
+    return &shared_group;
+}
+
+static void
+group_give(Group *group)
+{
+    if (group == &shared_group)
+        shared_busy = 0;
+}
+
+static int
+group_full(Group *group)
+{
+    return group->count == group->held_cap ||
+        group->parts_used + MAX_PARTS > group->parts_cap;
+}
+
+/* Send what *group* holds, an outlet at a time, each outlet's messages in
+ * the order they came and the outlets in the order of their first one.
+ * The outlet's ``direct`` is read again first (Python may have run since:
+ * a signal handler, slow()). From a message the outlet refuses on, its
+ * messages go to slow(), whole and in order. Returns 1 when slow() was
+ * called, 0 when not, -1 with an exception set; the group is empty after,
+ * on failure too (what it still held is then released, unsent). */
+static int
+group_send(Group *g, PyObject *now, PyObject *slow, Py_ssize_t kept,
+           Run *run, Py_ssize_t *direct)
+{
+    zmq_msg_t keep[MAX_PARTS];
+    int i, j, rc = 0, called = 0;
+
+    for (i = 0; i < g->count && rc == 0; i++) {
+        PyObject *outlet = g->held[i].outlet, *attr;
+        void *out;
+        int refused = 0;
+
+        if (g->held[i].n == 0)
+            continue;
+        attr = PyObject_GetAttr(outlet, s_direct);
+        if (attr == NULL) {
+            rc = -1;
+            break;
+        }
+        out = direct_handle(attr);
+        Py_DECREF(attr);
+        if (out == NULL && PyErr_Occurred()) {
+            rc = -1;
+            break;
+        }
+        for (j = i; j < g->count && rc == 0; j++) {
+            Held *h = &g->held[j];
+            zmq_msg_t *msgs = g->parts + h->first;
+            PyObject *parts, *res;
+
+            if (h->outlet != outlet || h->n == 0)
+                continue;
+            if (out != NULL && !refused) {
+                int err = send_parts(out, msgs, h->n, keep);
+
+                if (err == 0) {
+                    h->n = 0;
+                    if (run->outlet != outlet) {
+                        if (run_flush(run, now) < 0) {
+                            rc = -1;
+                            break;
+                        }
+                        Py_INCREF(outlet);
+                        run->outlet = outlet;
+                        run->count = 0;
+                    }
+                    run->count++;
+                    (*direct)++;
+                    continue;
+                }
+                if (err < 0) {
+                    rc = -1;
+                    break;
+                }
+                /* Refused (full, or its consumer left mid-message, or
+                 * any other error), the message whole again: slow()
+                 * queues it or counts it (and will see why the outlet
+                 * refused), and this outlet's later ones after it. */
+                refused = 1;
+            }
+            /* Counters as they are, before Python looks at them. */
+            if (run_flush(run, now) < 0) {
+                rc = -1;
+                break;
+            }
+            parts = parts_list(NULL, msgs, h->n, 0, kept);
+            h->n = 0;
+            if (parts == NULL) {
+                rc = -1;
+                break;
+            }
+            res = PyObject_CallOneArg(slow, parts);
+            Py_DECREF(parts);
+            called = 1;
+            if (res == NULL) {
+                rc = -1;
+                break;
+            }
+            Py_DECREF(res);
+        }
+    }
+    if (rc == 0 && run_flush(run, now) < 0)
+        rc = -1;
+    for (i = 0; i < g->count; i++) {
+        close_msgs(g->parts + g->held[i].first, g->held[i].n);
+        Py_DECREF(g->held[i].outlet);
+    }
+    g->count = g->parts_used = 0;
+    return rc < 0 ? -1 : called;
+}
+
 PyDoc_STRVAR(forward_doc,
 "forward(sock, routes, batch, max_size, now, slow, max_bytes=0,\n"
 "        max_frames=-1) -> int\n\n"
@@ -714,18 +876,27 @@ PyDoc_STRVAR(forward_doc,
 "socket takes it at once, whole. For those, outlet.forwarded grows by one and\n"
 "outlet.last_active becomes *now*. Every other message goes, as the list\n"
 "recv_message(sock, max_frames) would return, to ``slow(parts)``.\n\n"
+"The direct ones are held and sent grouped by outlet when the batch ends\n"
+"or before the next slow() call, so that each outlet's socket is woken\n"
+"once per group: the order within an outlet is kept, and every message\n"
+"reaches slow() after the ones received before it were sent.\n\n"
 "Returns the number of messages sent directly. routes and each outlet's\n"
 "``direct`` are read once per topic and read again after every slow()\n"
-"call: only slow() may change them while forward runs. A send the\n"
+"call, and ``direct`` again before a group is sent: only slow() may\n"
+"change them while forward runs. A send the\n"
 "outlet refuses, at any part, is never an error: the message goes to\n"
-"slow(), whole. An exception from slow() or from receiving\n"
+"slow(), whole, and so do that outlet's later ones in the group.\n"
+"An exception from slow() or from receiving\n"
 "propagates with every message released; it then carries the number sent\n"
 "directly before it as its ``wire_forwarded`` attribute.");
 
 static PyObject *
 forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    zmq_msg_t msgs[MAX_PARTS], keep[MAX_PARTS];
+    zmq_msg_t one_parts[MAX_PARTS];
+    Held one_held[1];
+    Group local = {one_parts, one_held, MAX_PARTS, 1, 0, 0};
+    Group *group;
     PyObject *sock, *routes, *now, *slow;
     Py_ssize_t batch, max_size, max_bytes = 0, received = 0, direct = 0;
     /* Parts kept of a message (see parts_kept). */
@@ -734,12 +905,14 @@ forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
      * one turn of the loop stays short. */
     size_t read_bytes = 0;
     /* The last topic looked up, and what it gave, for runs of messages to
-     * one topic (the common case under load). */
+     * one topic (the common case under load): its outlet, and whether that
+     * outlet sends directly. */
     PyObject *topic = NULL, *outlet = NULL;
-    void *out = NULL;
+    int straight = 0;
     Run run = {NULL, 0};
     unsigned long handlers_seen = handlers_ran;
     void *handle;
+    int sent;
 
     if (nargs < 6 || nargs > 8) {
         PyErr_Format(PyExc_TypeError,
@@ -769,13 +942,33 @@ forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     if (check_bound() < 0 || (handle = socket_handle(sock)) == NULL)
         return NULL;
+    group = group_take(&local);
 
     while (received < batch &&
            (max_bytes <= 0 || read_bytes < (size_t)max_bytes)) {
         size_t total;
-        int more, n, err;
+        int more, n;
+        zmq_msg_t *msgs;
         PyObject *parts, *res;
 
+        if (group_full(group)) {
+            sent = group_send(group, now, slow, kept, &run, &direct);
+            if (sent < 0)
+                goto fail;
+            if (sent) {
+                /* slow() ran: as after the slow() call below. */
+                Py_CLEAR(topic);
+                Py_CLEAR(outlet);
+                straight = 0;
+                handle = open_handle(sock);
+                if (handle == NULL) {
+                    if (PyErr_Occurred())
+                        goto fail;
+                    break;
+                }
+            }
+        }
+        msgs = group->parts + group->parts_used;
         n = recv_parts(handle, msgs, &more, &total, kept);
         if (n == 0)
             break;
@@ -788,7 +981,7 @@ forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             handlers_seen = handlers_ran;
             Py_CLEAR(topic);
             Py_CLEAR(outlet);
-            out = NULL;
+            straight = 0;
         }
 
         /* (n == kept: one part more than allowed.) */
@@ -801,7 +994,7 @@ forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                     memcmp(PyBytes_AS_STRING(topic), data, size) != 0) {
                 Py_CLEAR(topic);
                 Py_CLEAR(outlet);
-                out = NULL;
+                straight = 0;
                 topic = PyBytes_FromStringAndSize(data, size);
                 if (topic == NULL) {
                     close_msgs(msgs, n);
@@ -814,7 +1007,7 @@ forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                     Py_INCREF(outlet);
                     attr = PyObject_GetAttr(outlet, s_direct);
                     if (attr != NULL) {
-                        out = direct_handle(attr);
+                        straight = direct_handle(attr) != NULL;
                         Py_DECREF(attr);
                     }
                 }
@@ -823,40 +1016,27 @@ forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                     goto fail;
                 }
             }
-            if (out != NULL) {
-                err = send_parts(out, msgs, n, keep);
-                if (err == 0) {
-                    if (run.outlet != outlet) {
-                        if (run_flush(&run, now) < 0)
-                            goto fail;
-                        Py_INCREF(outlet);
-                        run.outlet = outlet;
-                        run.count = 0;
-                    }
-                    run.count++;
-                    direct++;
-                    continue;
-                }
-                if (err < 0) {
-                    close_msgs(msgs, n);
-                    goto fail;
-                }
-                /* Refused (full, or its consumer left mid-message, or
-                 * any other error), the message whole again: slow() queues
-                 * it or counts it (and will see why the outlet refused). */
-                out = NULL;
+            if (straight) {
+                Held *h = &group->held[group->count++];
+
+                Py_INCREF(outlet);
+                h->outlet = outlet;
+                h->first = group->parts_used;
+                h->n = n;
+                group->parts_used += n;
+                continue;
             }
         }
 
-        /* Counters as they are, before Python looks at them. */
-        if (run_flush(&run, now) < 0) {
-            close_msgs(msgs, n);
-            drain(handle, more);
-            goto fail;
-        }
+        /* The whole message first (the rest of a long one waits on sock),
+         * then what was received before it, then the message. */
         parts = parts_list(handle, msgs, n, more, kept);
         if (parts == NULL)
             goto fail;
+        if (group_send(group, now, slow, kept, &run, &direct) < 0) {
+            Py_DECREF(parts);
+            goto fail;
+        }
         res = PyObject_CallOneArg(slow, parts);
         Py_DECREF(parts);
         if (res == NULL)
@@ -866,7 +1046,7 @@ forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
          * changed. */
         Py_CLEAR(topic);
         Py_CLEAR(outlet);
-        out = NULL;
+        straight = 0;
         handle = open_handle(sock);
         if (handle == NULL) {
             if (PyErr_Occurred())
@@ -876,13 +1056,26 @@ forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     Py_XDECREF(topic);
     Py_XDECREF(outlet);
-    if (run_flush(&run, now) < 0)
-        return NULL;
+    sent = group_send(group, now, slow, kept, &run, &direct);
+    group_give(group);
+    if (sent < 0 || run_flush(&run, now) < 0)
+        goto failed;
     return PyLong_FromSsize_t(direct);
 
 fail:
     Py_XDECREF(topic);
     Py_XDECREF(outlet);
+    if (group->count > 0) {
+        /* What was received before the failure still goes out. */
+        PyObject *type, *value, *tb;
+
+        PyErr_Fetch(&type, &value, &tb);
+        if (group_send(group, now, slow, kept, &run, &direct) < 0)
+            PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+    }
+    group_give(group);
+failed:
     {
         PyObject *type, *value, *tb, *count;
 

@@ -12,6 +12,14 @@ A turn is :meth:`Loop.poll` (wait for the earliest of a socket event and
 the next timer, then call the ready sockets' handlers) and then
 :meth:`Loop.run_timers` (call what fell due); the caller's loop runs turns
 while :attr:`Loop.running`, doing its own bookkeeping between them.
+
+A socket registered as not *urgent* (a monitor, an outlet's
+subscriptions: events a few milliseconds may wait for) is left out of the
+turns in which an urgent one is ready, and looked at again within
+LAZY_MAX_S: zmq_poll costs a system call per socket (libzmq asks each
+one's mailbox), so with a thousand outlets polling their monitors at every
+turn cost more than forwarding the batch the turn read. A wait never
+leaves them out.
 """
 
 import heapq
@@ -20,6 +28,14 @@ import math
 import time
 
 import zmq
+
+#: Seconds the sockets that may wait are left out of the turns at most
+#: while urgent ones are busy, and at least (a wait polls them anyway).
+LAZY_MAX_S = 0.02
+LAZY_MIN_S = 0.002
+#: ... and the share of the loop's time polling them may take in between:
+#: the pause after a poll of them is its cost divided by this.
+LAZY_SHARE = 0.1
 
 
 def poll_timeout_ms(now, due):
@@ -62,7 +78,12 @@ class Loop:
         #: Called with the time each poll returned, before any handler:
         #: the caller's notion of "now" for the turn.
         self._on_wake = on_wake
+        #: Every socket polled; the urgent ones, also in their own poller.
         self.poller = zmq.Poller()
+        self._urgent = zmq.Poller()
+        self._lazy = set()
+        #: time.monotonic() until which a busy turn polls only the urgent.
+        self._lazy_until = 0.0
         self._handlers = {}
         self._events = {}
         #: (when, sequence, Timer): equal times run in the order they
@@ -75,23 +96,36 @@ class Loop:
 
     # -- the poller registry -------------------------------------------------
 
-    def register(self, sock, events, handler):
-        """Call ``handler(events)`` when *sock* has any of *events*."""
+    def register(self, sock, events, handler, urgent=True):
+        """Call ``handler(events)`` when *sock* has any of *events*; not
+        *urgent*: within LAZY_MAX_S while others are busy (see the module
+        docstring)."""
         self._handlers[sock] = handler
+        if urgent:
+            self._lazy.discard(sock)
+        else:
+            self._lazy.add(sock)
         self.modify(sock, events)
 
     def modify(self, sock, events):
         """Poll *sock* for *events* (0: keep it, but do not poll it)."""
         if events:
             self.poller.register(sock, events)
+            if sock not in self._lazy:
+                self._urgent.register(sock, events)
         elif self._events.get(sock):
             self.poller.unregister(sock)
+            if sock not in self._lazy:
+                self._urgent.unregister(sock)
         self._events[sock] = events
 
     def unregister(self, sock):
         """Forget *sock*."""
         if self._events.pop(sock, 0):
             self.poller.unregister(sock)
+            if sock not in self._lazy:
+                self._urgent.unregister(sock)
+        self._lazy.discard(sock)
         self._handlers.pop(sock, None)
 
     def registered(self, sock):
@@ -143,8 +177,11 @@ class Loop:
     def poll(self):
         """Wait for a socket event or the next timer, then call the ready
         sockets' handlers; returns the time the wait ended."""
-        ready = self.poller.poll(poll_timeout_ms(self.clock(),
-                                                 self.next_due()))
+        ready = None
+        if self._lazy and time.monotonic() < self._lazy_until:
+            ready = self._urgent.poll(0)
+        if not ready:
+            ready = self._poll_all()
         now = self.clock()
         if self._on_wake is not None:
             self._on_wake(now)
@@ -154,6 +191,21 @@ class Loop:
             if handler is not None:
                 handler(events)
         return now
+
+    def _poll_all(self):
+        """Poll every socket, waiting up to the next timer; then leave the
+        lazy ones out of busy turns for a while that keeps their cost
+        within LAZY_SHARE of the loop's time."""
+        if not self._lazy:
+            return self.poller.poll(poll_timeout_ms(self.clock(),
+                                                    self.next_due()))
+        cpu = time.thread_time()
+        ready = self.poller.poll(poll_timeout_ms(self.clock(),
+                                                 self.next_due()))
+        cost = time.thread_time() - cpu
+        self._lazy_until = time.monotonic() + min(
+            LAZY_MAX_S, max(LAZY_MIN_S, cost / LAZY_SHARE))
+        return ready
 
     def run_timers(self):
         """Call the timers that fell due, earliest first, then the sources

@@ -255,13 +255,17 @@ class Outlets:
         outlet = Outlet(route.key, route.kind, path, sock, monitor,
                         self.clock())
         send = self.delivery
+        # Subscriptions and consumers' comings and goings may wait a few
+        # ms while the loop is busy (loop.LAZY_MAX_S); with many outlets,
+        # polling them at every turn cost more than the forwarding.
         if route.kind is routing.Kind.PUB:
             self.loop.register(sock, zmq.POLLIN,
-                               lambda events: send.read_subscriptions(outlet))
+                               lambda events: send.read_subscriptions(outlet),
+                               urgent=False)
         else:
             self.loop.register(sock, 0, lambda events: send.flush(outlet))
         self.loop.register(monitor, zmq.POLLIN, lambda events: count_consumers(
-            outlet, self.watch.connections, self.clock))
+            outlet, self.watch.connections, self.clock), urgent=False)
         if route.kind is routing.Kind.PUSH:
             send.start_joining(outlet)
         return outlet

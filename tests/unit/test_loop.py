@@ -7,6 +7,7 @@ come, and a poll whose timer is due returns at once (timeout 0).
 
 import os
 import time
+import types
 
 import pytest
 import zmq
@@ -252,3 +253,74 @@ def test_stop_ends_the_timers_of_the_turn(clock):
     assert not loop.running
     assert ran == ['deadline']
     assert source.runs == []
+
+
+@pytest.fixture
+def two_pairs(ctx):
+    """An urgent and a lazy (PUSH, PULL) pair over inproc."""
+    socks = []
+    for name in ('urgent', 'lazy'):
+        pull = ctx.socket(zmq.PULL)
+        pull.bind('inproc://loop-%s' % name)
+        push = ctx.socket(zmq.PUSH)
+        push.connect('inproc://loop-%s' % name)
+        socks += [push, pull]
+    yield socks
+    support.close_all(*socks)
+
+
+def test_a_lazy_socket_waits_out_busy_turns_but_never_a_wait(
+        clock, two_pairs, monkeypatch):
+    upush, upull, lpush, lpull = two_pairs
+    # A long window, so that the test's own pace cannot end it.
+    monkeypatch.setattr(loop_mod, 'LAZY_MIN_S', 60.0)
+    monkeypatch.setattr(loop_mod, 'LAZY_MAX_S', 60.0)
+    loop = loop_mod.Loop(clock)
+    seen = []
+    loop.register(upull, zmq.POLLIN, lambda e: seen.append(upull.recv()))
+    loop.register(lpull, zmq.POLLIN, lambda e: seen.append(lpull.recv()),
+                  urgent=False)
+    for push, body in ((upush, b'u1'), (lpush, b'l1')):
+        push.send(body)
+    # Both ready before the first poll: it polls all.
+    support.wait_until(lambda: lpull.poll(0) and upull.poll(0), 'both ready')
+    loop.poll()
+    assert sorted(seen) == [b'l1', b'u1']
+    upush.send(b'u2')
+    lpush.send(b'l2')
+    support.wait_until(lambda: lpull.poll(0) and upull.poll(0), 'both ready')
+    # An urgent one is ready: the lazy one waits.
+    loop.poll()
+    assert seen[2:] == [b'u2']
+    # Nothing urgent: the poll that would wait polls every socket.
+    loop.poll()
+    assert seen[3:] == [b'l2']
+
+
+def test_a_lazy_socket_is_polled_while_the_urgent_ones_stay_busy(
+        clock, two_pairs, monkeypatch):
+    upush, upull, lpush, lpull = two_pairs
+    # The loop's own time for the lazy window, moved by the test.
+    now = [1000.0]
+    monkeypatch.setattr(loop_mod, 'time', types.SimpleNamespace(
+        monotonic=lambda: now[0], thread_time=time.thread_time))
+    loop = loop_mod.Loop(clock)
+    lazy = []
+    loop.register(upull, zmq.POLLIN, lambda e: upull.recv())
+    loop.register(lpull, zmq.POLLIN, lambda e: lazy.append(lpull.recv()),
+                  urgent=False)
+    for i in range(10):
+        upush.send(b'%d' % i)
+    lpush.send(b'l1')
+    support.wait_until(lambda: lpull.poll(0) and upull.poll(0), 'both ready')
+    loop.poll()
+    assert lazy == [b'l1']
+    lpush.send(b'l2')
+    support.wait_until(lambda: lpull.poll(0), 'the lazy one ready')
+    loop.poll()
+    assert lazy == [b'l1']
+    # Past the longest window, with the urgent one still busy.
+    now[0] += loop_mod.LAZY_MAX_S
+    assert upull.poll(0)
+    loop.poll()
+    assert lazy == [b'l1', b'l2']

@@ -26,7 +26,7 @@ from tests.unit.test_ratelimit import Clock
 
 
 class Loop:
-    def register(self, sock, events, handler):
+    def register(self, sock, events, handler, urgent=True):
         pass
 
     def modify(self, sock, events):

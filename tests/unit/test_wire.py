@@ -487,6 +487,56 @@ def test_forward_interleaved_outlets(ctx, fwd):
 
 
 @fast
+def test_forward_sends_what_came_before_a_slow_message_first(ctx, fwd):
+    (push, pull), (opush, opull) = fwd
+    bpush, bpull = pair(ctx, 'inproc', None, 'b')
+    a, b = Outlet(opush), Outlet(bpush)
+    routes = {b'a': a, b'b': b}
+    sent = [msg(0, b'a'), msg(1, b'b'), msg(2, b'a'), msg(3, b'other'),
+            msg(4, b'b')]
+    feed(push, sent)
+    seen = []
+    # Held for a group, the direct ones must still be out (and counted)
+    # before slow() sees a later message.
+    slow = Slow(lambda parts: seen.append(
+        (drain(opull), drain(bpull), a.forwarded, b.forwarded)))
+    assert wire.forward(pull, routes, 100, 1 << 20, 1.0, slow) == 4
+    assert slow.got == [sent[3]]
+    assert seen == [([sent[0], sent[2]], [sent[1]], 2, 1)]
+    assert drain(bpull) == [sent[4]]
+    assert (a.forwarded, b.forwarded) == (2, 2)
+    support.close_all(bpush, bpull)
+
+
+@fast
+def test_forward_refused_in_a_group_goes_to_slow_in_order(ctx, fwd):
+    (push, pull), _ = fwd
+    full = ctx.socket(zmq.PUSH)
+    full.sndhwm = 2
+    full.bind('inproc://full')
+    reader = ctx.socket(zmq.PULL)
+    reader.rcvhwm = 2
+    reader.connect('inproc://full')
+    other_push, other_pull = pair(ctx, 'inproc', None, 'other')
+    stuck, ok = Outlet(full), Outlet(other_push)
+    routes = {b'stuck': stuck, b'ok': ok}
+    sent = [msg(i, b'stuck' if i % 2 else b'ok') for i in range(20)]
+    feed(push, sent)
+    slow = Slow()
+    direct = wire.forward(pull, routes, 100, 1 << 20, 1.0, slow)
+    to_stuck = [m for m in sent if m[1] == b'stuck']
+    # The pipe took some; from the first it refused on, the rest of that
+    # outlet's messages reach slow() whole and in their order, and the
+    # other outlet's go on directly.
+    taken = stuck.forwarded
+    assert 0 < taken < len(to_stuck)
+    assert slow.got == to_stuck[taken:]
+    assert drain(other_pull) == [m for m in sent if m[1] == b'ok']
+    assert direct == taken + 10
+    support.close_all(full, reader, other_push, other_pull)
+
+
+@fast
 @pytest.mark.parametrize('case', ['not direct', 'no route', 'too big',
                                   'one part', 'full', 'many parts'])
 def test_forward_slow(ctx, fwd, case):
