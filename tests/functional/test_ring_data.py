@@ -168,8 +168,8 @@ def test_command_with_groups_and_project_config(tmp_path):
 
 @pytest.mark.parametrize('args,message', [
     (['--project', 'swift'], "Unknown project 'swift'"),
-    (['--project', 'sahara', '--release', 'icehouse'],
-     'no sahara for release'),
+    (['--project', 'sahara', '--release', 'havana'],
+     "no sahara for release 'havana'"),
     (['--project-config', 'nova=/nonexistent/nova.conf', '--project',
       'nova'], 'cannot be read'),
 ])
