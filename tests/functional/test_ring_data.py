@@ -7,7 +7,9 @@ node1 runs a compute and a scheduler service, node2 a compute service,
 node3 nothing; each service is shaped as a legacy RPC server: PULL on
 ``topic`` and ``topic.host``, SUB on ``fanout~topic``. The ring under test
 lists compute on node1 and node3, scheduler on node1: node2 is missing and
-node3 serves nothing, which ``diff`` must report, and nothing else.
+node3 serves nothing, which ``diff`` must report, and nothing else. The
+same cloud asked through an inventory names each receiver by its address
+(an inventory holds host names, no ports: one metrics port for all).
 """
 
 import json
@@ -18,7 +20,6 @@ import subprocess
 import tempfile
 
 import pytest
-import zmq
 
 from tests import support
 from tests.functional.test_admin import admin
@@ -39,32 +40,37 @@ WRONG = {('compute', 'node2'): 'unlisted',
 
 
 class Cloud:
-    """The three receivers and their services."""
+    """The three receivers and their services.
 
-    def __init__(self, daemons, ctx, directory):
+    *names* gives each node's rpc_zmq_host (default: node1, node2, node3);
+    *metrics_port* the port of every metrics endpoint (default: any, each
+    its own), one port for all being what an inventory, which holds no
+    ports, needs.
+    """
+
+    def __init__(self, daemons, ctx, directory, names=None, metrics_port=0):
         self.directory = directory
+        self.names = names or {node: node for node in NODES}
         self.receivers = {}
         self.urls = {}
         self.consumers = []
-        for name, address in NODES.items():
-            node_dir = os.path.join(directory, name)
+        for node, address in NODES.items():
+            node_dir = os.path.join(directory, node)
             os.mkdir(node_dir)
-            self.receivers[name] = daemons(node_dir, {
+            self.receivers[node] = daemons(node_dir, {
                 'DEFAULT': {'rpc_zmq_bind_address': address,
-                            'rpc_zmq_host': name},
-                'zmq_receiver': {'metrics_port': 0,
+                            'rpc_zmq_host': self.names[node]},
+                'zmq_receiver': {'metrics_port': metrics_port,
                                  'metrics_address': address}})
-            self.urls[name] = metrics_url(self.receivers[name])
-        out = ctx.socket(zmq.PUSH)
-        out.setsockopt(zmq.LINGER, 1000)
-        for name, topics in SERVICES.items():
-            daemon = self.receivers[name]
+            self.urls[node] = metrics_url(self.receivers[node])
+        for node, topics in SERVICES.items():
             for topic in topics:
-                self.serve(ctx, daemon, name, topic)
-        out.close()
-        for name, topics in SERVICES.items():
+                self.serve(ctx, self.receivers[node], self.names[node],
+                           topic)
+        for node, topics in SERVICES.items():
+            host = self.names[node]
             for topic in topics:
-                self.wait_consumers(name, [topic, '%s.%s' % (topic, name),
+                self.wait_consumers(node, [topic, '%s.%s' % (topic, host),
                                            'fanout~' + topic])
 
     def serve(self, ctx, daemon, host, topic):
@@ -101,6 +107,14 @@ class Cloud:
     def targets(self, names=NODES):
         return ['%s=%s' % (n, self.urls[n][len('http://'):]) for n in names]
 
+    def renamed(self, topics):
+        """*topics* ({topic: [node]} or {(topic, node): state}) with each
+        node by its rpc_zmq_host."""
+        if all(isinstance(k, tuple) for k in topics):
+            return {(t, self.names[n]): v for (t, n), v in topics.items()}
+        return {t: sorted(self.names[n] for n in nodes)
+                for t, nodes in topics.items()}
+
     def ring_file(self, topics, name='ring.json'):
         path = os.path.join(self.directory, name)
         with open(path, 'w') as f:
@@ -115,6 +129,40 @@ def cloud(daemons, ctx):
     yield made
     support.close_all(*made.consumers)
     shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def inventory_cloud(daemons, ctx):
+    """The cloud as an inventory knows it: each receiver named by its
+    address (rpc_zmq_host = 127.0.0.N, the name its ring uses), every
+    metrics endpoint on one port, given with --port."""
+    port = _port_free_on_every_node()
+    directory = tempfile.mkdtemp(prefix='zr', dir='/tmp')
+    made = Cloud(daemons, ctx, directory, names=dict(NODES),
+                 metrics_port=port)
+    made.port = port
+    yield made
+    support.close_all(*made.consumers)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _port_free_on_every_node():
+    """A TCP port free on all of 127.0.0.1, .2 and .3 right now."""
+    for _ in range(20):
+        port = support.free_port()
+        held = []
+        try:
+            for address in NODES.values():
+                sock = socket.socket()
+                held.append(sock)
+                sock.bind((address, port))
+            return port
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+    pytest.fail('no port free on every node address')
 
 
 def cells(result):
@@ -168,8 +216,8 @@ def test_command_with_groups_and_project_config(tmp_path):
 
 @pytest.mark.parametrize('args,message', [
     (['--project', 'swift'], "Unknown project 'swift'"),
-    (['--project', 'sahara', '--release', 'icehouse'],
-     'no sahara for release'),
+    (['--project', 'sahara', '--release', 'havana'],
+     "no sahara for release 'havana'"),
     (['--project-config', 'nova=/nonexistent/nova.conf', '--project',
       'nova'], 'cannot be read'),
 ])
@@ -351,6 +399,78 @@ def test_diff_needs_someone_to_ask(tmp_path):
     result = admin('ring', 'diff', '--ring', str(ring))
     assert result.returncode == 1
     assert 'No receiver to ask' in result.stderr
+
+
+# -- learn and diff from an inventory ----------------------------------------
+
+#: The inventory the operator built the ring from: compute on .1 and .3,
+#: scheduler on .1 (what RING says), in the host -> services form.
+INVENTORY_INI = """\
+[127.0.0.1]
+services = nova-compute, nova-scheduler
+[127.0.0.2]
+services = nova-conductor
+[127.0.0.3]
+services = nova-compute
+"""
+#: The same hosts as an Ansible YAML inventory of groups.
+INVENTORY_ANSIBLE = """\
+all:
+  children:
+    nova_compute:
+      hosts:
+        127.0.0.1:
+        127.0.0.3:
+    nova_scheduler:
+      hosts:
+        127.0.0.1:
+    controllers:
+      hosts:
+        127.0.0.2:
+"""
+
+
+@pytest.mark.parametrize('name,text', [('inv.ini', INVENTORY_INI),
+                                        ('hosts.yml', INVENTORY_ANSIBLE)])
+def test_learn_asks_every_host_of_an_inventory(inventory_cloud, name, text):
+    cloud = inventory_cloud
+    inv = _write_file(cloud.directory, name, text)
+    output = os.path.join(cloud.directory, 'learned.json')
+    result = admin('ring', 'learn', '--inventory', inv,
+                   '--port', str(cloud.port), '--output', output)
+    assert result.returncode == 0, result.stderr
+    with open(output) as f:
+        assert json.load(f) == cloud.renamed(TRUTH)
+    assert '3 of 3 receivers answered' in result.stderr
+
+
+def test_diff_asks_every_host_of_an_inventory(inventory_cloud):
+    cloud = inventory_cloud
+    inv = _write_file(cloud.directory, 'inv.ini', INVENTORY_INI)
+    ring = cloud.ring_file(cloud.renamed(RING))
+    result = admin('ring', 'diff', '--ring', ring, '--inventory', inv,
+                   '--port', str(cloud.port), '--json')
+    assert result.returncode == 1, result.stderr
+    found, doc = cells(result)
+    assert disagreements(found) == cloud.renamed(WRONG)
+    assert doc['no_answer'] == {}
+    # A host of the inventory that is down is one that did not answer.
+    cloud.receivers['node2'].kill()
+    result = admin('ring', 'diff', '--ring', ring, '--inventory', inv,
+                   '--port', str(cloud.port), '--json')
+    assert result.returncode == 1, result.stderr
+    found, doc = cells(result)
+    assert set(doc['no_answer']) == {NODES['node2']}
+    assert 'refused' in doc['no_answer'][NODES['node2']].lower()
+    assert disagreements(found) == {
+        ('compute', NODES['node3']): 'no-consumer'}
+
+
+def _write_file(directory, name, text):
+    path = os.path.join(directory, name)
+    with open(path, 'w') as f:
+        f.write(text)
+    return path
 
 
 # -- the page ----------------------------------------------------------------

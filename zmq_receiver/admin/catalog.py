@@ -2,8 +2,12 @@
 
 The data is ``catalog.json`` in this package, read from the public source of
 each project at the releases the legacy ZeroMQ driver served (Icehouse to
-Liberty); every topic names the file (and, where it was counted, the line)
-it comes from and the releases at which that was checked (``verified_at``).
+Liberty). Every topic either cites where it comes from, as ``sources``: one
+citation per version read (repo, file, line, 40-hex commit, the releases
+that version was judged to belong to, and the evidence for that judgement),
+or says plainly that it could not be read: ``"verified": false`` with
+``searched``, what was looked for and why it failed. A topic that exists at
+only some of its project's releases lists them in its own ``releases``.
 
 A project's topics are keyed by their default name. A topic may carry the
 config option that renames it (``compute_topic`` in ``[DEFAULT]``,
@@ -14,6 +18,7 @@ the project's own config file with oslo.config, as the service does, and
 
 import json
 import os
+import re
 
 from oslo_config import cfg
 
@@ -30,51 +35,88 @@ class CatalogError(errors.ConfigError):
     """The catalog (or a question put to it) does not fit."""
 
 
-# Each takes (key, topic) of a project's topic and returns what is wrong
-# with it, to follow "topic KEY", or None.
+# Each takes (key, topic, releases) of a project's topic (releases: the
+# project's) and returns what is wrong with it, to follow "topic KEY", or
+# None.
 
 
-def _misnamed(key, topic):
+def _misnamed(key, topic, releases):
     if topic.get('name') != key:
         return 'is named %r' % (topic.get('name'),)
     return None
 
 
-def _bad_kinds(key, topic):
+def _bad_kinds(key, topic, releases):
     if not topic.get('kinds') or not set(topic['kinds']) <= KINDS:
         return 'has kinds %r' % (topic.get('kinds'),)
     return None
 
 
-def _no_file(key, topic):
-    if not (topic.get('source') or {}).get('file'):
-        return 'cites no file'
+#: What a citation of the source must hold.
+CITATION_FIELDS = ('repo', 'file', 'line', 'commit', 'releases', 'evidence')
+
+
+def _citation_problem(citation, releases):
+    """What is wrong with one entry of a topic's ``sources``, or None."""
+    missing = [f for f in CITATION_FIELDS if not citation.get(f)]
+    if missing:
+        return 'has a source without %s' % ', '.join(missing)
+    if not isinstance(citation['line'], int) or citation['line'] < 1:
+        return 'cites line %r' % (citation['line'],)
+    if not re.fullmatch('[0-9a-f]{40}', str(citation['commit'])):
+        return 'cites commit %r, not 40 hex digits' % (citation['commit'],)
+    if not set(citation['releases']) <= releases:
+        return 'cites releases %r outside %s' % (citation['releases'],
+                                                 sorted(releases))
     return None
 
 
-def _verified_nowhere(key, topic):
-    source = topic.get('source') or {}
-    if source.get('verified_at') and not (source.get('line') or
-                                          source.get('anchor')):
-        return 'is verified without a line or anchor'
+def _unsourced(key, topic, releases):
+    """A topic cites a source, or says it is unverified and what was
+    searched: never neither, never both."""
+    sources = topic.get('sources')
+    if topic.get('verified') is False:
+        if sources:
+            return 'is marked unverified but cites sources'
+        if not topic.get('searched'):
+            return 'is unverified without saying what was searched'
+        return None
+    if 'verified' in topic:
+        return 'has "verified": %r (only false is allowed)' % (
+            topic['verified'],)
+    if not sources or not isinstance(sources, list):
+        return 'cites no source (give "sources", or "verified": false ' \
+               'and "searched")'
+    for citation in sources:
+        problem = _citation_problem(citation, releases)
+        if problem:
+            return problem
     return None
 
 
-def _option_without_group(key, topic):
+def _topic_releases(key, topic, releases):
+    if not set(topic.get('releases', releases)) <= releases:
+        return 'exists at releases %r outside its project\'s %s' % (
+            topic['releases'], sorted(releases))
+    return None
+
+
+def _option_without_group(key, topic, releases):
     if topic.get('option') and not topic.get('group'):
         return 'has an option but no group'
     return None
 
 
 #: In the order their sentences are given.
-TOPIC_PROBLEMS = (_misnamed, _bad_kinds, _no_file, _verified_nowhere,
+TOPIC_PROBLEMS = (_misnamed, _bad_kinds, _unsourced, _topic_releases,
                   _option_without_group)
 
 
-def _topic_problems(where, topics):
+def _topic_problems(where, topics, releases):
     return ['%s: topic %s %s' % (where, key, problem)
             for key, topic in sorted(topics.items())
-            for problem in (check(key, topic) for check in TOPIC_PROBLEMS)
+            for problem in (check(key, topic, releases)
+                            for check in TOPIC_PROBLEMS)
             if problem is not None]
 
 
@@ -100,7 +142,8 @@ def _project_problems(name, project, releases):
         problems.append('%s: "topics" and "services" must be objects'
                         % where)
         return problems
-    return (problems + _topic_problems(where, topics)
+    return (problems
+            + _topic_problems(where, topics, set(project.get('releases', ())))
             + _service_problems(where, topics, services))
 
 
@@ -212,28 +255,46 @@ class Catalog:
                 result[key] = names
         return result
 
-    def consumers(self, topic_key):
+    def consumers(self, topic_key, release=None):
         """[(project, service, topic)] of every service consuming the
-        topic keyed *topic_key* in any project."""
+        topic keyed *topic_key* in any project (at *release*, if given)."""
         found = []
         for name, project in sorted(self.projects.items()):
             topic = project['topics'].get(topic_key)
-            if topic is None:
+            if topic is None or not _exists_at(project, topic, release):
                 continue
             for service, uses in sorted(project['services'].items()):
                 if topic_key in uses['consumes']:
                     found.append((name, service, topic))
         return found
 
-    def ring_topics(self, project):
+    def ring_topics(self, project, release=None):
         """The topic keys a ring of *project* must list: those its services
-        consume, those they send to, and its ``ring_also``."""
+        consume, those they send to, and its ``ring_also``; at *release*,
+        if given, less its topics that did not exist then."""
         entry = self.project(project)
         keys = set(entry.get('ring_also', {}))
         for uses in entry['services'].values():
             keys.update(uses['consumes'])
             keys.update(uses['sends'])
-        return keys
+        return {key for key in keys
+                if key not in entry['topics']
+                or _exists_at(entry, entry['topics'][key], release)}
+
+    def unverified(self):
+        """[(project, topic key, what was searched)] of every topic whose
+        source could not be read, sorted."""
+        return sorted((name, key, topic['searched'])
+                      for name, project in self.projects.items()
+                      for key, topic in project['topics'].items()
+                      if topic.get('verified') is False)
+
+
+def _exists_at(project, topic, release):
+    """Whether *topic* of *project* exists at *release* (None: any)."""
+    if release is None:
+        return True
+    return release in topic.get('releases', project['releases'])
 
 
 def load(path=PATH):

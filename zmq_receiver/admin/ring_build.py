@@ -103,18 +103,19 @@ def _topic_hosts(catalog, key, listed_anyway, consumers, placements):
     return hosts, None
 
 
-def build(catalog, project, placements, renames=None):
+def build(catalog, project, placements, renames=None, release=None):
     """({topic: [hosts]}, notes) of the ring of *project* for
     *placements* ({host: set of services}); *renames* is
-    {project: {topic key: [names]}}."""
+    {project: {topic key: [names]}}; *release*, if given, leaves out the
+    topics the catalog says did not exist then."""
     renames = renames or {}
     entry = catalog.project(project)
     also = entry.get('ring_also', {})
     topics, notes = {}, []
-    for key in sorted(catalog.ring_topics(project)):
+    for key in sorted(catalog.ring_topics(project, release)):
         if key in catalog.not_in_ring:
             continue
-        consumers = catalog.consumers(key)
+        consumers = catalog.consumers(key, release)
         hosts, note = _topic_hosts(catalog, key, key in also, consumers,
                                    placements)
         if note is not None:
@@ -172,7 +173,8 @@ def _ring(catalog, name, command, placements, renames, err):
     """{topic: [hosts]} of ring *name*, its notes printed on *err*."""
     merged = {}
     for member in _members(catalog, name, command.release):
-        topics, notes = build(catalog, member, placements, renames)
+        topics, notes = build(catalog, member, placements, renames,
+                              command.release)
         for note in notes:
             print('note: %s: %s' % (member, note), file=err)
         for topic, hosts in topics.items():
