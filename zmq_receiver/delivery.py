@@ -83,10 +83,12 @@ class Delivery:
     """
 
     def __init__(self, loop, limits, counters, warn, clock,
-                 send=wire.py_send_message):
+                 send=wire.py_send_message, send_backlog=wire.py_send_backlog):
         self.loop = loop
-        #: send(socket, frames): the chosen wire.Implementation's.
+        #: send(socket, frames) and send_backlog(socket, backlog): the
+        #: chosen wire.Implementation's.
         self._send_message = send
+        self._send_backlog = send_backlog
         self.limits = limits
         self.counters = counters
         self.warn = warn
@@ -166,15 +168,15 @@ class Delivery:
         else:
             outlet.direct = None
 
-    def count_forwarded(self, outlet):
-        """Count one message sent on *outlet* from Python.
+    def count_forwarded(self, outlet, count=1):
+        """Count *count* messages sent on *outlet* from Python.
 
         The one place Python counts a message forwarded; _wire.forward
         counts those it sends itself on the outlet in C (outlet.
         WIRE_ATTRIBUTES), and the receiver adds them to the totals.
         """
-        outlet.forwarded += 1
-        self.counters.forwarded += 1
+        outlet.forwarded += count
+        self.counters.forwarded += count
 
     def _wait_for_subscriber(self, outlet, frames, size):
         """Keep a PUB message no subscription matches for the join window
@@ -368,6 +370,18 @@ class Delivery:
         """Send from the backlog until it is empty or the socket is full."""
         backlog = outlet.backlog
         sock = outlet.socket
+        if outlet.kind is routing.Kind.PUSH and backlog:
+            # The run the socket takes, in one call (a backlog builds up
+            # whenever a consumer falls behind a burst, and flushing it a
+            # message at a time here cost more than forwarding it); the
+            # message it stops at is sent again below, which learns why.
+            count, size = self._send_backlog(sock, backlog)
+            if count:
+                outlet.blocked_since = None
+                outlet.backlog_bytes -= size
+                self.buffered_bytes -= size
+                self.held -= count
+                self.count_forwarded(outlet, count)
         while backlog:
             frames, size = backlog[0]
             sent = self._send(outlet, frames)
