@@ -138,6 +138,15 @@ class Delivery:
         self._deliver(outlet, frames, size)
 
     def _deliver(self, outlet, frames, size):
+        if (outlet.backlog and outlet.kind is routing.Kind.PUSH and
+                outlet.settle_until is None):
+            # The consumer may have made room since the socket refused:
+            # waiting for the poll's POLLOUT would send the rest of this
+            # batch through here (a Python call per message) where, once
+            # the backlog is out, the compiled path sends it.
+            self._send_run(outlet)
+            if not outlet.backlog:
+                self.flush(outlet)
         if not outlet.backlog and outlet.settle_until is None:
             sent = self._send(outlet, frames)
             if sent:
@@ -370,18 +379,8 @@ class Delivery:
         """Send from the backlog until it is empty or the socket is full."""
         backlog = outlet.backlog
         sock = outlet.socket
-        if outlet.kind is routing.Kind.PUSH and backlog:
-            # The run the socket takes, in one call (a backlog builds up
-            # whenever a consumer falls behind a burst, and flushing it a
-            # message at a time here cost more than forwarding it); the
-            # message it stops at is sent again below, which learns why.
-            count, size = self._send_backlog(sock, backlog)
-            if count:
-                outlet.blocked_since = None
-                outlet.backlog_bytes -= size
-                self.buffered_bytes -= size
-                self.held -= count
-                self.count_forwarded(outlet, count)
+        if outlet.kind is routing.Kind.PUSH:
+            self._send_run(outlet)
         while backlog:
             frames, size = backlog[0]
             sent = self._send(outlet, frames)
@@ -402,6 +401,20 @@ class Delivery:
             # PUSH only: a PUB outlet waits on its retry timer instead.
             outlet.polling_out = False
             self.loop.modify(outlet.socket, 0)
+
+    def _send_run(self, outlet):
+        """Send the run of PUSH *outlet*'s backlog its socket takes, in one
+        call: a backlog builds up whenever a consumer falls behind a
+        burst, and sending it a message at a time from Python cost more
+        than forwarding it. The message it stops at stays first, for
+        :meth:`flush` to send again and learn why."""
+        count, size = self._send_backlog(outlet.socket, outlet.backlog)
+        if count:
+            outlet.blocked_since = None
+            outlet.backlog_bytes -= size
+            self.buffered_bytes -= size
+            self.held -= count
+            self.count_forwarded(outlet, count)
 
     def read_subscriptions(self, outlet):
         """Count the (un)subscriptions XPUB *outlet* received, and send on
