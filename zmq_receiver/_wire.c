@@ -108,7 +108,8 @@ static unsigned long long cut_sends = 0;
  * mid-message (4.3.1 on): see end_dropped(). */
 static int drops_after_cut = 0;
 
-static PyObject *s_underlying, *s_direct, *s_forwarded, *s_last_active;
+static PyObject *s_underlying, *s_direct, *s_forwarded, *s_last_active,
+    *s_popleft;
 
 /* ---- errors ------------------------------------------------------------ */
 
@@ -595,25 +596,20 @@ PyDoc_STRVAR(send_message_doc,
 "parts it took: send the message again, whole); other errors as pyzmq\n"
 "raises them. *sock* must be a zmq.Socket (TypeError otherwise).");
 
-static PyObject *
-send_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+/* Send the sequence *frames* on *handle* as send_message() does: 0 when
+ * sent, the errno of a refused send (no exception), or -1 with an
+ * exception set (a bad part, or from a signal handler). */
+static int
+send_frames(void *handle, PyObject *frames)
 {
     zmq_msg_t stack[MAX_PARTS], *msgs = stack;
-    PyObject *seq, *result = NULL;
+    PyObject *seq;
     Py_ssize_t n, i;
-    void *handle;
-    int err;
+    int err = -1;
 
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError,
-                     "send_message() takes 2 arguments (%zd given)", nargs);
-        return NULL;
-    }
-    if (check_bound() < 0 || (handle = socket_handle(args[0])) == NULL)
-        return NULL;
-    seq = PySequence_Fast(args[1], "frames must be a sequence");
+    seq = PySequence_Fast(frames, "frames must be a sequence");
     if (seq == NULL)
-        return NULL;
+        return -1;
     n = PySequence_Fast_GET_SIZE(seq);
     if (n == 0) {
         PyErr_SetString(PyExc_ValueError, "a message has at least one part");
@@ -643,18 +639,96 @@ send_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
     }
     err = send_parts(handle, msgs, (int)n, NULL);
-    if (err) {
-        if (err > 0)
-            raise_zmq(err);
-        goto done;
-    }
-    result = Py_None;
-    Py_INCREF(result);
 done:
     if (msgs != stack)
         PyMem_Free(msgs);
     Py_DECREF(seq);
-    return result;
+    return err;
+}
+
+static PyObject *
+send_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    void *handle;
+    int err;
+
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError,
+                     "send_message() takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (check_bound() < 0 || (handle = socket_handle(args[0])) == NULL)
+        return NULL;
+    err = send_frames(handle, args[1]);
+    if (err > 0)
+        return raise_zmq(err);
+    if (err < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(send_backlog_doc,
+"send_backlog(sock, backlog) -> (count, size)\n\n"
+"Send messages from the left of *backlog* (a collections.deque of\n"
+"(frames, size) pairs, frames as send_message takes them) while *sock*\n"
+"takes each one whole, taking it off the deque. Returns how many were\n"
+"sent and the sum of their sizes. Stops at the first send that fails in\n"
+"any way, with that message still first in *backlog* and no exception:\n"
+"the caller sends it again with send_message to learn why. A bad part\n"
+"or an exception from a signal handler propagates, nothing taken off\n"
+"for that message.");
+
+static PyObject *
+send_backlog(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *backlog, *item, *res;
+    Py_ssize_t count = 0, size = 0, cost;
+    void *handle;
+    int err;
+
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError,
+                     "send_backlog() takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    backlog = args[1];
+    if (check_bound() < 0 || (handle = socket_handle(args[0])) == NULL)
+        return NULL;
+    for (;;) {
+        Py_ssize_t left = PyObject_Length(backlog);
+
+        if (left < 0)
+            return NULL;
+        if (left == 0)
+            break;
+        item = PySequence_GetItem(backlog, 0);
+        if (item == NULL)
+            return NULL;
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
+            Py_DECREF(item);
+            PyErr_SetString(PyExc_TypeError,
+                            "backlog items must be (frames, size) pairs");
+            return NULL;
+        }
+        cost = PyLong_AsSsize_t(PyTuple_GET_ITEM(item, 1));
+        if (cost == -1 && PyErr_Occurred()) {
+            Py_DECREF(item);
+            return NULL;
+        }
+        err = send_frames(handle, PyTuple_GET_ITEM(item, 0));
+        Py_DECREF(item);
+        if (err < 0)
+            return NULL;
+        if (err > 0)
+            break;
+        res = PyObject_CallMethodNoArgs(backlog, s_popleft);
+        if (res == NULL)
+            return NULL;
+        Py_DECREF(res);
+        count++;
+        size += cost;
+    }
+    return Py_BuildValue("(nn)", count, size);
 }
 
 /* ---- forward ----------------------------------------------------------- */
@@ -1588,6 +1662,8 @@ static PyMethodDef methods[] = {
      METH_FASTCALL, recv_message_doc},
     {"send_message", (PyCFunction)(void (*)(void))send_message,
      METH_FASTCALL, send_message_doc},
+    {"send_backlog", (PyCFunction)(void (*)(void))send_backlog,
+     METH_FASTCALL, send_backlog_doc},
     {"forward", (PyCFunction)(void (*)(void))forward, METH_FASTCALL,
      forward_doc},
     {"strerror", wire_strerror, METH_O, strerror_doc},
@@ -1618,7 +1694,8 @@ PyInit__wire(void)
             (s_direct = PyUnicode_InternFromString("direct")) == NULL ||
             (s_forwarded = PyUnicode_InternFromString("forwarded")) == NULL ||
             (s_last_active = PyUnicode_InternFromString("last_active"))
-                == NULL)
+                == NULL ||
+            (s_popleft = PyUnicode_InternFromString("popleft")) == NULL)
         return NULL;
     m = PyModule_Create(&module_def);
     if (m == NULL)

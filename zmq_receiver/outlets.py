@@ -85,13 +85,14 @@ class Outlets:
     ``unregister``. *reclaim* locks the IPC directory again once it is back
     after a removal, and *connections* caps the unix sockets' connections
     (see :class:`ipcdir.DirectoryWatch`; None: every one is taken).
-    *send* sends a whole message (the chosen wire.Implementation's
-    ``send_message``).
+    *send* sends a whole message and *send_backlog* a run of a backlog (the
+    chosen wire.Implementation's ``send_message`` and ``send_backlog``).
     """
 
     def __init__(self, ctx, loop, ipc_dir, limits, counters, warn,
                  clock=time.monotonic, reclaim=None, connections=None,
-                 send=wire.py_send_message):
+                 send=wire.py_send_message,
+                 send_backlog=wire.py_send_backlog):
         self.ctx = ctx
         self.loop = loop
         self.ipc_dir = ipc_dir
@@ -108,7 +109,7 @@ class Outlets:
             connections=connections)
         self.budget = ipcdir.DescriptorBudget()
         self.delivery = delivery.Delivery(loop, limits, counters, warn,
-                                          clock, send)
+                                          clock, send, send_backlog)
         #: The :class:`Limits`, shared (a reload updates it in place).
         self.limits = limits
         # The message path, bound once: the loop calls it per message.

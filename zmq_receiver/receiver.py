@@ -132,7 +132,8 @@ class Receiver:
         self.outlets = outlets_mod.Outlets(
             self.ctx, self.loop, s.ipc_dir, s.limits, self.counters,
             self.warn, self.clock, reclaim=self._reclaim,
-            connections=self.local, send=self.wire.send_message)
+            connections=self.local, send=self.wire.send_message,
+            send_backlog=self.wire.send_backlog)
         self.loop.add_source(self.outlets)
         self.inputs = inputs_mod.Inputs(
             self.ctx, s, self.counters, self.warn,

@@ -124,6 +124,25 @@ def py_send_message(sock, frames):
         raise
 
 
+def py_send_backlog(sock, backlog):
+    """Send messages from the left of *backlog* (a deque of (frames, size)
+    pairs) while *sock* takes each one whole, taking it off; returns
+    (count, size) of those sent. Stops at the first send that fails in any
+    way, that message still first and nothing raised: the caller sends it
+    again to learn why (as _wire.send_backlog)."""
+    count = size = 0
+    while backlog:
+        frames, cost = backlog[0]
+        try:
+            py_send_message(sock, frames)
+        except zmq.ZMQError:
+            break
+        backlog.popleft()
+        count += 1
+        size += cost
+    return count, size
+
+
 #: libzmq's version, from which its PUSH drops what follows a part it
 #: refused in mid-message (see _end_dropped).
 _DROPS_AFTER_CUT = (4, 3, 1)
@@ -221,18 +240,21 @@ class Implementation:
     """One way of receiving and sending whole messages, chosen once at
     start (:func:`implementation`) and handed to the read path.
 
-    ``recv_message(sock, max_frames)`` and ``send_message(sock, frames)``
-    as :func:`py_recv_message` and :func:`py_send_message`; ``forward``
-    the compiled loop (see _wire.forward), None in pure Python.
+    ``recv_message(sock, max_frames)``, ``send_message(sock, frames)`` and
+    ``send_backlog(sock, backlog)`` as :func:`py_recv_message`,
+    :func:`py_send_message` and :func:`py_send_backlog`; ``forward`` the
+    compiled loop (see _wire.forward), None in pure Python.
     """
 
     def __init__(self, name, recv_message, send_message, forward=None,
-                 part=None, problem='', module=None):
+                 part=None, problem='', module=None,
+                 send_backlog=py_send_backlog):
         self.name = name
         #: The extension module, for the compiled one.
         self.module = module
         self.recv_message = recv_message
         self.send_message = send_message
+        self.send_backlog = send_backlog
         self.forward = forward
         #: The type of large received parts, when not zmq.Frame.
         self.Part = part
@@ -272,7 +294,8 @@ def implementation(compiled=True):
                                   py_send_message, problem=problem)
         _compiled = Implementation(
             'compiled (zmq_receiver._wire)', module.recv_message,
-            module.send_message, module.forward, module.Part, module=module)
+            module.send_message, module.forward, module.Part, module=module,
+            send_backlog=module.send_backlog)
     return _compiled
 
 
