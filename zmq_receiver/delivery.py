@@ -138,12 +138,13 @@ class Delivery:
         self._deliver(outlet, frames, size)
 
     def _deliver(self, outlet, frames, size):
-        if (outlet.backlog and outlet.kind is routing.Kind.PUSH and
+        if (outlet.backlog and not outlet.slow and
                 outlet.settle_until is None):
             # The consumer may have made room since the socket refused:
-            # waiting for the poll's POLLOUT would send the rest of this
-            # batch through here (a Python call per message) where, once
-            # the backlog is out, the compiled path sends it.
+            # waiting for the poll's POLLOUT (PUSH) or the retry timer
+            # (PUB) would send the rest of this batch through here (a
+            # Python call per message) where, once the backlog is out, the
+            # compiled path sends it.
             self._send_run(outlet)
             if not outlet.backlog:
                 self.flush(outlet)
@@ -379,7 +380,9 @@ class Delivery:
         """Send from the backlog until it is empty or the socket is full."""
         backlog = outlet.backlog
         sock = outlet.socket
-        if outlet.kind is routing.Kind.PUSH:
+        if not outlet.slow:
+            # A slow PUB outlet counts each message it sends as dropped
+            # (_send, _skipping): those go one at a time.
             self._send_run(outlet)
         while backlog:
             frames, size = backlog[0]
@@ -403,11 +406,14 @@ class Delivery:
             self.loop.modify(outlet.socket, 0)
 
     def _send_run(self, outlet):
-        """Send the run of PUSH *outlet*'s backlog its socket takes, in one
+        """Send the run of *outlet*'s backlog its socket takes, in one
         call: a backlog builds up whenever a consumer falls behind a
-        burst, and sending it a message at a time from Python cost more
-        than forwarding it. The message it stops at stays first, for
-        :meth:`flush` to send again and learn why."""
+        burst (a PUB one whenever a subscriber does), and sending it a
+        message at a time from Python cost more than forwarding it. The
+        message it stops at stays first, for :meth:`flush` to send again
+        and learn why (for PUB: XPUB_NODROP's refusal, which
+        :meth:`_past_full_subscriber` times). Not for a slow PUB outlet,
+        whose every send counts as dropped."""
         count, size = self._send_backlog(outlet.socket, outlet.backlog)
         if count:
             outlet.blocked_since = None

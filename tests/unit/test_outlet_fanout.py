@@ -208,3 +208,51 @@ def consumers(outlet, clock):
     if outlet.monitor.poll(100):
         outlets.count_consumers(outlet, None, clock)
     return len(outlet.fds)
+
+
+def test_a_full_subscribers_backlog_goes_out_a_run_at_a_time(ctx, made,
+                                                              clock):
+    """Once a full subscriber reads again, the PUB outlet's backlog goes
+    out through send_backlog (one call for a run, not a Python call per
+    message), and a new message first sends the backlog on instead of
+    queuing behind it: both in order, each counted once."""
+    outlet = fanout(made)
+    sub = subscribe(ctx, made, outlet, RCVHWM=1, RCVBUF=4096)
+    support.wait_until(lambda: consumers(outlet, clock) == 1,
+                       'the subscriber connected')
+    runs = []
+    send_backlog = made.delivery._send_backlog
+
+    def recording(sock, backlog):
+        sent = send_backlog(sock, backlog)
+        runs.append(sent[0])
+        return sent
+    made.delivery._send_backlog = recording
+
+    sent = []
+
+    def deliver(body):
+        frames = support.cast(TOPIC, body)
+        sent.append(body)
+        made.deliver(outlet, frames, wire.message_cost(frames))
+    # The subscriber reads nothing until libzmq's pipe to it is full and
+    # XPUB_NODROP refuses: then the messages wait in the backlog.
+    while len(outlet.backlog) < 50:
+        assert len(sent) < 20000, 'the subscriber never filled'
+        deliver(b'%d ' % len(sent) + b'x' * 4096)
+    queued = len(outlet.backlog)
+    assert outlet.direct is None
+    assert sum(runs) == 0
+    got = bodies(sub, len(sent) - queued)
+    # libzmq has written all it took; a new message sends the backlog on
+    # first, then goes itself, and direct sending resumes.
+    deliver(b'last')
+    assert not outlet.backlog
+    assert outlet.direct is outlet.socket
+    assert sum(runs) == queued
+    assert max(runs) > 1
+    got += bodies(sub, queued + 1)
+    assert got == sent
+    assert outlet.forwarded == len(sent)
+    assert dict(outlet.dropped) == {}
+    sub.close()
