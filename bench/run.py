@@ -403,9 +403,12 @@ def print_report(bench, summary, meta, out=sys.stdout):
     w('Machine: %s CPUs, %s; Python %s, pyzmq %s, libzmq %s\n' % (
         meta['cpus'], meta['platform'], meta['python'], meta['pyzmq'],
         meta['libzmq']))
-    w('Load average before the start: %.2f. Medians of %d interleaved '
+    w('Load average before the start: %.2f%s. Medians of %d interleaved '
       'round(s), [min-max] across rounds.\n' % (
-          meta['loadavg_before'][0], a.repeat))
+          meta['loadavg_before'][0],
+          '' if meta.get('steal_percent') is None else
+          '; CPU time stolen by the host during the run: %.1f %%' %
+          meta['steal_percent'], a.repeat))
 
     w('\nGenerator and consumer alone (no forwarder): CPU per message of '
       'each process, the rate that\ngives on a core of its own, and the rate '
@@ -543,10 +546,39 @@ def size_label(size):
     return '%d B' % size
 
 
+def cpu_times(path='/proc/stat'):
+    """The machine's CPU time so far, in clock ticks, from the first line
+    of /proc/stat: {'total': all of it, 'steal': what the hypervisor gave
+    other guests while this one wanted to run}; None where unreadable."""
+    try:
+        with open(path) as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != 'cpu':
+        return None
+    ticks = [int(v) for v in fields[1:]]
+    # guest and guest_nice (the 9th and 10th) are already in user and nice.
+    return {'total': sum(ticks[:8]),
+            'steal': ticks[7] if len(ticks) > 7 else 0}
+
+
+def steal_percent(before, after):
+    """The share of the machine's CPU time stolen by the host between
+    two cpu_times() readings, in percent; None when either is missing."""
+    if not before or not after or after['total'] <= before['total']:
+        return None
+    return 100.0 * (after['steal'] - before['steal']) / (
+        after['total'] - before['total'])
+
+
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     started = time.time()
     load = os.getloadavg()
+    # On a virtual machine the host's other guests are the noise no load
+    # average shows: the time they took is steal.
+    cpu_before = cpu_times()
     if load[0] > 0.5:
         # Two cores: anything else running skews every number, latency most.
         log('WARNING: load average %.2f before the start: other processes '
@@ -569,6 +601,7 @@ def main(argv=None):
         'python': platform.python_version(), 'pyzmq': zmq.pyzmq_version(),
         'libzmq': zmq.zmq_version(), 'endpoints': endpoints.kind,
         'loadavg_before': load,
+        'steal_percent': steal_percent(cpu_before, cpu_times()),
         'endpoints_note': endpoints.note,
         'args': {k: v for k, v in vars(args).items() if k != 'output'},
     }

@@ -82,3 +82,20 @@ def test_the_senders_context_is_per_message_unless_asked_per_sender():
         'conn', '-s', 200, '-n', 10, '-c', 8, '-k', 'tcp://h:1', 't']
     with pytest.raises(SystemExit):
         run.parse_args(['--conn-context', 'process'])
+
+
+def test_steal_is_the_hosts_share_of_the_cpu_time_between_two_readings(
+        tmp_path):
+    stat = tmp_path / 'stat'
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    stat.write_text('cpu  100 0 50 800 10 0 5 35 7 0\ncpu0 1 2 3\n')
+    before = run.cpu_times(str(stat))
+    assert before == {'total': 1000, 'steal': 35}
+    stat.write_text('cpu  200 0 100 1500 10 0 5 185 9 0\n')
+    after = run.cpu_times(str(stat))
+    assert run.steal_percent(before, after) == 100.0 * 150 / 1000
+    assert run.steal_percent(after, after) is None
+    assert run.steal_percent(None, after) is None
+    assert run.cpu_times(str(tmp_path / 'missing')) is None
+    # This machine's, read for real.
+    assert run.cpu_times()['total'] > 0
