@@ -646,18 +646,29 @@ done:
     return err;
 }
 
+/* The libzmq socket of a (sock, what) call's first argument: NULL with an
+ * exception set when the call has not exactly 2 arguments, bind() was not
+ * called or *sock* is no open zmq.Socket. */
+static void *
+sock_and_one(const char *name, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "%s() takes 2 arguments (%zd given)",
+                     name, nargs);
+        return NULL;
+    }
+    if (check_bound() < 0)
+        return NULL;
+    return socket_handle(args[0]);
+}
+
 static PyObject *
 send_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    void *handle;
+    void *handle = sock_and_one("send_message", args, nargs);
     int err;
 
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError,
-                     "send_message() takes 2 arguments (%zd given)", nargs);
-        return NULL;
-    }
-    if (check_bound() < 0 || (handle = socket_handle(args[0])) == NULL)
+    if (handle == NULL)
         return NULL;
     err = send_frames(handle, args[1]);
     if (err > 0)
@@ -683,17 +694,12 @@ send_backlog(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     PyObject *backlog, *item, *res;
     Py_ssize_t count = 0, size = 0, cost;
-    void *handle;
+    void *handle = sock_and_one("send_backlog", args, nargs);
     int err;
 
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError,
-                     "send_backlog() takes 2 arguments (%zd given)", nargs);
+    if (handle == NULL)
         return NULL;
-    }
     backlog = args[1];
-    if (check_bound() < 0 || (handle = socket_handle(args[0])) == NULL)
-        return NULL;
     for (;;) {
         Py_ssize_t left = PyObject_Length(backlog);
 
