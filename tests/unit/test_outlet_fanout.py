@@ -210,8 +210,11 @@ def consumers(outlet, clock):
     return len(outlet.fds)
 
 
-def test_a_full_subscribers_backlog_goes_out_a_run_at_a_time(ctx, made,
-                                                              clock):
+@pytest.mark.parametrize('compiled_send', [
+    False, pytest.param(True, marks=compiled)], ids=['pure-python',
+                                                     'compiled'])
+def test_a_full_subscribers_backlog_goes_out_a_run_at_a_time(
+        ctx, made, clock, compiled_send):
     """Once a full subscriber reads again, the PUB outlet's backlog goes
     out through send_backlog (one call for a run, not a Python call per
     message), and a new message first sends the backlog on instead of
@@ -221,7 +224,8 @@ def test_a_full_subscribers_backlog_goes_out_a_run_at_a_time(ctx, made,
     support.wait_until(lambda: consumers(outlet, clock) == 1,
                        'the subscriber connected')
     runs = []
-    send_backlog = made.delivery._send_backlog
+    send_backlog = (wire.implementation().send_backlog if compiled_send
+                    else made.delivery._send_backlog)
 
     def recording(sock, backlog):
         sent = send_backlog(sock, backlog)
