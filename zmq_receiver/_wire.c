@@ -788,8 +788,10 @@ run_flush(Run *run, PyObject *now)
  * command, two epoll_ctl and a write of its own) and its consumer; a group
  * pays that once per outlet and batch. Only the order within a topic
  * matters to the services, and it is kept. */
-#define GROUP_MSGS 256
-#define GROUP_PARTS (GROUP_MSGS * 8)
+#define GROUP_MSGS 512  /* reading.INBOUND_BATCH: a whole batch */
+/* Parts for GROUP_MSGS messages of the legacy 4 (one with more sends the
+ * group early, see group_full): 130 KiB, touched only as used. */
+#define GROUP_PARTS (GROUP_MSGS * 4 + MAX_PARTS)
 
 typedef struct {
     PyObject *outlet;  /* strong reference */
