@@ -4,8 +4,8 @@
 one step at a time, in the order its startup loads them, in this fresh
 interpreter, and prints the process's RSS after each step and what the
 step added. A module two steps share is charged to the first (``ssl``,
-for instance, comes with oslo.log, through oslo.serialization's
-``xmlrpc.client``). Then the optional parts, which the receiver loads only
+for instance, which oslo.serialization's ``xmlrpc.client`` needs too, is
+charged to wrapt 2, whose asyncio imports it first). Then the optional parts, which the receiver loads only
 when their options are on (tests/unit/test_lazy_imports.py): what they
 would add.
 
@@ -23,11 +23,11 @@ STEPS = (
     ('interpreter', ()),
     ('pyzmq', ('zmq',)),
     ('importlib.metadata (stevedore, oslo.config)', ('importlib.metadata',)),
-    ('wrapt (debtcollector; wrapt 2 imports asyncio)', ('wrapt',)),
+    ('wrapt (debtcollector; wrapt 2 imports asyncio, ssl)', ('wrapt',)),
     ('netaddr, yaml, rfc3986, stevedore', ('netaddr', 'yaml', 'rfc3986',
                                            'stevedore')),
     ('oslo.config', ('oslo_config.cfg',)),
-    ('oslo.serialization (xmlrpc.client, http.client, ssl)',
+    ('oslo.serialization (xmlrpc.client, http.client)',
      ('oslo_serialization.jsonutils',)),
     ('oslo.log (dateutil, oslo.context, systemd.journal)',
      ('oslo_log.log',)),

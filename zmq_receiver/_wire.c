@@ -23,6 +23,7 @@
 #include <elf.h>
 #include <errno.h>
 #include <link.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -788,7 +789,9 @@ run_flush(Run *run, PyObject *now)
  * command, two epoll_ctl and a write of its own) and its consumer; a group
  * pays that once per outlet and batch. Only the order within a topic
  * matters to the services, and it is kept. */
-#define GROUP_MSGS 512  /* reading.INBOUND_BATCH: a whole batch */
+/* reading.INBOUND_BATCH: a whole batch of legacy 4-part messages (a batch
+ * of v2 notifications, 8 parts each, takes two groups). */
+#define GROUP_MSGS 512
 /* Parts for GROUP_MSGS messages of the legacy 4 (one with more sends the
  * group early, see group_full): 130 KiB, touched only as used. */
 #define GROUP_PARTS (GROUP_MSGS * 4 + MAX_PARTS)
@@ -796,18 +799,39 @@ run_flush(Run *run, PyObject *now)
 typedef struct {
     PyObject *outlet;  /* strong reference */
     int first, n;      /* its parts, parts[first, first + n); n 0: handled */
+    int next;          /* the next held message of its outlet, or -1 */
 } Held;
+
+/* An outlet's place in a group's index: the last message held for it, so
+ * that a new one is chained to it without a scan. Valid while *round* is
+ * the group's. */
+typedef struct {
+    PyObject *outlet;  /* borrowed: a Held holds the reference */
+    int last;
+    unsigned round;
+} Slot;
+
+/* Slots of the shared group's index: a power of two, at least twice
+ * GROUP_MSGS, so that probes stay short and a free one always exists. */
+#define GROUP_SLOT_BITS 10
+#define GROUP_SLOTS (1 << GROUP_SLOT_BITS)
+#if GROUP_SLOTS < 2 * GROUP_MSGS
+#error "GROUP_SLOTS must be at least twice GROUP_MSGS"
+#endif
 
 typedef struct {
     zmq_msg_t *parts;
     Held *held;
     int parts_cap, held_cap;
     int parts_used, count;
+    Slot *slots;       /* GROUP_SLOTS of them, or NULL: one message only */
+    unsigned round;    /* grows at each emptying: the old slots lapse */
 } Group;
 
 /* Allocated once; one forward() at a time holds it (a forward() that
  * slow() calls gets a group of one message on its stack). */
-static Group shared_group = {NULL, NULL, GROUP_PARTS, GROUP_MSGS, 0, 0};
+static Group shared_group = {NULL, NULL, GROUP_PARTS, GROUP_MSGS, 0, 0,
+                             NULL, 0};
 static int shared_busy = 0;
 
 static Group *
@@ -818,19 +842,64 @@ group_take(Group *local)
     if (shared_group.parts == NULL) {
         zmq_msg_t *parts = PyMem_RawMalloc(GROUP_PARTS * sizeof(zmq_msg_t));
         Held *held = PyMem_RawMalloc(GROUP_MSGS * sizeof(Held));
+        Slot *slots = PyMem_RawCalloc(GROUP_SLOTS, sizeof(Slot));
 
-        if (parts == NULL || held == NULL) {
+        if (parts == NULL || held == NULL || slots == NULL) {
             /* Slower, not wrong: one message at a time. */
             PyMem_RawFree(parts);
             PyMem_RawFree(held);
+            PyMem_RawFree(slots);
             return local;
         }
         shared_group.parts = parts;
         shared_group.held = held;
+        shared_group.slots = slots;
+        /* Round 0 is what calloc's slots say: start past it. */
+        shared_group.round = 1;
     }
     shared_busy = 1;
     shared_group.parts_used = shared_group.count = 0;
     return &shared_group;
+}
+
+/* Hold the message whose *n* parts were received at parts_used, for
+ * *outlet* (a new reference is taken), chained after the last message held
+ * for the same outlet: group_send then finds each outlet's messages
+ * without scanning the group once per outlet. */
+static void
+group_hold(Group *g, PyObject *outlet, int n)
+{
+    int index = g->count++;
+    Held *h = &g->held[index];
+
+    Py_INCREF(outlet);
+    h->outlet = outlet;
+    h->first = g->parts_used;
+    h->n = n;
+    h->next = -1;
+    g->parts_used += n;
+    if (g->slots != NULL) {
+        /* Fibonacci hashing of the address: its top bits. */
+        uint64_t hash = (uint64_t)(uintptr_t)outlet * 0x9E3779B97F4A7C15ULL;
+        size_t i = (size_t)(hash >> (64 - GROUP_SLOT_BITS));
+
+        for (; ; i++) {
+            Slot *slot = &g->slots[i & (GROUP_SLOTS - 1)];
+
+            if (slot->round != g->round) {
+                slot->outlet = outlet;
+                slot->last = index;
+                slot->round = g->round;
+                return;
+            }
+            if (slot->outlet == outlet) {
+                g->held[slot->last].next = index;
+                slot->last = index;
+                return;
+            }
+        }
+    }
+    /* One message at a time: the local group holds one, no chain. */
 }
 
 static void
@@ -879,12 +948,14 @@ group_send(Group *g, PyObject *now, PyObject *slow, Py_ssize_t kept,
             rc = -1;
             break;
         }
-        for (j = i; j < g->count && rc == 0; j++) {
+        /* i is the outlet's first held message: its chain holds the
+         * rest, in order (so a message met later in i is handled). */
+        for (j = i; j >= 0 && rc == 0; j = g->held[j].next) {
             Held *h = &g->held[j];
             zmq_msg_t *msgs = g->parts + h->first;
             PyObject *parts, *res;
 
-            if (h->outlet != outlet || h->n == 0)
+            if (h->n == 0)
                 continue;
             if (out != NULL && !refused) {
                 int err = send_parts(out, msgs, h->n, keep);
@@ -942,6 +1013,9 @@ group_send(Group *g, PyObject *now, PyObject *slow, Py_ssize_t kept,
         Py_DECREF(g->held[i].outlet);
     }
     g->count = g->parts_used = 0;
+    /* Every slot lapses: the outlets they name may be gone. */
+    if (++g->round == 0)
+        g->round = 1;
     return rc < 0 ? -1 : called;
 }
 
@@ -977,7 +1051,7 @@ forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     zmq_msg_t one_parts[MAX_PARTS];
     Held one_held[1];
-    Group local = {one_parts, one_held, MAX_PARTS, 1, 0, 0};
+    Group local = {one_parts, one_held, MAX_PARTS, 1, 0, 0, NULL, 0};
     Group *group;
     PyObject *sock, *routes, *now, *slow;
     Py_ssize_t batch, max_size, max_bytes = 0, received = 0, direct = 0;
@@ -1099,13 +1173,7 @@ forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 }
             }
             if (straight) {
-                Held *h = &group->held[group->count++];
-
-                Py_INCREF(outlet);
-                h->outlet = outlet;
-                h->first = group->parts_used;
-                h->n = n;
-                group->parts_used += n;
+                group_hold(group, outlet, n);
                 continue;
             }
         }
@@ -1712,7 +1780,8 @@ PyInit__wire(void)
     if (PyModule_AddObject(m, "Part", (PyObject *)&PartType) < 0 ||
             PyModule_AddIntConstant(m, "ZERO_COPY_MIN", ZERO_COPY_MIN) < 0 ||
             PyModule_AddIntConstant(m, "MAX_PARTS", MAX_PARTS) < 0 ||
-            PyModule_AddIntConstant(m, "FRAME_COST", FRAME_COST) < 0) {
+            PyModule_AddIntConstant(m, "FRAME_COST", FRAME_COST) < 0 ||
+            PyModule_AddIntConstant(m, "GROUP_MSGS", GROUP_MSGS) < 0) {
         Py_DECREF(&PartType);
         Py_DECREF(m);
         return NULL;

@@ -419,6 +419,9 @@ class Delivery:
         count, size = self._send_backlog(outlet.socket, outlet.backlog)
         if count:
             outlet.blocked_since = None
+            # Its subscribers read: the retry timer, which measures
+            # progress by its own flushes only, must not back off.
+            outlet.retry_delay = PUB_RETRY
             outlet.backlog_bytes -= size
             self.buffered_bytes -= size
             self.held -= count

@@ -21,10 +21,6 @@ def test_every_step_is_measured_in_a_fresh_interpreter():
     assert [row[0] for row in steps] == [s[0] for s in imports.STEPS]
     assert [row[0] for row in out['optional']] == [
         s[0] for s in imports.OPTIONAL]
-    # Each row's RSS is the previous one's plus what the step added.
-    for rows in (steps, out['optional']):
-        for before, after in zip(rows, rows[1:]):
-            assert after[1] == before[1] + after[2]
     # oslo.config and oslo.log with what they pull in are the bulk of it:
     # a step that measured nothing would be a broken measurement.
     assert sum(row[2] for row in steps) > 8 * 1024

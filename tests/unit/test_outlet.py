@@ -7,7 +7,6 @@ pure-Python loop still passes. These tests hold both sides to
 outlet.WIRE_ATTRIBUTES.
 """
 
-import importlib
 import logging
 import os
 import re
@@ -20,6 +19,7 @@ from zmq_receiver import metrics
 from zmq_receiver import outlet as outlet_mod
 from zmq_receiver import outlets
 from zmq_receiver import ratelimit
+from zmq_receiver import reading
 from zmq_receiver import routing
 from zmq_receiver import wire
 from tests import support
@@ -142,18 +142,11 @@ def test_every_mutable_option_is_one_a_reload_applies():
                                       'idle_timeout', 'join_window')
 
 
-@pytest.mark.parametrize('define, python', [
-    ('GROUP_MSGS', 'zmq_receiver.reading.INBOUND_BATCH'),
-    ('ZERO_COPY_MIN', 'zmq_receiver.wire.ZERO_COPY_MIN'),
-    ('FRAME_COST', 'zmq_receiver.wire.FRAME_COST'),
-])
-def test_wire_c_constants_keep_in_step_with_python(define, python):
-    """The numbers _wire.c and the Python side must agree on: a batch
-    larger than the group would be sent in two groups (twice the wake-ups
-    per outlet), and a different part size or cost would make the two
-    loops count and copy differently."""
-    with open(WIRE_C) as f:
-        found = re.findall(r'^#define %s (\d+)\b' % define, f.read(), re.M)
-    assert len(found) == 1, found
-    module, _, name = python.rpartition('.')
-    assert int(found[0]) == getattr(importlib.import_module(module), name)
+@pytest.mark.skipif(not wire.FAST, reason='no compiled _wire: %s'
+                    % wire.FAST_PROBLEM)
+def test_a_batch_fits_the_compiled_loops_group():
+    """A batch larger than _wire.forward's group would be sent in two
+    groups, twice the wake-ups per outlet (reading.INBOUND_BATCH); the
+    built module says its size, so a stale build fails too."""
+    from zmq_receiver import _wire
+    assert _wire.GROUP_MSGS == reading.INBOUND_BATCH

@@ -18,6 +18,8 @@ from zmq_receiver import metrics
 from zmq_receiver import outlets
 from zmq_receiver import routing
 from zmq_receiver import wire
+from zmq_receiver.outlet import PUB_RETRY
+from zmq_receiver.outlet import PUB_RETRY_MAX
 
 # Larger than any test's burst: only the grace ends a hold-up here.
 BACKLOG = 1000
@@ -210,53 +212,108 @@ def consumers(outlet, clock):
     return len(outlet.fds)
 
 
-@pytest.mark.parametrize('compiled_send', [
+class Filled:
+    """A PUB outlet whose one subscriber read nothing until XPUB_NODROP
+    refused: messages wait in the backlog. Its send_backlog calls are
+    recorded (*compiled*: _wire's, else wire.py_send_backlog)."""
+
+    def __init__(self, ctx, made, clock, compiled_send):
+        self.made = made
+        self.outlet = outlet = fanout(made)
+        self.sub = subscribe(ctx, made, outlet, RCVHWM=1, RCVBUF=4096)
+        support.wait_until(lambda: consumers(outlet, clock) == 1,
+                           'the subscriber connected')
+        self.runs = []
+        send_backlog = (wire.implementation().send_backlog if compiled_send
+                        else made.delivery._send_backlog)
+
+        def recording(sock, backlog):
+            sent = send_backlog(sock, backlog)
+            self.runs.append(sent[0])
+            return sent
+        made.delivery._send_backlog = recording
+        self.sent = []
+        while len(outlet.backlog) < 50:
+            assert len(self.sent) < 20000, 'the subscriber never filled'
+            self.deliver(b'%d ' % len(self.sent) + b'x' * 4096)
+        self.queued = len(outlet.backlog)
+        assert outlet.direct is None
+        # Each new message tried the backlog first, and the socket took
+        # none of it.
+        assert sum(self.runs) == 0
+        self.runs.clear()
+        # What libzmq took: after it, there is room for the backlog.
+        self.got = bodies(self.sub, len(self.sent) - self.queued)
+
+    def deliver(self, body):
+        frames = support.cast(TOPIC, body)
+        self.sent.append(body)
+        self.made.deliver(self.outlet, frames, wire.message_cost(frames))
+
+
+both_sends = pytest.mark.parametrize('compiled_send', [
     False, pytest.param(True, marks=compiled)], ids=['pure-python',
                                                      'compiled'])
-def test_a_full_subscribers_backlog_goes_out_a_run_at_a_time(
-        ctx, made, clock, compiled_send):
-    """Once a full subscriber reads again, the PUB outlet's backlog goes
-    out through send_backlog (one call for a run, not a Python call per
-    message), and a new message first sends the backlog on instead of
-    queuing behind it: both in order, each counted once."""
-    outlet = fanout(made)
-    sub = subscribe(ctx, made, outlet, RCVHWM=1, RCVBUF=4096)
-    support.wait_until(lambda: consumers(outlet, clock) == 1,
-                       'the subscriber connected')
-    runs = []
-    send_backlog = (wire.implementation().send_backlog if compiled_send
-                    else made.delivery._send_backlog)
 
-    def recording(sock, backlog):
-        sent = send_backlog(sock, backlog)
-        runs.append(sent[0])
-        return sent
-    made.delivery._send_backlog = recording
 
-    sent = []
-
-    def deliver(body):
-        frames = support.cast(TOPIC, body)
-        sent.append(body)
-        made.deliver(outlet, frames, wire.message_cost(frames))
-    # The subscriber reads nothing until libzmq's pipe to it is full and
-    # XPUB_NODROP refuses: then the messages wait in the backlog.
-    while len(outlet.backlog) < 50:
-        assert len(sent) < 20000, 'the subscriber never filled'
-        deliver(b'%d ' % len(sent) + b'x' * 4096)
-    queued = len(outlet.backlog)
-    assert outlet.direct is None
-    assert sum(runs) == 0
-    got = bodies(sub, len(sent) - queued)
-    # libzmq has written all it took; a new message sends the backlog on
-    # first, then goes itself, and direct sending resumes.
-    deliver(b'last')
+@both_sends
+def test_a_new_message_sends_a_pub_backlog_on_before_it(ctx, made, clock,
+                                                        compiled_send):
+    """Once a full subscriber reads again, a new message first sends the
+    PUB outlet's backlog on, a run in one send_backlog call (not a Python
+    call per message), instead of queuing behind it: in order, each
+    counted once, and direct sending resumes."""
+    filled = Filled(ctx, made, clock, compiled_send)
+    outlet = filled.outlet
+    # As if its retries had found it full for a while: the progress a new
+    # message makes must bring the retries back to their shortest.
+    outlet.retry_delay = PUB_RETRY_MAX
+    filled.deliver(b'last')
     assert not outlet.backlog
+    assert outlet.retry_delay == PUB_RETRY
     assert outlet.direct is outlet.socket
-    assert sum(runs) == queued
-    assert max(runs) > 1
-    got += bodies(sub, queued + 1)
-    assert got == sent
-    assert outlet.forwarded == len(sent)
+    assert sum(filled.runs) == filled.queued
+    assert max(filled.runs) > 1
+    assert filled.got + bodies(filled.sub, filled.queued + 1) == filled.sent
+    assert outlet.forwarded == len(filled.sent)
     assert dict(outlet.dropped) == {}
-    sub.close()
+    filled.sub.close()
+
+
+@both_sends
+def test_the_retry_timer_sends_a_pub_backlog_a_run_at_a_time(
+        ctx, made, clock, compiled_send):
+    filled = Filled(ctx, made, clock, compiled_send)
+    outlet = filled.outlet
+    assert outlet in made.delivery._retry
+    clock.advance(outlet.retry_delay)
+    made.delivery.run_due()
+    assert not outlet.backlog
+    assert filled.runs == [filled.queued]
+    assert outlet.retry_delay == PUB_RETRY
+    assert filled.got + bodies(filled.sub, filled.queued) == filled.sent
+    assert outlet.forwarded == len(filled.sent)
+    filled.sub.close()
+
+
+@both_sends
+def test_a_slow_pub_outlet_sends_its_backlog_one_counted_message_at_a_time(
+        ctx, made, clock, compiled_send):
+    """While a subscriber is skipped (slow), each message sent counts as
+    dropped for it (slow_subscriber): no run, which would count them
+    forwarded."""
+    filled = Filled(ctx, made, clock, compiled_send)
+    outlet = filled.outlet
+    # What Delivery._past_full_subscriber sets when a subscriber stalls;
+    # just looked at, so that _skipping keeps it slow.
+    outlet.slow = True
+    outlet.stall_checked = clock()
+    forwarded = outlet.forwarded
+    made.delivery.flush(outlet)
+    assert not outlet.backlog
+    assert filled.runs == []
+    assert outlet.forwarded == forwarded
+    assert dict(outlet.dropped) == {
+        metrics.SLOW_SUBSCRIBER: filled.queued}
+    assert filled.got + bodies(filled.sub, filled.queued) == filled.sent
+    filled.sub.close()

@@ -540,6 +540,29 @@ def test_forward_interleaved_outlets(ctx, fwd):
 
 
 @fast
+def test_forward_keeps_each_outlets_order_across_many_outlets_and_groups(
+        ctx, fwd):
+    """More outlets than half the group's index (so that their slots
+    collide) and more messages than one group holds (so that the index is
+    used again for the next group): every outlet gets its messages once,
+    in order, and counts them."""
+    (push, pull), _ = fwd
+    pairs = [pair(ctx, 'inproc', None, 'many%d' % i) for i in range(300)]
+    outlets = [Outlet(p) for p, _ in pairs]
+    routes = {b't%d' % i: o for i, o in enumerate(outlets)}
+    # Not round-robin: runs of one topic and jumps between them.
+    order = [(i * 7 + i // 3) % 300 for i in range(1500)]
+    sent = [msg(i, b't%d' % t) for i, t in enumerate(order)]
+    feed(push, sent)
+    assert wire.forward(pull, routes, 2000, 1 << 20, 1.0, Slow()) == 1500
+    for t, (o, (_, opull)) in enumerate(zip(outlets, pairs)):
+        mine = [m for m in sent if m[1] == b't%d' % t]
+        assert drain(opull) == mine, t
+        assert o.forwarded == len(mine)
+    support.close_all(*[s for p in pairs for s in p])
+
+
+@fast
 def test_forward_sends_what_came_before_a_slow_message_first(ctx, fwd):
     (push, pull), (opush, opull) = fwd
     bpush, bpull = pair(ctx, 'inproc', None, 'b')
