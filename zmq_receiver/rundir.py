@@ -213,13 +213,18 @@ def remove_stale_sockets(path, prefixes):
                         # bind then says which topic cannot be served.
                         pass
     except OSError as exc:
-        # Replaced since prepare() looked (by whoever may write its
-        # parent), or its permissions changed.
-        raise errors.PermissionProblem(
-            'Cannot clean the IPC directory %s: %s; make sure that only '
-            'the receiver\'s user may write it and its parent' % (
-                path, exc.strerror))
+        raise cleaning_problem(path, exc) from None
     return removed
+
+
+def cleaning_problem(path, exc):
+    """The error for IPC directory *path* that could not be cleaned
+    (OSError *exc*): replaced since prepare() looked, by whoever may write
+    its parent, or its permissions changed."""
+    return errors.PermissionProblem(
+        'Cannot clean the IPC directory %s: %s; make sure that only '
+        'the receiver\'s user may write it and its parent' % (
+            path, exc.strerror))
 
 
 #: Attempts at a lock file that keeps changing under the receiver.

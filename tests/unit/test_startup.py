@@ -9,11 +9,13 @@ and carry the configuration's exit status.
 import os
 import re
 import resource
+import types
 
 import pytest
 
 from zmq_receiver import cli
 from zmq_receiver import errors
+from zmq_receiver import ipcfile
 from zmq_receiver import outlets
 from zmq_receiver import privileges
 from zmq_receiver import receiver
@@ -259,3 +261,34 @@ def test_main_turns_a_startup_error_into_its_exit_status(tmp_path, capsys):
     assert err == ('%s: error: Config file not found or unreadable: %s; '
                    'check the --config-file path and its permissions\n'
                    % (startup.PROG, missing))
+
+
+# -- the IPC directory under the lock -----------------------------------------
+
+
+def test_an_ipc_dir_replaced_while_it_is_cleaned_is_refused(tmp_path,
+                                                            monkeypatch):
+    """Whoever may write the IPC directory's parent can replace it between
+    the two looks of remove_stale_files (tests/functional/
+    test_security_files.py races a real attacker process there, and once
+    got an internal error, exit 70). Here the swap is made at that very
+    point, deterministically: the start is refused (77), naming the
+    directory and the fix."""
+    ipc = tmp_path / 'zmq'
+    ipc.mkdir()
+    real = ipcfile.remove_stale
+
+    def swapped_first(directory):
+        os.rename(directory, str(tmp_path / 'moved'))
+        ipc.write_text('not a directory')
+        return real(directory)
+    monkeypatch.setattr(ipcfile, 'remove_stale', swapped_first)
+    # uid 0: acting_as has nothing to do (the swap is the user's own).
+    boot = types.SimpleNamespace(ipc_dir=str(ipc),
+                                 ident=types.SimpleNamespace(uid=0))
+    with pytest.raises(errors.PermissionProblem) as exc:
+        startup.remove_stale_files(boot)
+    assert exc.value.exit_code == errors.EXIT_PERMISSION
+    assert str(exc.value) == (
+        'Cannot clean the IPC directory %s: Not a directory; make sure that '
+        'only the receiver\'s user may write it and its parent' % ipc)
