@@ -195,36 +195,25 @@ def remove_stale_sockets(path, prefixes):
     """Remove the socket files in *path* whose names start with *prefixes*.
 
     Call it only while holding the instance lock: then every such file was
-    left by an earlier receiver that did not stop in order.
+    left by an earlier receiver that did not stop in order. A file gone or
+    another user's is skipped; an OSError on *path* itself (replaced, or its
+    permissions changed) is raised for the caller to report.
     """
     removed = 0
-    try:
-        with os.scandir(path) as entries:
-            for entry in entries:
-                if (entry.name.startswith(prefixes) and stat.S_ISSOCK(
-                        entry.stat(follow_symlinks=False).st_mode)):
-                    try:
-                        os.unlink(entry.path)
-                        removed += 1
-                    except FileNotFoundError:
-                        pass
-                    except PermissionError:
-                        # Another user's, in a sticky directory: the
-                        # bind then says which topic cannot be served.
-                        pass
-    except OSError as exc:
-        raise cleaning_problem(path, exc) from None
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if (entry.name.startswith(prefixes) and stat.S_ISSOCK(
+                    entry.stat(follow_symlinks=False).st_mode)):
+                try:
+                    os.unlink(entry.path)
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+                except PermissionError:
+                    # Another user's, in a sticky directory: the bind
+                    # then says which topic cannot be served.
+                    pass
     return removed
-
-
-def cleaning_problem(path, exc):
-    """The error for IPC directory *path* that could not be cleaned
-    (OSError *exc*): replaced since prepare() looked, by whoever may write
-    its parent, or its permissions changed."""
-    return errors.PermissionProblem(
-        'Cannot clean the IPC directory %s: %s; make sure that only '
-        'the receiver\'s user may write it and its parent' % (
-            path, exc.strerror))
 
 
 #: Attempts at a lock file that keeps changing under the receiver.

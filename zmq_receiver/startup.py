@@ -483,15 +483,19 @@ def take_lock(boot):
 def remove_stale_files(boot):
     """Remove the socket files a receiver that died left behind."""
     with privileges.acting_as(boot.ident):
-        stale = rundir.remove_stale_sockets(
-            boot.ipc_dir, (routing.SOCKET_PREFIX, control.NAME))
         try:
+            stale = rundir.remove_stale_sockets(
+                boot.ipc_dir, (routing.SOCKET_PREFIX, control.NAME))
             stale += ipcfile.remove_stale(boot.ipc_dir)
         except OSError as exc:
-            # Replaced since the look above (test_security_files races
-            # it): refused like any directory that changes under us, not
-            # an internal error.
-            raise rundir.cleaning_problem(boot.ipc_dir, exc) from None
+            # Replaced since prepare() looked, by whoever may write its
+            # parent, at any point of the two cleanings
+            # (test_security_files races it), or its permissions changed:
+            # refused, not an internal error.
+            raise errors.PermissionProblem(
+                'Cannot clean the IPC directory %s: %s; make sure that only '
+                'the receiver\'s user may write it and its parent' % (
+                    boot.ipc_dir, exc.strerror)) from None
     if stale:
         LOG.warning('Removed %d socket files left in %s by a receiver '
                     'that did not stop in order', stale, boot.ipc_dir)

@@ -286,9 +286,21 @@ def test_an_ipc_dir_replaced_while_it_is_cleaned_is_refused(tmp_path,
     # uid 0: acting_as has nothing to do (the swap is the user's own).
     boot = types.SimpleNamespace(ipc_dir=str(ipc),
                                  ident=types.SimpleNamespace(uid=0))
+    assert_refused_to_clean(boot)
+
+
+def test_an_ipc_dir_replaced_before_it_is_cleaned_is_refused(tmp_path):
+    """The same when the swap came before the first look."""
+    ipc = tmp_path / 'zmq'
+    ipc.write_text('not a directory')
+    assert_refused_to_clean(types.SimpleNamespace(
+        ipc_dir=str(ipc), ident=types.SimpleNamespace(uid=0)))
+
+
+def assert_refused_to_clean(boot):
     with pytest.raises(errors.PermissionProblem) as exc:
         startup.remove_stale_files(boot)
     assert exc.value.exit_code == errors.EXIT_PERMISSION
     assert str(exc.value) == (
         'Cannot clean the IPC directory %s: Not a directory; make sure that '
-        'only the receiver\'s user may write it and its parent' % ipc)
+        'only the receiver\'s user may write it and its parent' % boot.ipc_dir)
