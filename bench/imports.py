@@ -46,7 +46,10 @@ OPTIONAL = (
 
 
 def rss_kib():
-    """This process's resident set, KiB (VmRSS)."""
+    """This process's resident set, KiB (VmRSS).
+
+    Not bench.procs.rss_kib: that module imports tests.support, which
+    imports zmq, pytest and the receiver, the very costs being measured."""
     with open('/proc/self/status') as status:
         for line in status:
             if line.startswith('VmRSS:'):
