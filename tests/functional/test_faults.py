@@ -586,7 +586,13 @@ def test_socket_file_removed_again_and_again_costs_no_descriptors(
     for _ in range(6):
         remove_and_wait()
     stats = daemon.wait_stats(lambda s: s['stale_listeners_closed'] >= 6)
-    assert support.open_files(daemon.proc.pid) <= before
+    # Not one sample: the first consumer reconnects by itself 100 to 200
+    # ms after its listener went, and its new connection may be accepted
+    # before the old one's descriptor is closed (CI once saw 27 against
+    # 26). A descriptor kept per removal would stay above for good.
+    support.wait_until(
+        lambda: support.open_files(daemon.proc.pid) <= before,
+        'the descriptors back to the %d before the removals' % before)
     # The consumer whose listener went reconnects by itself, and a new one
     # connects to the file as it is now: both are served.
     fresh = pull(ctx, daemon, 'kept.host1')
